@@ -1,0 +1,4 @@
+"""``python -m cnnbench``: the same as the ``cnnbench`` command."""
+from .train import main
+
+main()

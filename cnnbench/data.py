@@ -1,0 +1,242 @@
+"""Fashion-MNIST: finding the files, loading them once onto the device, and the batch iterator.
+
+The whole dataset is 70k uint8 images of 28x28 (55 MB), so it lives on the device and each
+batch is sliced from it, then converted, augmented and resized there. Nothing runs per
+sample in Python; this is cnnbench's main speed lever over a DataLoader that resizes one
+PIL image at a time.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import shutil
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FILES = {  # file name -> IDX magic number
+    "train-images-idx3-ubyte": 2051,
+    "train-labels-idx1-ubyte": 2049,
+    "t10k-images-idx3-ubyte": 2051,
+    "t10k-labels-idx1-ubyte": 2049,
+}
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+HOW_TO_GET = (
+    "Install the Debian package (apt-get install dataset-fashion-mnist, files in "
+    f"{DEBIAN_DIR}), or download the four files train-images-idx3-ubyte.gz, "
+    "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz from "
+    "https://github.com/zalandoresearch/fashion-mnist into a folder and pass data.root=FOLDER."
+)
+
+
+class DataError(ValueError):
+    """The dataset cannot be found or read; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    """Where decompressed copies live: $CNNBENCH_CACHE, else ~/.cache/cnnbench."""
+    env = os.environ.get("CNNBENCH_CACHE")
+    return Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cnnbench"
+
+
+def _find(folder: Path, name: str) -> Path | None:
+    """The raw or gzipped file ``name`` in ``folder`` or in torchvision's layout below it."""
+    for sub in (folder, folder / "FashionMNIST" / "raw"):
+        for candidate in (sub / name, sub / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _check_idx(path: Path, magic: int) -> int:
+    """Validate an uncompressed IDX file's header against its size; return the item count."""
+    size = path.stat().st_size
+    ndim = magic & 0xFF
+    with open(path, "rb") as f:
+        header = f.read(4 + 4 * ndim)
+    if len(header) < 4 + 4 * ndim or struct.unpack(">i", header[:4])[0] != magic:
+        raise DataError(f"{path} is not a Fashion-MNIST IDX file (bad header); {HOW_TO_GET}")
+    dims = struct.unpack(f">{ndim}i", header[4:])
+    expected = len(header) + int(torch.Size(dims).numel())
+    if size != expected:
+        raise DataError(f"{path} is truncated or corrupt: {size} bytes, expected {expected}; {HOW_TO_GET}")
+    return dims[0]
+
+
+def _prepare(source: Path) -> Path:
+    """Make a torchvision-readable root (<root>/FashionMNIST/raw/*-ubyte) from the four files
+    in ``source``: gzipped files are decompressed once into the cache, raw ones linked."""
+    found = {name: _find(source, name) for name in FILES}
+    missing = [name for name, path in found.items() if path is None]
+    if missing:
+        raise FileNotFoundError(", ".join(missing))
+    key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]
+    root = cache_dir() / "fashion-mnist" / key
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, src in found.items():
+        dst = raw / name
+        fresh = dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime
+        if src.suffix == ".gz" and not fresh:
+            tmp = Path(tempfile.mkstemp(dir=raw, prefix=f".{name}.")[1])
+            try:
+                with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+                    shutil.copyfileobj(fin, fout)
+            except (OSError, EOFError) as err:
+                tmp.unlink(missing_ok=True)
+                raise DataError(f"{src} is truncated or corrupt ({err}); {HOW_TO_GET}") from None
+            tmp.chmod(0o644)
+            os.replace(tmp, dst)  # atomic: a concurrent run sees the old file or the whole new one
+        elif src.suffix != ".gz" and not (dst.is_symlink() and dst.resolve() == src.resolve()):
+            dst.unlink(missing_ok=True)
+            dst.symlink_to(src.resolve())
+    counts = {name: _check_idx(raw / name, magic) for name, magic in FILES.items()}
+    for split in ("train", "t10k"):
+        if counts[f"{split}-images-idx3-ubyte"] != counts[f"{split}-labels-idx1-ubyte"]:
+            raise DataError(f"{source}: {split} images and labels differ in count; {HOW_TO_GET}")
+    return root
+
+
+def locate(root: str | None, download: bool = True) -> Path:
+    """Find Fashion-MNIST: ``root`` if given, else the Debian package, else torchvision's
+    download (into ``root`` or the cache). Returns a root torchvision's reader accepts."""
+    if root is not None:
+        folder = Path(root).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"data.root={root!r} is not a directory; {HOW_TO_GET}")
+        try:
+            return _prepare(folder)
+        except FileNotFoundError as missing:
+            if not download:
+                raise DataError(f"data.root={root!r} lacks {missing}; {HOW_TO_GET}") from None
+            return _download(folder)
+    if DEBIAN_DIR.is_dir():
+        try:
+            return _prepare(DEBIAN_DIR)
+        except FileNotFoundError as missing:
+            log.warning("%s lacks %s; trying elsewhere", DEBIAN_DIR, missing)
+    if not download:
+        raise DataError(f"Fashion-MNIST not found (data.root is unset, {DEBIAN_DIR} is missing, data.download=false). {HOW_TO_GET}")
+    return _download(cache_dir() / "fashion-mnist" / "download")
+
+
+def _download(folder: Path) -> Path:
+    from torchvision.datasets import FashionMNIST
+
+    try:
+        FashionMNIST(str(folder), train=True, download=True)
+        FashionMNIST(str(folder), train=False, download=True)
+    except Exception as err:  # network errors come in many types
+        raise DataError(f"Fashion-MNIST not found and the download into {folder} failed ({err}). {HOW_TO_GET}") from None
+    return folder
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 [N, 28, 28]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+def load(root: str | None = None, download: bool = True) -> tuple[Split, Split]:
+    """Train and test splits as uint8 tensors on the CPU (the caller moves them once)."""
+    from torchvision.datasets import FashionMNIST
+
+    path = locate(root, download)
+    splits = []
+    for train in (True, False):
+        ds = FashionMNIST(str(path), train=train, download=False)
+        splits.append(Split(ds.data.contiguous(), ds.targets.long()))
+    return splits[0], splits[1]
+
+
+class DeviceLoader:
+    """Batches of a device-resident split: shuffled by a seeded permutation, converted to
+    float in [0, 1], augmented at the native 28 px, then resized on the device.
+
+    Augmentation (training only): ``crop_padding`` pads each image by that many pixels
+    and crops a random 28x28 window back (zero padding); ``hflip`` flips half the
+    images left-right. Both act on whole batches with per-image random draws.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        size: tuple[int, int] = (28, 28),
+        *,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        mean: float | None = None,
+        std: float | None = None,
+        crop_padding: int = 0,
+        hflip: bool = False,
+        limit_batches: int | None = None,
+    ):
+        self.split, self.batch_size, self.size = split, batch_size, tuple(size)
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.mean, self.std = mean, std
+        self.crop_padding, self.hflip = crop_padding, hflip
+        self.limit_batches = limit_batches
+        device = split.images.device
+        # The order comes from a CPU generator, so it is the same on every device.
+        self.order_rng = torch.Generator().manual_seed(seed)
+        self.aug_rng = torch.Generator(device).manual_seed(seed + 1)
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        steps = n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return min(steps, self.limit_batches) if self.limit_batches else steps
+
+    @property
+    def num_samples(self) -> int:
+        """Images one pass yields."""
+        return min(len(self.split), len(self) * self.batch_size)
+
+    def __iter__(self):
+        images, labels = self.split.images, self.split.labels
+        order = torch.randperm(len(labels), generator=self.order_rng).to(images.device) if self.shuffle else None
+        for step in range(len(self)):
+            window = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            idx = order[window] if order is not None else window
+            yield self.transform(images[idx]), labels[idx]
+
+    def transform(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.unsqueeze(1).float().div_(255)
+        if self.crop_padding:
+            x = random_crop(x, self.crop_padding, self.aug_rng)
+        if self.hflip:
+            flip = torch.rand(len(x), device=x.device, generator=self.aug_rng) < 0.5
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        if x.shape[-2:] != self.size:
+            # Bilinear with antialias, as torchvision's Resize does on tensors.
+            x = F.interpolate(x, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        if self.mean is not None:
+            x = (x - self.mean) / self.std
+        return x
+
+
+def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero-pad by ``padding`` and take a random window of the original size per image."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy, dx = torch.randint(0, 2 * padding + 1, (2, b, 1), device=x.device, generator=generator)
+    rows = (dy + torch.arange(h, device=x.device))[:, :, None]  # [B, H, 1]
+    cols = (dx + torch.arange(w, device=x.device))[:, None, :]  # [B, 1, W]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)

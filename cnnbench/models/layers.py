@@ -1,0 +1,117 @@
+"""Building blocks shared by several model families."""
+from __future__ import annotations
+
+from itertools import chain
+from typing import Literal
+
+import torch
+from torch import nn
+
+Init = Literal["xavier", "default"]
+
+
+def init_weights(model: nn.Module, scheme: Init) -> nn.Module:
+    """Apply the chapter's weight initialisation.
+
+    ``xavier`` is the book's ``init_cnn``: Xavier-uniform weights for every Conv2d and
+    Linear, biases left at PyTorch's default. ``default`` keeps PyTorch's own
+    initialisation; the book's DenseNet and RegNet runs end up with it, because they call
+    ``init_cnn`` before their lazy layers exist, so it touches nothing.
+    """
+    if scheme == "xavier":
+        for m in model.modules():
+            if type(m) in (nn.Conv2d, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+    elif scheme != "default":
+        raise ValueError(f"init={scheme!r}: choose xavier or default")
+    return model
+
+
+def pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def output_shape(module: nn.Module, in_shape: tuple[int, ...]) -> torch.Size:
+    """Shape of ``module``'s output for an input of ``in_shape``, computed on the meta
+    device, so it costs no arithmetic and leaves the module's buffers untouched."""
+    state = {k: torch.empty_like(v, device="meta") for k, v in chain(module.named_parameters(), module.named_buffers())}
+    with torch.no_grad():
+        x = torch.empty(in_shape, device="meta")
+        return torch.func.functional_call(module, state, (x,)).shape
+
+
+def flat_features(features: nn.Module, in_channels: int, image_size: int | tuple[int, int]) -> int:
+    """Number of features a flatten head sees after ``features`` (the book's LazyLinear)."""
+    h, w = pair(image_size)
+    shape = output_shape(features, (2, in_channels, h, w))
+    if min(shape) < 1:
+        raise ValueError(f"input {h}x{w} leaves an empty feature map {tuple(shape[1:])}")
+    return int(torch.Size(shape[1:]).numel())
+
+
+class ScratchBatchNorm(nn.Module):
+    """The chapter's from-scratch batch normalisation (d2l section 8.5).
+
+    Normalises over the batch (and the spatial positions for conv features) in training,
+    with the biased variance, and keeps moving averages for prediction. Two fixes the
+    book lacks, neither changing the parameter count: the moving statistics are buffers
+    (so ``.to()``, ``state_dict`` and checkpoints carry them), and the mode follows
+    ``self.training`` instead of ``torch.is_grad_enabled()``.
+    """
+
+    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        shape = (1, num_features) if num_dims == 2 else (1, num_features, 1, 1)
+        self.eps, self.momentum = eps, momentum
+        self.gamma = nn.Parameter(torch.ones(shape))
+        self.beta = nn.Parameter(torch.zeros(shape))
+        self.register_buffer("moving_mean", torch.zeros(shape))
+        self.register_buffer("moving_var", torch.ones(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            dims = (0,) if x.dim() == 2 else (0, 2, 3)
+            mean = x.mean(dim=dims, keepdim=True)
+            var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
+            with torch.no_grad():
+                self.moving_mean.lerp_(mean, self.momentum)
+                self.moving_var.lerp_(var, self.momentum)
+        else:
+            mean, var = self.moving_mean, self.moving_var
+        return self.gamma * (x - mean) / torch.sqrt(var + self.eps) + self.beta
+
+
+Norm = Literal["none", "batch", "scratch"]
+
+
+def norm_layer(kind: Norm, num_features: int, num_dims: int) -> list[nn.Module]:
+    """The normalisation layer(s) to insert after a conv (num_dims=4) or dense (2) layer."""
+    if kind == "none":
+        return []
+    if kind == "batch":
+        return [nn.BatchNorm2d(num_features) if num_dims == 4 else nn.BatchNorm1d(num_features)]
+    if kind == "scratch":
+        return [ScratchBatchNorm(num_features, num_dims)]
+    raise ValueError(f"norm={kind!r}: choose none, batch or scratch")
+
+
+def dense_head(in_features: int, hidden: list[int] | tuple[int, ...], num_classes: int, dropout: float) -> nn.Sequential:
+    """AlexNet/VGG classifier: (Linear, ReLU, Dropout) per hidden layer, then the output layer."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_features, width), nn.ReLU(), nn.Dropout(dropout)]
+        in_features = width
+    layers.append(nn.Linear(in_features, num_classes))
+    return nn.Sequential(*layers)
+
+
+class Classifier(nn.Module):
+    """``features`` then ``head``: the shape every model in the zoo shares."""
+
+    def __init__(self, features: nn.Module, head: nn.Module):
+        super().__init__()
+        self.features = features
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

@@ -1,0 +1,162 @@
+"""The model registry: the single source of truth for which networks exist.
+
+A model is a builder function registered under a name. Its keyword arguments are
+the model's knobs: each one appears in the model's YAML (``conf/model/<name>.yaml``)
+and can be overridden from the command line (``model.width=0.5``).
+"""
+from __future__ import annotations
+
+import inspect
+import typing
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+# Arguments every builder gets from the data, not from the model's YAML.
+DATA_ARGS = ("num_classes", "in_channels", "image_size")
+
+
+class ModelError(ValueError):
+    """A model name or knob that cannot be built; the message says what is allowed."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    builder: Callable[..., nn.Module]
+    resolution: int  # the input side the chapter trains it at, in pixels
+    description: str
+
+    @property
+    def knobs(self) -> dict[str, inspect.Parameter]:
+        """The builder's keyword arguments that a config may set."""
+        params = inspect.signature(self.builder).parameters
+        return {k: p for k, p in params.items() if k not in DATA_ARGS}
+
+    @property
+    def takes_image_size(self) -> bool:
+        """True for networks whose dense head depends on the input size (flatten, not pooling)."""
+        return "image_size" in inspect.signature(self.builder).parameters
+
+
+_REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register_model(name: str, resolution: int, description: str = ""):
+    """Decorator: register ``builder`` under ``name`` with the chapter's input resolution."""
+
+    def wrap(builder):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
+        _REGISTRY[name] = ModelSpec(name, builder, resolution, doc)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ModelError(
+            f"model.name={name!r} is not a registered model; available: {', '.join(list_models())}"
+        ) from None
+
+
+def check_knobs(name: str, knobs: dict[str, Any], prefix: str = "model") -> dict[str, Any]:
+    """Check knob names and types against the builder's signature; return the knobs.
+
+    Types are judged by each knob's default (and its ``Literal`` annotation for choices),
+    so an error can name the key, the bad value and what is allowed.
+    """
+    spec = get_spec(name)
+    allowed = spec.knobs
+    hints = typing.get_type_hints(spec.builder)
+    out = {}
+    for key, value in knobs.items():
+        if key not in allowed:
+            raise ModelError(
+                f"{prefix}.{key} is not a knob of model {name}; its knobs are: "
+                f"{', '.join(allowed) or '(none)'}"
+            )
+        out[key] = _check_type(f"{prefix}.{key}", value, allowed[key].default, hints.get(key))
+    return out
+
+
+def _check_type(key: str, value: Any, default: Any, hint: Any) -> Any:
+    choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
+    if choices:
+        if value not in choices:
+            raise ModelError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
+        return value
+    if default is None or default is inspect.Parameter.empty:
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = True
+    if not ok:
+        raise ModelError(f"{key}={value!r} has the wrong type: expected {type(default).__name__}")
+    return value
+
+
+def create_model(
+    name: str,
+    num_classes: int = 10,
+    in_channels: int = 1,
+    image_size: int | tuple[int, int] | None = None,
+    **knobs: Any,
+) -> nn.Module:
+    """Build model ``name``. ``image_size`` matters only for networks with a flatten head
+    (LeNet, AlexNet, VGG); it defaults to the chapter's resolution."""
+    spec = get_spec(name)
+    kwargs = check_knobs(name, knobs)
+    if spec.takes_image_size:
+        kwargs["image_size"] = image_size or spec.resolution
+    return spec.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+
+
+def accepts_input(name: str, size: int | tuple[int, int], in_channels: int = 1, **knobs: Any) -> bool:
+    """Whether model ``name`` runs on a ``size`` input. Shapes only: it runs on the meta device."""
+    h, w = (size, size) if isinstance(size, int) else size
+    try:
+        with torch.device("meta"):
+            model = create_model(name, in_channels=in_channels, image_size=(h, w), **knobs)
+            with torch.no_grad():
+                model(torch.empty(2, in_channels, h, w))
+    except (RuntimeError, ValueError) as err:
+        if isinstance(err, ModelError):
+            raise
+        return False
+    return True
+
+
+def min_input_size(name: str, in_channels: int = 1, limit: int = 4096, **knobs: Any) -> int:
+    """The smallest square input side the model accepts (binary search; feature-map sizes
+    only grow with the input, so acceptance is monotone)."""
+    if not accepts_input(name, limit, in_channels, **knobs):
+        raise ModelError(f"model {name} accepts no input up to {limit}x{limit}")
+    lo, hi = 1, limit  # invariant: hi accepted
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if accepts_input(name, mid, in_channels, **knobs):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi

@@ -1,0 +1,68 @@
+"""Shared fixtures: composed configs, synthetic IDX datasets, the real data when installed."""
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnbench.data import DEBIAN_DIR, FILES
+
+
+# Decompressed copies of the data go to a temporary cache (reused between sessions), never
+# the user's home; subprocesses inherit it.
+os.environ.setdefault("CNNBENCH_CACHE", str(Path(tempfile.gettempdir()) / "cnnbench-test-cache"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The Debian package's Fashion-MNIST folder; tests that need it skip when it is missing
+    (`make test` installs it)."""
+    if not DEBIAN_DIR.is_dir():
+        pytest.skip(f"Fashion-MNIST not installed at {DEBIAN_DIR} (apt-get install dataset-fashion-mnist)")
+    return DEBIAN_DIR
+
+
+def write_idx(folder: Path, n_train: int = 96, n_test: int = 32, gz: bool = False, seed: int = 0) -> Path:
+    """A tiny Fashion-MNIST look-alike in IDX format: class k images are bright in row band k,
+    so a model can learn them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = torch.arange(n) % 10
+        images = torch.randint(0, 60, (n, 28, 28), generator=g, dtype=torch.uint8)
+        for i, k in enumerate(labels.tolist()):
+            images[i, 2 * k + 4 : 2 * k + 6] = 250
+        payloads = {
+            f"{split}-images-idx3-ubyte": struct.pack(">iiii", FILES[f"{split}-images-idx3-ubyte"], n, 28, 28) + images.numpy().tobytes(),
+            f"{split}-labels-idx1-ubyte": struct.pack(">ii", FILES[f"{split}-labels-idx1-ubyte"], n) + labels.to(torch.uint8).numpy().tobytes(),
+        }
+        for name, payload in payloads.items():
+            if gz:
+                (folder / f"{name}.gz").write_bytes(gzip.compress(payload))
+            else:
+                (folder / name).write_bytes(payload)
+    return folder
+
+
+@pytest.fixture
+def tiny_data(tmp_path) -> Path:
+    return write_idx(tmp_path / "tiny")
+
+
+@pytest.fixture
+def make_cfg():
+    """Compose the real config from conf/ with overrides, as the command line would."""
+    from hydra import compose, initialize_config_dir
+
+    from cnnbench.train import CONF_DIR
+
+    def _make(*overrides: str):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=list(overrides))
+
+    return _make

@@ -1,0 +1,140 @@
+"""Finding and reading Fashion-MNIST, and the device-resident batch iterator."""
+from __future__ import annotations
+
+import gzip
+
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+
+from cnnbench import data
+from conftest import write_idx
+
+
+def test_real_data_loads_whole(real_data):
+    train, test = data.load(str(real_data), download=False)
+    assert train.images.shape == (60000, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (10000, 28, 28)
+    assert torch.bincount(train.labels).tolist() == [6000] * 10
+    # the training set's pixel statistics, widely quoted for Fashion-MNIST
+    pixels = train.images.float() / 255
+    assert pixels.mean().item() == pytest.approx(0.2860, abs=1e-3)
+    assert pixels.std().item() == pytest.approx(0.3530, abs=1e-3)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_reads_raw_and_gzipped_folders(tmp_path, gz):
+    root = write_idx(tmp_path / "d", n_train=50, n_test=20, gz=gz)
+    train, test = data.load(str(root), download=False)
+    assert (len(train), len(test)) == (50, 20)
+    assert train.labels.tolist()[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_reads_torchvision_layout(tmp_path):
+    write_idx(tmp_path / "FashionMNIST" / "raw", n_train=30, n_test=10)
+    train, _ = data.load(str(tmp_path), download=False)
+    assert len(train) == 30
+
+
+def test_root_that_is_a_file(tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(data.DataError, match=r"data.root='.*file.txt' is not a directory; Install the Debian package"):
+        data.load(str(f), download=False)
+
+
+def test_root_without_the_files(tmp_path):
+    with pytest.raises(data.DataError, match=r"lacks train-images-idx3-ubyte.*apt-get install dataset-fashion-mnist"):
+        data.load(str(tmp_path), download=False)
+
+
+def test_truncated_raw_file(tmp_path):
+    root = write_idx(tmp_path / "d", n_train=50, n_test=20)
+    path = root / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(data.DataError, match=r"train-images-idx3-ubyte is truncated or corrupt: 39116 bytes, expected 39216"):
+        data.load(str(root), download=False)
+
+
+def test_truncated_gzip_file(tmp_path):
+    root = write_idx(tmp_path / "d", n_train=50, n_test=20, gz=True)
+    path = root / "t10k-labels-idx1-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:15])
+    with pytest.raises(data.DataError, match=r"t10k-labels-idx1-ubyte.gz is truncated or corrupt"):
+        data.load(str(root), download=False)
+
+
+def test_not_an_idx_file(tmp_path):
+    root = write_idx(tmp_path / "d", n_train=50, n_test=20)
+    (root / "train-labels-idx1-ubyte").write_bytes(b"<html>not found</html>")
+    with pytest.raises(data.DataError, match="not a Fashion-MNIST IDX file"):
+        data.load(str(root), download=False)
+
+
+def test_nothing_found_says_how_to_get_it(monkeypatch):
+    monkeypatch.setattr(data, "DEBIAN_DIR", data.Path("/nonexistent/fashion-mnist"))
+    with pytest.raises(data.DataError, match=r"Fashion-MNIST not found.*apt-get install dataset-fashion-mnist.*data.root=FOLDER"):
+        data.load(None, download=False)
+
+
+def test_gzip_cache_is_refreshed_when_the_source_changes(tmp_path):
+    root = write_idx(tmp_path / "d", n_train=50, n_test=20, gz=True, seed=0)
+    first, _ = data.load(str(root), download=False)
+    write_idx(tmp_path / "d", n_train=40, n_test=20, gz=True, seed=1)
+    second, _ = data.load(str(root), download=False)
+    assert len(first) == 50 and len(second) == 40
+
+
+def split(n=50):
+    """Images whose every pixel holds the sample's index, so batches can be traced."""
+    return data.Split(torch.arange(n, dtype=torch.uint8)[:, None, None].expand(n, 28, 28).contiguous(), torch.arange(n))
+
+
+def test_shuffled_epoch_visits_every_sample_once():
+    loader = data.DeviceLoader(split(50), batch_size=16, shuffle=True, seed=3)
+    assert len(loader) == 4 and loader.num_samples == 50
+    first = torch.cat([y for _, y in loader])
+    second = torch.cat([y for _, y in loader])
+    assert sorted(first.tolist()) == list(range(50)) == sorted(second.tolist())
+    assert first.tolist() != second.tolist()  # a new order each epoch
+    again = torch.cat([y for _, y in data.DeviceLoader(split(50), batch_size=16, shuffle=True, seed=3)])
+    assert again.tolist() == first.tolist()  # the same seed gives the same order
+
+
+def test_batches_pair_images_with_their_labels():
+    for x, y in data.DeviceLoader(split(50), batch_size=16, shuffle=True):
+        assert torch.equal((x[:, 0, 0, 0] * 255).round().long(), y)
+
+
+def test_drop_last_and_limit():
+    assert len(data.DeviceLoader(split(50), batch_size=16, drop_last=True)) == 3
+    loader = data.DeviceLoader(split(50), batch_size=16, limit_batches=2)
+    assert len(loader) == 2 and loader.num_samples == 32 and len(list(loader)) == 2
+
+
+def test_resize_matches_torchvision():
+    images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    loader = data.DeviceLoader(data.Split(images, torch.zeros(4, dtype=torch.long)), batch_size=4, size=(96, 64))
+    x, _ = next(iter(loader))
+    assert x.shape == (4, 1, 96, 64) and x.dtype == torch.float32
+    expected = TF.resize(images[:, None].float() / 255, [96, 64], antialias=True)
+    torch.testing.assert_close(x, expected)
+
+
+def test_normalize():
+    loader = data.DeviceLoader(split(50), batch_size=50, mean=0.1, std=0.5)
+    x, y = next(iter(loader))
+    torch.testing.assert_close(x[:, 0, 0, 0], (y / 255 - 0.1) / 0.5)
+
+
+def test_augmentation_keeps_shape_and_content():
+    images = torch.zeros(64, 28, 28, dtype=torch.uint8)
+    images[:, :, :14] = 255  # left half bright
+    loader = data.DeviceLoader(data.Split(images, torch.zeros(64, dtype=torch.long)), 64, hflip=True, crop_padding=3, seed=1)
+    x, _ = next(iter(loader))
+    assert x.shape == (64, 1, 28, 28)
+    left_bright = x[:, 0, 14, :4].mean(dim=1) > 0.5
+    right_bright = x[:, 0, 14, -4:].mean(dim=1) > 0.5
+    assert left_bright.any() and right_bright.any()  # some images were flipped, some not
+    # a crop shifts by at most 3 px, so the bright area keeps 14 columns minus the shift
+    assert ((x[:, 0, 14] > 0.5).sum(dim=1) >= 11).all()
