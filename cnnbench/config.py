@@ -8,13 +8,14 @@ Every error names the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from .models import ModelError, get_spec, min_input_size
@@ -184,5 +185,10 @@ def _validate_optimizer(cfg: DictConfig) -> None:
             allowed = [k for k in params if k not in ("self", "params")]
             raise ConfigError(f"optimizer.{key} is not an argument of {cls.__name__}; allowed: {', '.join(allowed)}")
     lr = cfg.optimizer.get("lr")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
         raise ConfigError(f"optimizer.lr={lr!r} is not allowed; the learning rate must be a positive number")
+    try:  # the optimizer's own checks (momentum >= 0, betas in [0, 1), ...) on a stand-in parameter
+        instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
+    except Exception as err:
+        cause = err.__cause__ or err
+        raise ConfigError(f"optimizer: {cause}") from None

@@ -190,8 +190,7 @@ def main(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         sys.exit(EXIT_CODES["interrupted"])
     status = summary["status"]
-    if status != "completed":
-        print(f"cnnbench: {status}: {summary.get('error', '')}", file=sys.stderr)
+    if status != "completed":  # run() has logged why
         # A sweep goes on with its other jobs; a single run exits non-zero.
         if hydra_cfg.mode != RunMode.MULTIRUN:
             sys.exit(BAD_INPUT_EXIT if summary.get("bad_input") else EXIT_CODES[status])

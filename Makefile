@@ -1,0 +1,43 @@
+# cnnbench: `make run` trains a real model, `make test` runs the test suite. Each installs what
+# it needs first: a virtual environment in .venv with the package and its dependencies, and
+# Fashion-MNIST from Debian's dataset-fashion-mnist package when it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install data run test test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST without internet: Debian ships it. If this fails, cnnbench says how else to get it.
+data:
+	@test -d $(DATA_DIR) || { $(SUDO) apt-get install -y -q dataset-fashion-mnist \
+	  || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; } \
+	  || echo "warning: could not install dataset-fashion-mnist; see README (Data)"; }
+
+# BN-LeNet at 28 px with a cosine SGD recipe: ~90% test accuracy in about 1.5 minutes on 2 CPU cores.
+run: install data
+	$(BIN)/cnnbench +experiment=quickstart
+
+# The default suite (CPU, under 15 minutes on 2 cores). GPU tests skip themselves without a GPU.
+test: install data
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Everything, the slow tests included.
+test-all: install data
+	$(BIN)/python -m pytest -q
+
+bench: install data
+	$(BIN)/python benchmarks/pipeline_cpu.py
+
+clean:
+	rm -rf $(VENV) outputs/runs outputs/sweeps .pytest_cache

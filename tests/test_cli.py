@@ -1,0 +1,98 @@
+"""The installed command, run as a user would: real subprocesses, real files."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from cnnbench.metrics import COLUMNS
+from cnnbench.models import list_models
+
+
+def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([sys.executable, "-m", "cnnbench", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_one_run_writes_its_files(real_data, tmp_path):
+    out = tmp_path / "run"
+    # started from another directory: the command finds its configs and writes only into the run dir
+    proc = cnnbench("trainer=smoke", "trainer.limit_train_batches=20", "data.batch_size=32", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert list(metrics.columns) == COLUMNS
+    assert metrics["epoch"].tolist() == [1, 2]
+    assert metrics.notna().all().all()
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("model", "status", "params", "flops", "final_test_acc", "best_test_acc", "wall_time_s", "device", "seed", "overrides"):
+        assert key in summary, key
+    assert summary["status"] == "completed" and summary["model"] == "bn_lenet"
+    assert summary["overrides"][0] == "trainer=smoke"
+    assert (out / "curves.png").is_file() and (out / ".hydra" / "config.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing written to the working directory
+
+
+def test_multirun_writes_one_dir_per_job(real_data, tmp_path):
+    proc = cnnbench("-m", "trainer=smoke", "optimizer.lr=0.01,0.1", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    for job, lr in (("0", 0.01), ("1", 0.1)):
+        summary = json.loads((tmp_path / job / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["config"]["optimizer"]["lr"] == lr
+        assert len(pd.read_csv(tmp_path / job / "metrics.csv")) == 2
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tiny_data, tmp_path):
+    proc = cnnbench("-m", "trainer=smoke", f"data.root={tiny_data}", "model.padding=0,-9", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "0" / "summary.json").read_text())["status"] == "completed"
+    failed = json.loads((tmp_path / "1" / "summary.json").read_text())
+    assert failed["status"] == "failed" and failed["error"]
+
+
+def test_help_lists_groups_and_models():
+    proc = cnnbench("--help")
+    assert proc.returncode == 0
+    for group in ("model:", "data:", "optimizer:", "scheduler:", "trainer:"):
+        assert group in proc.stdout
+    models_line = next(line for line in proc.stdout.splitlines() if line.startswith("model:"))
+    for name in list_models():
+        assert name in models_line
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model.name=resnet19"], "model.name='resnet19' is not a registered model; available: alexnet"),
+        (["model=alexnet", "data.resize=32"], "is too small for model alexnet: the smallest input it accepts is 65x65"),
+        (["optimizer.lr=0"], "optimizer.lr=0 is not allowed"),
+        (["data.batch_size=-1"], "data.batch_size=-1 is not allowed"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs=0 is not allowed"),
+        (["data.root=/etc/hostname"], "data.root='/etc/hostname' is not a directory"),
+    ],
+)
+def test_bad_input_exits_2_with_one_clear_line(tmp_path, args, message):
+    proc = cnnbench(*args, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["data.batch_sise=64"], "Key 'batch_sise' not in 'DataConfig'"),
+        (["data.batch_size=many"], "Value 'many' of type 'str' could not be converted to Integer"),
+        (["trainer.precision=fp8"], "Invalid value 'fp8', expected one of [auto, fp32, bf16, fp16]"),
+        (["model=resnet19"], "Could not find 'model/resnet19'"),
+    ],
+)
+def test_schema_rejects_typos_and_wrong_types(tmp_path, args, message):
+    proc = cnnbench(*args, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,115 @@
+"""Training through ``cnnbench.train.run`` with composed configs: learning, outputs, statuses."""
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pandas as pd
+import pytest
+
+from cnnbench.metrics import COLUMNS
+from cnnbench.models import list_models
+from cnnbench.train import run
+
+
+def read_run(out):
+    return pd.read_csv(out / "metrics.csv"), json.loads((out / "summary.json").read_text())
+
+
+def test_loss_goes_down_on_a_small_subset(make_cfg, real_data, tmp_path):
+    cfg = make_cfg("data.subset=2048", "data.test_subset=1024", "data.batch_size=64", "trainer.max_epochs=4",
+                   "optimizer.momentum=0.9", "optimizer.lr=0.05")
+    summary = run(cfg, tmp_path)
+    metrics, saved = read_run(tmp_path)
+    assert summary["status"] == saved["status"] == "completed"
+    assert list(metrics.columns) == COLUMNS
+    assert metrics["epoch"].tolist() == [1, 2, 3, 4]
+    assert metrics["train_loss"].iloc[-1] < 0.7 * metrics["train_loss"].iloc[0]
+    assert metrics["test_acc"].iloc[-1] > 0.7  # ten classes: chance is 0.1
+    assert saved["final_test_acc"] == pytest.approx(metrics["test_acc"].iloc[-1], abs=1e-6)
+    assert saved["best_test_acc"] == pytest.approx(metrics["test_acc"].max(), abs=1e-6)
+    assert saved["params"] == 44_878 and saved["flops"] > 0 and saved["device"] == "cpu"
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_same_seed_same_metrics(make_cfg, tiny_data, tmp_path):
+    overrides = (f"data.root={tiny_data}", "trainer.max_epochs=2", "data.batch_size=16", "data.hflip=true", "data.crop_padding=2")
+    a = run(make_cfg(*overrides), tmp_path / "a")
+    b = run(make_cfg(*overrides), tmp_path / "b")
+    assert a["status"] == b["status"] == "completed"
+    cols = ["train_loss", "train_acc", "test_loss", "test_acc"]
+    pd.testing.assert_frame_equal(read_run(tmp_path / "a")[0][cols], read_run(tmp_path / "b")[0][cols])
+
+
+def test_divergence_is_recorded(make_cfg, tiny_data, tmp_path):
+    cfg = make_cfg("model=lenet", f"data.root={tiny_data}", "optimizer.lr=1e38", "trainer.max_epochs=5", "data.batch_size=16")
+    summary = run(cfg, tmp_path)
+    metrics, saved = read_run(tmp_path)
+    assert summary["status"] == saved["status"] == "diverged"
+    assert "training loss became nan in epoch 1" in saved["error"]
+    assert len(metrics) == 1 and math.isnan(metrics["train_loss"][0])  # the epoch that diverged, then stop
+
+
+@pytest.mark.parametrize(
+    "scheduler, expected",
+    [
+        ("scheduler=step scheduler.step_size=2 scheduler.gamma=0.5", [0.1, 0.1, 0.05, 0.05]),
+        ("scheduler=cosine", [0.1, 0.1 * (1 + math.cos(math.pi / 4)) / 2, 0.05, 0.1 * (1 + math.cos(3 * math.pi / 4)) / 2]),
+    ],
+)
+def test_schedulers_set_the_epoch_learning_rate(make_cfg, tiny_data, tmp_path, scheduler, expected):
+    # 96 images in batches of 24: four steps per epoch, so cosine is evaluated at quarter points
+    cfg = make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=4", "data.batch_size=24", *scheduler.split())
+    assert run(cfg, tmp_path)["status"] == "completed"
+    assert read_run(tmp_path)[0]["lr"].tolist() == pytest.approx(expected, rel=1e-4)
+
+
+def test_onecycle_adam_label_smoothing_and_clipping(make_cfg, tiny_data, tmp_path):
+    cfg = make_cfg(f"data.root={tiny_data}", "optimizer=adamw", "scheduler=onecycle", "trainer.label_smoothing=0.1",
+                   "trainer.grad_clip=1.0", "trainer.max_epochs=2", "data.batch_size=16", "data.normalize=true")
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    lrs = read_run(tmp_path)[0]["lr"].tolist()
+    assert lrs[0] < 0.001 and lrs[1] > lrs[0]  # warming up towards optimizer.lr
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_passes_the_smoke_preset(make_cfg, tiny_data, tmp_path, name):
+    # at the chapter's resolution: VGG-11 at 224 px is the slowest, about half a minute on 2 cores
+    summary = run(make_cfg(f"model={name}", "trainer=smoke", f"data.root={tiny_data}"), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    assert len(read_run(tmp_path)[0]) == 2
+
+
+BAD_INPUTS = [
+    ("model.name=resnet19", r"model.name='resnet19' is not a registered model; available: alexnet, bn_lenet"),
+    ("model=alexnet data.resize=64", r"data.resize=64 \(64x64\) is too small for model alexnet: the smallest input it accepts is 65x65"),
+    ("data.resize=[28,0]", r"data.resize=\[28, 0\] is not allowed; give a positive side"),
+    ("optimizer.lr=0", r"optimizer.lr=0 is not allowed; the learning rate must be a positive number"),
+    ("optimizer.lr=-0.1", r"optimizer.lr=-0.1 is not allowed"),
+    ("data.batch_size=0", r"data.batch_size=0 is not allowed; it must be a positive integer"),
+    ("trainer.max_epochs=0", r"trainer.max_epochs=0 is not allowed; it must be a positive integer"),
+    ("model.norm=group", r"model.norm='group' is not allowed; choose one of: none, batch, scratch"),
+    ("+model.depth=3", r"model.depth is not a knob of model bn_lenet; its knobs are: norm, padding, init"),
+    ("+optimizer.momentun=0.9", r"optimizer.momentun is not an argument of SGD; allowed: lr, momentum"),
+    ("optimizer.momentum=-1", r"optimizer: Invalid momentum value: -1"),
+    ("optimizer._target_=torch.nn.Linear", r"optimizer._target_='torch.nn.Linear' is not a torch.optim optimizer class"),
+    ("trainer.label_smoothing=1.5", r"trainer.label_smoothing=1.5 is not allowed; it must be in \[0, 1\)"),
+    ("trainer.device=tpu", r"trainer.device='tpu' is not allowed; choose auto, cpu, cuda or cuda:N"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_fails_before_training(make_cfg, tmp_path, overrides, message):
+    summary = run(make_cfg(*overrides.split(), "data.root=/nonexistent"), tmp_path)
+    assert summary["status"] == "failed" and summary["bad_input"]
+    assert re.search(message, summary["error"]), summary["error"]
+    assert not (tmp_path / "metrics.csv").exists()  # nothing trained
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_bad_data_root_fails_before_training(make_cfg, tmp_path):
+    summary = run(make_cfg(f"data.root={tmp_path}", "data.download=false"), tmp_path / "run")
+    assert summary["status"] == "failed" and "lacks train-images-idx3-ubyte" in summary["error"]
+    assert not (tmp_path / "run" / "metrics.csv").exists()
