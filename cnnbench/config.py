@@ -160,6 +160,8 @@ def validate(cfg: DictConfig) -> None:
     device = cfg.trainer.device
     if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
         raise ConfigError(f"trainer.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={device!r}: CUDA is not available on this machine; use auto or cpu")
 
     _validate_optimizer(cfg)
 

@@ -129,7 +129,10 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
         summary |= _results(rows, time.perf_counter() - started)
         write_json(summary_path, summary)
         if rows and cfg.trainer.plot:
-            plot_curves(rows, out_dir / "curves.png", f"{cfg.model.name} at {summary['resolution'][0]} px")
+            try:
+                plot_curves(rows, out_dir / "curves.png", f"{cfg.model.name} at {summary['resolution'][0]} px")
+            except Exception as err:  # a plot must never cost the run its status
+                log.warning("could not plot the learning curves: %s", err)
         if summary["status"] != "completed":
             log.error("run %s: %s", summary["status"], summary.get("error", ""))
         # Free the device before the next job of a sweep (after an OOM above all).

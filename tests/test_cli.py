@@ -1,10 +1,12 @@
 """The installed command, run as a user would: real subprocesses, real files."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import pandas as pd
 import pytest
@@ -53,6 +55,14 @@ def test_a_failing_job_does_not_stop_the_sweep(tiny_data, tmp_path):
     assert failed["status"] == "failed" and failed["error"]
 
 
+def test_a_diverged_run_exits_3_and_keeps_its_files(tiny_data, tmp_path):
+    proc = cnnbench("model=lenet", f"data.root={tiny_data}", "optimizer.lr=1e38", "data.batch_size=16", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 3
+    assert "run diverged: the training loss became nan in epoch 1" in proc.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+    assert len(pd.read_csv(tmp_path / "metrics.csv")) == 1
+
+
 def test_help_lists_groups_and_models():
     proc = cnnbench("--help")
     assert proc.returncode == 0
@@ -96,3 +106,23 @@ def test_schema_rejects_typos_and_wrong_types(tmp_path, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_configs(tmp_path):
+    """Installed from a wheel, the command finds conf/ inside the package, from any directory."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pip = [sys.executable, "-m", "pip", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "whl"), root], check=True, timeout=600)
+    wheel = next((tmp_path / "whl").glob("cnnbench-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        packed = {n.removeprefix("cnnbench/conf/") for n in zf.namelist() if n.startswith("cnnbench/conf/") and n.endswith(".yaml")}
+    conf = os.path.join(root, "conf")
+    assert packed == {os.path.relpath(p, conf) for p in glob.glob(os.path.join(conf, "**", "*.yaml"), recursive=True)}
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(tmp_path / "site"), str(wheel)], check=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    code = "import cnnbench.train as t; print(t.CONF_DIR)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    assert out.stdout.strip() == str(tmp_path / "site" / "cnnbench" / "conf")
+    proc = subprocess.run([sys.executable, "-m", "cnnbench", "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and "model: alexnet" in proc.stdout

@@ -7,6 +7,7 @@ import re
 
 import pandas as pd
 import pytest
+import torch
 
 from cnnbench.metrics import COLUMNS
 from cnnbench.models import list_models
@@ -98,6 +99,8 @@ BAD_INPUTS = [
     ("trainer.label_smoothing=1.5", r"trainer.label_smoothing=1.5 is not allowed; it must be in \[0, 1\)"),
     ("trainer.device=tpu", r"trainer.device='tpu' is not allowed; choose auto, cpu, cuda or cuda:N"),
 ]
+if not torch.cuda.is_available():
+    BAD_INPUTS.append(("trainer.device=cuda", r"trainer.device='cuda': CUDA is not available on this machine"))
 
 
 @pytest.mark.parametrize("overrides, message", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
@@ -113,3 +116,21 @@ def test_bad_data_root_fails_before_training(make_cfg, tmp_path):
     summary = run(make_cfg(f"data.root={tmp_path}", "data.download=false"), tmp_path / "run")
     assert summary["status"] == "failed" and "lacks train-images-idx3-ubyte" in summary["error"]
     assert not (tmp_path / "run" / "metrics.csv").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision", ["auto", "fp16"])
+def test_gpu_run_with_mixed_precision_and_channels_last(make_cfg, real_data, tmp_path, precision):
+    cfg = make_cfg("model=resnet18", "data.resize=64", "trainer=smoke", "trainer.device=cuda",
+                   f"trainer.precision={precision}", "trainer.channels_last=true")
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    assert summary["device"].startswith("cuda") and summary["peak_mem_mb"] > 0
+
+
+@pytest.mark.slow
+def test_compiled_model_trains(make_cfg, tiny_data, tmp_path):
+    cfg = make_cfg("model=lenet", "trainer=smoke", f"data.root={tiny_data}", "trainer.compile=true", "data.drop_last=true")
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
