@@ -19,14 +19,15 @@ STATUSES = ("running", "completed", "diverged", "oom", "interrupted", "failed")
 
 
 class MetricsWriter:
-    """Appends one complete row per epoch to metrics.csv and flushes it to disk at once,
-    so a run killed at any moment leaves only whole rows."""
+    """Writes one complete row per epoch to metrics.csv and flushes it to disk at once,
+    so a run killed at any moment leaves only whole rows. A new run starts the file
+    afresh; ``append=True`` (resuming a run) continues it."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, append: bool = False):
         self.path = path
         self.rows: list[dict[str, float]] = []
-        new = not path.exists() or path.stat().st_size == 0
-        self._file = open(path, "a", newline="")
+        new = not append or not path.exists() or path.stat().st_size == 0
+        self._file = open(path, "w" if new else "a", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="raise")
         if new:
             self._csv.writeheader()

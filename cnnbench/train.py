@@ -130,7 +130,10 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
         write_json(summary_path, summary)
         if rows and cfg.trainer.plot:
             try:
-                plot_curves(rows, out_dir / "curves.png", f"{cfg.model.name} at {summary['resolution'][0]} px")
+                h, w = summary["resolution"]
+                title = (f"{cfg.model.name}, {h}x{w} px, batch {cfg.data.batch_size}, "
+                         f"{cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr:g}, seed {cfg.seed}")
+                plot_curves(rows, out_dir / "curves.png", title)
             except Exception as err:  # a plot must never cost the run its status
                 log.warning("could not plot the learning curves: %s", err)
         if summary["status"] != "completed":

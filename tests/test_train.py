@@ -134,3 +134,11 @@ def test_compiled_model_trains(make_cfg, tiny_data, tmp_path):
     cfg = make_cfg("model=lenet", "trainer=smoke", f"data.root={tiny_data}", "trainer.compile=true", "data.drop_last=true")
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed", summary.get("error")
+
+
+def test_a_new_run_in_an_old_dir_starts_fresh_files(make_cfg, tiny_data, tmp_path):
+    cfg = make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=2", "data.batch_size=32")
+    run(cfg, tmp_path)
+    run(make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=1", "data.batch_size=32"), tmp_path)
+    metrics, summary = read_run(tmp_path)
+    assert metrics["epoch"].tolist() == [1] and summary["epochs_completed"] == 1
