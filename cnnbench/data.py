@@ -29,7 +29,6 @@ FILES = {  # file name -> IDX magic number
     "t10k-images-idx3-ubyte": 2051,
     "t10k-labels-idx1-ubyte": 2049,
 }
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 HOW_TO_GET = (
     "Install the Debian package (apt-get install dataset-fashion-mnist, files in "
     f"{DEBIAN_DIR}), or download the four files train-images-idx3-ubyte.gz, "

@@ -15,7 +15,6 @@ COLUMNS = [
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
     "epoch_time_s", "train_images_per_s", "peak_mem_mb",
 ]
-STATUSES = ("running", "completed", "diverged", "oom", "interrupted", "failed")
 
 
 class MetricsWriter:
@@ -58,14 +57,13 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    env = {
+    return {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),
     }
-    return env
 
 
 def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
