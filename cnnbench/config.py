@@ -40,6 +40,20 @@ class SchedulerName(str, Enum):
     onecycle = "onecycle"  # warm up to optimizer.lr then anneal (Smith's one-cycle), per step
 
 
+class Task(str, Enum):
+    train = "train"  # train and evaluate: metrics.csv, curves.png
+    summary = "summary"  # layer table, parameter/FLOP split, memory: layers.csv
+    bench = "bench"  # training and inference throughput and memory per batch size: bench.csv
+    min_size = "min_size"  # the smallest input the model accepts: stages.csv
+
+
+@dataclass
+class BenchConfig:
+    batch_sizes: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    warmup_steps: int = 3  # untimed steps first (allocator, cuDNN autotuning, compilation)
+    steps: int = 10  # timed steps per batch size and mode; the median is reported
+
+
 @dataclass
 class DataConfig:
     root: Optional[str] = None  # folder with the four IDX files (gzipped or not); unset: Debian package, then download
@@ -81,11 +95,13 @@ class TrainerConfig:
 
 @dataclass
 class Config:
+    task: Task = Task.train
     model: Any = MISSING  # name + knobs, checked against the model's builder
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: Any = MISSING  # _target_ + keyword arguments of a torch.optim class
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)  # task=bench
     seed: int = 0  # seeds weights, data order and augmentation
 
 
@@ -147,7 +163,12 @@ def validate(cfg: DictConfig) -> None:
         "data.test_subset": cfg.data.test_subset,
         "trainer.limit_train_batches": cfg.trainer.limit_train_batches,
         "trainer.limit_test_batches": cfg.trainer.limit_test_batches,
+        "bench.steps": cfg.bench.steps,
     }
+    if not cfg.bench.batch_sizes or any(b < 1 for b in cfg.bench.batch_sizes):
+        raise ConfigError(f"bench.batch_sizes={list(cfg.bench.batch_sizes)} is not allowed; give a list of positive integers")
+    if cfg.bench.warmup_steps < 0:
+        raise ConfigError(f"bench.warmup_steps={cfg.bench.warmup_steps} is not allowed; it must be 0 or more")
     for key, value in positive.items():
         if value is not None and value < 1:
             raise ConfigError(f"{key}={value} is not allowed; it must be a positive integer")
@@ -166,6 +187,8 @@ def validate(cfg: DictConfig) -> None:
     _validate_optimizer(cfg)
 
     h, w = resolution(cfg)
+    if cfg.task == Task.min_size:  # it searches the sizes itself
+        return
     try:
         if not accepts_input(name, (h, w), **knobs):
             smallest = min_input_size(name, **knobs)

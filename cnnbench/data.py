@@ -230,6 +230,29 @@ class DeviceLoader:
         return x
 
 
+def build_loaders(cfg, train: Split, test: Split, size: tuple[int, int], device: torch.device):
+    """The training and test loaders for a run's config (data.*, trainer.limit_*, seed)."""
+    if cfg.data.subset:
+        train = Split(train.images[: cfg.data.subset], train.labels[: cfg.data.subset])
+    if cfg.data.test_subset:
+        test = Split(test.images[: cfg.data.test_subset], test.labels[: cfg.data.test_subset])
+    mean = std = None
+    if cfg.data.normalize:
+        pixels = train.images.float().div_(255)
+        mean, std = pixels.mean().item(), pixels.std().item()
+    train, test = train.to(device), test.to(device)
+    common = dict(size=size, mean=mean, std=std)
+    train_loader = DeviceLoader(
+        train, cfg.data.batch_size, shuffle=True, drop_last=cfg.data.drop_last, seed=cfg.seed,
+        crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, limit_batches=cfg.trainer.limit_train_batches,
+        **common,
+    )
+    test_loader = DeviceLoader(
+        test, cfg.data.test_batch_size or cfg.data.batch_size, limit_batches=cfg.trainer.limit_test_batches, **common
+    )
+    return train_loader, test_loader
+
+
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Zero-pad by ``padding`` and take a random window of the original size per image."""
     b, _, h, w = x.shape

@@ -17,9 +17,12 @@ from typing import Callable
 
 import torch
 from torch import nn
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 from tqdm import tqdm
 
 from .data import DeviceLoader
+from .models import create_model
 
 log = logging.getLogger(__name__)
 
@@ -171,3 +174,25 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, epochs: int, steps_pe
         max_lr = [group["lr"] for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total, pct_start=cfg.pct_start), True
     raise ValueError(f"scheduler.name={name!r}: choose none, step, cosine or onecycle")
+
+
+def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_epoch: int) -> Trainer:
+    """The model (seeded), optimizer and schedule on ``device``, ready to train."""
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model.name, image_size=size, **knobs).to(device)
+    if cfg.trainer.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = instantiate(cfg.optimizer, params=model.parameters())
+    scheduler, per_batch = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.max_epochs, steps_per_epoch)
+    return Trainer(
+        model=torch.compile(model) if cfg.trainer.compile else model,
+        optimizer=optimizer,
+        device=device,
+        scheduler=scheduler,
+        step_scheduler_per_batch=per_batch,
+        label_smoothing=cfg.trainer.label_smoothing,
+        amp_dtype=autocast_dtype(cfg.trainer.precision, device),
+        channels_last=cfg.trainer.channels_last,
+        grad_clip=cfg.trainer.grad_clip,
+        progress=cfg.trainer.progress,
+    )

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,82 @@ def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def plot_bench(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Throughput and peak memory against batch size, training and inference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for mode, style in (("train", "-"), ("infer", "--")):
+        sel = [r for r in rows if r["mode"] == mode and r["status"] == "completed"]
+        sizes = [r["batch_size"] for r in sel]
+        ax_speed.plot(sizes, [r["images_per_s"] for r in sel], style, marker="o", label=mode)
+        ax_mem.plot(sizes, [r["peak_mem_mb"] for r in sel], style, marker="o", label=mode)
+    ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput", xscale="log")
+    ax_mem.set(xlabel="batch size", ylabel="peak memory (MB)", title="peak memory", xscale="log")
+    for ax in (ax_speed, ax_mem):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def collect_results(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job of a sweep, failed ones included: the job, its overrides as columns,
+    then the scalar fields of its summary.json (status, accuracies, params, FLOPs, ...)."""
+    rows = []
+    paths = sorted(sweep_dir.glob("*/summary.json"), key=lambda p: (not p.parent.name.isdigit(), int(p.parent.name) if p.parent.name.isdigit() else 0, p.parent.name))
+    for path in paths:
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            rows.append({"job": path.parent.name, "status": "failed", "error": f"unreadable summary.json: {err}"})
+            continue
+        row: dict[str, Any] = {"job": path.parent.name}
+        for override in summary.get("overrides", []):
+            key, _, value = override.lstrip("+~").partition("=")
+            row[key] = value
+        # An override keeps its own value (model=vgg11_quarter, not the registry's vgg11).
+        row |= {k: v for k, v in summary.items()
+                if k not in row and k not in ("config", "overrides") and not isinstance(v, (dict, list))}
+        rows.append(row)
+    return rows
+
+
+def write_results(sweep_dir: Path) -> Path | None:
+    """Write the sweep's results.csv (atomically); None when no job left a summary."""
+    import pandas as pd
+
+    rows = collect_results(sweep_dir)
+    if not rows:
+        return None
+    path = sweep_dir / "results.csv"
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra < 1.1
+    Callback = object
+
+
+class SweepResults(Callback):
+    """Hydra callback (conf/config.yaml, hydra.callbacks): results.csv at the end of a multirun."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        path = write_results(getattr(self, "sweep_dir", Path(config.hydra.sweep.dir)))
+        if path:
+            print(f"cnnbench: sweep results in {path}", file=sys.stderr)

@@ -53,6 +53,23 @@ def test_a_failing_job_does_not_stop_the_sweep(tiny_data, tmp_path):
     assert json.loads((tmp_path / "0" / "summary.json").read_text())["status"] == "completed"
     failed = json.loads((tmp_path / "1" / "summary.json").read_text())
     assert failed["status"] == "failed" and failed["error"]
+    results = pd.read_csv(tmp_path / "results.csv")  # one row per job, the failed one included
+    assert results["job"].tolist() == [0, 1] and results["model.padding"].tolist() == [0, -9]
+    assert results["status"].tolist() == ["completed", "failed"]
+
+
+def test_summary_sweep_compares_models_in_results_csv(tmp_path):
+    proc = cnnbench("-m", "task=summary", "model=alexnet,vgg11_quarter,nin,googlenet", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    results = pd.read_csv(tmp_path / "results.csv").set_index("model")
+    assert results.index.tolist() == ["alexnet", "vgg11_quarter", "nin", "googlenet"]
+    assert (results["status"] == "completed").all()
+    assert results.loc["alexnet", "params"] == 46_764_746
+    # NiN and GoogLeNet replace the dense layers with global pooling: far fewer parameters
+    assert results.loc["nin", "params"] < results.loc["alexnet", "params"] / 20
+    assert results.loc["googlenet", "params_linear"] < 20_000
+    for column in ("flops", "params_conv", "flops_linear", "train_memory_mb", "infer_memory_mb"):
+        assert results[column].notna().all(), column
 
 
 def test_a_diverged_run_exits_3_and_keeps_its_files(tiny_data, tmp_path):
