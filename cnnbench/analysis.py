@@ -258,7 +258,9 @@ def summary_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> Non
 
 def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     """task=bench: training and inference throughput and peak memory per batch size.
-    A batch size that runs out of memory is recorded as such and the others go on."""
+    A batch size that runs out of memory is recorded as such and the others go on.
+    ``peak_mem_mb`` is measured (CUDA's peak allocation; on the CPU the process's peak
+    resident memory, which only grows); ``estimated_mem_mb`` is ``memory_estimate``'s."""
     from .metrics import plot_bench
 
     device, size, knobs = describe(cfg, summary)
@@ -273,9 +275,11 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+        estimate = memory_estimate(cfg.model.name, size, batch_size, cfg.optimizer, **knobs)
         for mode in ("train", "infer"):
             r = results.get(mode, {"images_per_s": math.nan, "step_time_ms": math.nan, "peak_mem_mb": math.nan})
-            rows.append({"batch_size": batch_size, "mode": mode, **r, "status": status})
+            rows.append({"batch_size": batch_size, "mode": mode, **r, "status": status,
+                         "estimated_mem_mb": estimate[f"{mode}_memory_mb"]})
             log.info("batch %4d %-5s %s: %8.1f img/s  %8.2f ms/step  %8.1f MB", batch_size, mode, status,
                      r["images_per_s"], r["step_time_ms"], r["peak_mem_mb"])
     write_csv(out_dir / "bench.csv", rows)

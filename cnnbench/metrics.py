@@ -103,10 +103,15 @@ def plot_bench(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         sel = [r for r in rows if r["mode"] == mode and r["status"] == "completed"]
         sizes = [r["batch_size"] for r in sel]
         ax_speed.plot(sizes, [r["images_per_s"] for r in sel], style, marker="o", label=mode)
-        ax_mem.plot(sizes, [r["peak_mem_mb"] for r in sel], style, marker="o", label=mode)
-    ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput", xscale="log")
-    ax_mem.set(xlabel="batch size", ylabel="peak memory (MB)", title="peak memory", xscale="log")
+        ax_mem.plot(sizes, [r["peak_mem_mb"] for r in sel], style, marker="o", label=f"{mode}, measured peak")
+        ax_mem.plot(sizes, [r["estimated_mem_mb"] for r in sel], style, marker="x", alpha=0.6, label=f"{mode}, estimate")
+    ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput")
+    ax_mem.set(xlabel="batch size", ylabel="memory (MB)", title="memory")
+    batch_sizes = sorted({r["batch_size"] for r in rows})
     for ax in (ax_speed, ax_mem):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)

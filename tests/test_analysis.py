@@ -95,7 +95,9 @@ def test_bench_task_writes_a_row_per_batch_size_and_mode(make_cfg, tiny_data, tm
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed", summary.get("error")
     bench = pd.read_csv(tmp_path / "bench.csv")
-    assert list(bench.columns) == ["batch_size", "mode", "images_per_s", "step_time_ms", "peak_mem_mb", "status"]
+    assert list(bench.columns) == ["batch_size", "mode", "images_per_s", "step_time_ms", "peak_mem_mb", "status", "estimated_mem_mb"]
+    est = bench.set_index(["batch_size", "mode"]).estimated_mem_mb
+    assert est[(16, "train")] > est[(4, "train")] > est[(4, "infer")]
     assert list(zip(bench.batch_size, bench["mode"])) == [(4, "train"), (4, "infer"), (16, "train"), (16, "infer")]
     assert (bench.images_per_s > 0).all() and (bench.status == "completed").all()
     # images/s is the batch over the median step time
