@@ -170,6 +170,13 @@ class SweepResults(Callback):
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        path = write_results(getattr(self, "sweep_dir", Path(config.hydra.sweep.dir)))
+        sweep_dir = getattr(self, "sweep_dir", Path(config.hydra.sweep.dir))
+        path = write_results(sweep_dir)
         if path:
             print(f"cnnbench: sweep results in {path}", file=sys.stderr)
+        # Every job ran; the sweep still exits non-zero when any of them did not complete.
+        unfinished = [r for r in collect_results(sweep_dir) if r.get("status") != "completed"]
+        if unfinished:
+            jobs = ", ".join(f"{r['job']} ({r.get('status')})" for r in unfinished)
+            print(f"cnnbench: {len(unfinished)} job(s) did not complete: {jobs}", file=sys.stderr)
+            sys.exit(1)
