@@ -89,6 +89,10 @@ class TrainerConfig:
     grad_clip: float = 0.0  # clip the gradient norm to this value (0: off)
     limit_train_batches: Optional[int] = None  # stop each training epoch after N steps (smoke runs)
     limit_test_batches: Optional[int] = None  # evaluate on N batches only
+    checkpoint: bool = False  # write last.pt (everything a resume needs) at every epoch end
+    save_best: bool = False  # keep the weights with the best test accuracy in best.pt
+    resume: Optional[str] = None  # a run dir (or .pt file) to continue from, e.g. hydra.run.dir=D trainer.resume=D
+    deterministic: bool = False  # deterministic algorithms on the GPU (slower); the CPU is deterministic anyway
     progress: bool = True  # tqdm bar per epoch when stderr is a terminal
     plot: bool = True  # write curves.png at the end of the run
 
@@ -209,6 +213,12 @@ def _validate_optimizer(cfg: DictConfig) -> None:
         if key not in params or key in ("self", "params"):
             allowed = [k for k in params if k not in ("self", "params")]
             raise ConfigError(f"optimizer.{key} is not an argument of {cls.__name__}; allowed: {', '.join(allowed)}")
+        default = params[key].default
+        number = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if number and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
+            raise ConfigError(f"optimizer.{key}={value!r} is not allowed; {cls.__name__} takes a finite number")
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"optimizer.{key}={value!r} is not allowed; {cls.__name__} takes true or false")
     lr = cfg.optimizer.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
         raise ConfigError(f"optimizer.lr={lr!r} is not allowed; the learning rate must be a positive number")
@@ -216,4 +226,4 @@ def _validate_optimizer(cfg: DictConfig) -> None:
         instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
     except Exception as err:
         cause = err.__cause__ or err
-        raise ConfigError(f"optimizer: {cause}") from None
+        raise ConfigError(f"optimizer: {cls.__name__} rejects its arguments: {cause}") from None

@@ -196,6 +196,24 @@ class DeviceLoader:
         # The order comes from a CPU generator, so it is the same on every device.
         self.order_rng = torch.Generator().manual_seed(seed)
         self.aug_rng = torch.Generator(device).manual_seed(seed + 1)
+        self._epoch_start = self.order_rng.get_state()  # order state the current epoch began with
+        self._in_epoch = False
+        self._skip = 0  # batches to skip at the next epoch's start (resuming mid-epoch)
+
+    def state_dict(self, batches_done: int = 0) -> dict:
+        """Where the loader stands, for an exact resume: the order state of the epoch under
+        way (or of the next one), how many of its batches are done, the augmentation state."""
+        mid_epoch = self._in_epoch and batches_done > 0
+        return {
+            "order_rng": self._epoch_start if mid_epoch else self.order_rng.get_state(),
+            "batches_done": batches_done if mid_epoch else 0,
+            "aug_rng": self.aug_rng.get_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order_rng.set_state(state["order_rng"])
+        self.aug_rng.set_state(state["aug_rng"])
+        self._skip = state["batches_done"]
 
     def __len__(self) -> int:
         n = len(self.split)
@@ -209,11 +227,14 @@ class DeviceLoader:
 
     def __iter__(self):
         images, labels = self.split.images, self.split.labels
+        self._epoch_start, self._in_epoch = self.order_rng.get_state(), True
         order = torch.randperm(len(labels), generator=self.order_rng).to(images.device) if self.shuffle else None
-        for step in range(len(self)):
+        first, self._skip = self._skip, 0
+        for step in range(first, len(self)):
             window = slice(step * self.batch_size, (step + 1) * self.batch_size)
             idx = order[window] if order is not None else window
             yield self.transform(images[idx]), labels[idx]
+        self._in_epoch = False
 
     def transform(self, x: torch.Tensor) -> torch.Tensor:
         x = x.unsqueeze(1).float().div_(255)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import resource
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Callable
 
@@ -29,6 +33,44 @@ log = logging.getLogger(__name__)
 
 class Diverged(RuntimeError):
     """The training loss became NaN or infinite."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a finished step; a checkpoint was written."""
+
+    def __init__(self, signum: int, where: str):
+        super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
+        self.signum = signum
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the training loop checks it after each step (a Python
+    attribute read, no device sync). A second Ctrl-C abandons the step at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, _frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning("%s received: stopping after this step (Ctrl-C again to abandon it)", signal.Signals(signum).name)
+
+    @contextmanager
+    def installed(self):
+        """Catch SIGINT and SIGTERM while the block runs (main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,12 +126,16 @@ class Trainer:
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def train_one_epoch(self, loader: DeviceLoader, desc: str = "") -> dict[str, float]:
+    def train_one_epoch(self, loader: DeviceLoader, desc: str = "", partial: dict | None = None,
+                        stop: StopFlag | None = None) -> dict[str, float]:
+        """One pass over ``loader``. ``partial`` continues an epoch that a checkpoint cut short;
+        when ``stop`` is set after a step, raises EpochCut with the sums so far."""
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
-        bar = tqdm(total=len(loader), desc=desc, leave=False, dynamic_ncols=True,
+        partial = partial or {}
+        loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=self.device)
+        correct = torch.tensor(partial.get("correct", 0), device=self.device)
+        seen, done, before = partial.get("seen", 0), partial.get("batches_done", 0), partial.get("elapsed", 0.0)
+        bar = tqdm(total=len(loader), initial=done, desc=desc, leave=False, dynamic_ncols=True,
                    disable=not (self.progress and sys.stderr.isatty()))
         synchronize(self.device)
         start = time.perf_counter()
@@ -109,9 +155,14 @@ class Trainer:
             loss_sum += loss.detach().float() * len(y)
             correct += (logits.argmax(dim=1) == y).sum()
             seen += len(y)
+            done += 1
             bar.update()
+            if stop and done < len(loader):
+                bar.close()
+                raise EpochCut({"loss_sum": loss_sum.item(), "correct": correct.item(), "seen": seen,
+                                "batches_done": done, "elapsed": before + time.perf_counter() - start})
         synchronize(self.device)
-        elapsed = time.perf_counter() - start
+        elapsed = before + time.perf_counter() - start
         bar.close()
         if self.scheduler is not None and not self.step_scheduler_per_batch:
             self.scheduler.step()
@@ -137,20 +188,41 @@ class Trainer:
         return {"test_loss": loss_sum.item() / seen, "test_acc": correct.item() / seen}
 
 
+class EpochCut(Exception):
+    """Raised inside an epoch stopped after a finished step; carries the epoch's sums so far."""
+
+    def __init__(self, partial: dict):
+        super().__init__("epoch cut short")
+        self.partial = partial
+
+
 def fit(
     trainer: Trainer,
     train_loader: DeviceLoader,
     test_loader: DeviceLoader,
     max_epochs: int,
     on_epoch: Callable[[dict[str, float]], None],
+    checkpoint: Callable[[int, dict | None], None] | None = None,
+    start_epoch: int = 1,
+    partial: dict | None = None,
+    stop: StopFlag | None = None,
 ) -> None:
-    """Train for ``max_epochs``, evaluating after each; ``on_epoch`` gets each metrics row."""
-    for epoch in range(1, max_epochs + 1):
-        lr = trainer.optimizer.param_groups[0]["lr"]
+    """Train epochs ``start_epoch..max_epochs``, evaluating after each; ``on_epoch`` gets each
+    metrics row, then ``checkpoint(epochs_done, None)`` runs (if given). When ``stop`` is set,
+    the epoch stops after its current step, ``checkpoint(epochs_done, partial_epoch)`` saves
+    where it stood, and Interrupted is raised. ``partial`` resumes such a cut epoch."""
+    for epoch in range(start_epoch, max_epochs + 1):
+        lr = partial["lr"] if partial else trainer.optimizer.param_groups[0]["lr"]
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.device)
         row = {"epoch": epoch, "lr": lr}
-        row |= trainer.train_one_epoch(train_loader, desc=f"epoch {epoch}/{max_epochs}")
+        try:
+            row |= trainer.train_one_epoch(train_loader, f"epoch {epoch}/{max_epochs}", partial, stop)
+        except EpochCut as cut:
+            if checkpoint:
+                checkpoint(epoch - 1, cut.partial | {"lr": lr})
+            raise Interrupted(stop.signum, f"in epoch {epoch} after step {cut.partial['batches_done']}") from None
+        partial = None
         diverged = not math.isfinite(row["train_loss"])
         # A diverged model is not evaluated: its row records the loss that stopped the run.
         row |= {"test_loss": math.nan, "test_acc": math.nan} if diverged else trainer.evaluate(test_loader)
@@ -158,6 +230,10 @@ def fit(
         on_epoch(row)
         if diverged:
             raise Diverged(f"the training loss became {row['train_loss']} in epoch {epoch}")
+        if checkpoint:
+            checkpoint(epoch, None)
+        if stop and epoch < max_epochs:
+            raise Interrupted(stop.signum, f"after epoch {epoch}")
 
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
@@ -178,6 +254,12 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, epochs: int, steps_pe
 
 def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_epoch: int) -> Trainer:
     """The model (seeded), optimizer and schedule on ``device``, ready to train."""
+    if cfg.trainer.deterministic:
+        # Deterministic kernels where PyTorch has them (warn where it has none); cuBLAS needs a
+        # fixed workspace for it. Costs speed on GPUs (no cuDNN autotuning); the CPU is deterministic anyway.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.name, image_size=size, **knobs).to(device)
     if cfg.trainer.channels_last:
@@ -196,3 +278,58 @@ def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_
         grad_clip=cfg.trainer.grad_clip,
         progress=cfg.trainer.progress,
     )
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module itself, under torch.compile's wrapper."""
+    return getattr(model, "_orig_mod", model)
+
+
+def save_checkpoint(path: Path, trainer: Trainer, loader: DeviceLoader, epoch: int, partial: dict | None,
+                    meta: dict) -> None:
+    """Everything an exact resume needs, written to a temporary file and renamed over
+    ``path``: a kill at any moment leaves the old checkpoint or the new one, whole."""
+    state = {
+        "meta": meta,  # what the checkpoint is of: model, knobs, resolution
+        "epoch": epoch,  # epochs completed
+        "partial": partial,  # the sums of an epoch cut short, or None
+        "model": unwrap(trainer.model).state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict() if trainer.scheduler else None,
+        "scaler": trainer.scaler.state_dict(),
+        "loader": loader.state_dict(partial["batches_done"] if partial else 0),
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_weights(path: Path, trainer: Trainer, meta: dict) -> None:
+    """The model's weights alone (best.pt), written atomically like a checkpoint."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({"meta": meta, "model": unwrap(trainer.model).state_dict()}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def restore(state: dict, trainer: Trainer, loader: DeviceLoader) -> None:
+    """Put a checkpoint's state back into a freshly built trainer and its training loader."""
+    unwrap(trainer.model).load_state_dict(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    if trainer.scheduler and state["scheduler"]:
+        trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.scaler.load_state_dict(state["scaler"])
+    loader.load_state_dict(state["loader"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])

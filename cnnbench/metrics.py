@@ -21,17 +21,26 @@ COLUMNS = [
 class MetricsWriter:
     """Writes one complete row per epoch to metrics.csv and flushes it to disk at once,
     so a run killed at any moment leaves only whole rows. A new run starts the file
-    afresh; ``append=True`` (resuming a run) continues it."""
+    afresh; ``keep_epochs=N`` (a resumed run) keeps its first N rows and continues."""
 
-    def __init__(self, path: Path, append: bool = False):
+    def __init__(self, path: Path, keep_epochs: int | None = None):
         self.path = path
         self.rows: list[dict[str, float]] = []
-        new = not append or not path.exists() or path.stat().st_size == 0
-        self._file = open(path, "w" if new else "a", newline="")
+        if keep_epochs is not None and path.exists():
+            with open(path, newline="") as f:
+                self.rows = [
+                    {k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
+                    for row in csv.DictReader(f)
+                    if None not in row.values() and row["epoch"].isdigit() and int(row["epoch"]) <= keep_epochs
+                ]
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows({k: _fmt(r[k]) for k in COLUMNS} for r in self.rows)
+        os.replace(tmp, path)  # the kept rows, whole, or the old file
+        self._file = open(path, "a", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="raise")
-        if new:
-            self._csv.writeheader()
-            self._flush()
 
     def write(self, row: dict[str, float]) -> None:
         self._csv.writerow({k: _fmt(row[k]) for k in COLUMNS})
@@ -47,7 +56,8 @@ class MetricsWriter:
 
 
 def _fmt(value: Any) -> Any:
-    return f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else value
+    """Floats in full (the shortest text that reads back to the same number)."""
+    return repr(value) if isinstance(value, float) and math.isfinite(value) else value
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -161,6 +171,29 @@ try:
     from hydra.experimental.callback import Callback
 except ImportError:  # pragma: no cover - hydra < 1.1
     Callback = object
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Exit with a clear message (status 2) when the output folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".cnnbench-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        print(f"cnnbench: {key}={folder} cannot be written ({err.strerror or err}); choose another with {key}=DIR",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+class OutputCheck(Callback):
+    """Hydra callback: refuse an unwritable run or sweep dir before Hydra creates it."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
 
 
 class SweepResults(Callback):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ from . import data
 from .analysis import TASKS, describe
 from .config import ConfigError, register_configs, validate
 from .data import build_loaders
-from .engine import Diverged, build_trainer, fit
+from .engine import Diverged, StopFlag, build_trainer, fit, load_checkpoint, restore, save_checkpoint, save_weights
 from .metrics import MetricsWriter, plot_curves, write_json
 
 log = logging.getLogger("cnnbench")
@@ -68,8 +69,10 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
         summary |= {"status": "diverged", "error": str(err)}
     except (torch.OutOfMemoryError, MemoryError) as err:
         summary |= {"status": "oom", "error": _first_line(err)}
-    except KeyboardInterrupt:
-        summary |= {"status": "interrupted", "error": "interrupted by the user (SIGINT)"}
+    except KeyboardInterrupt as err:  # Ctrl-C, or engine.Interrupted after SIGINT/SIGTERM
+        how = str(err) or "stopped by SIGINT"
+        resumable = (out_dir / "last.pt").exists() and summary["task"] == "train"
+        summary |= {"status": "interrupted", "error": how + (f"; resume with trainer.resume={out_dir}" if resumable else "")}
         raise
     except Exception as err:
         log.exception("run failed")
@@ -87,20 +90,34 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
 
 
 def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
-    """task=train: fit, evaluating every epoch; metrics.csv, curves.png."""
+    """task=train: fit, evaluating every epoch; metrics.csv, curves.png, checkpoints."""
     device, size, knobs = describe(cfg, summary)
+    meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size}
+    resume = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else None
     write_json(out_dir / "summary.json", summary)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download)
     train_loader, test_loader = build_loaders(cfg, train_split, test_split, size, device)
     trainer = build_trainer(cfg, device, size, knobs, len(train_loader))
+    start_epoch, partial = 1, None
+    if resume:
+        state = load_checkpoint(resume)
+        restore(state, trainer, train_loader)
+        start_epoch, partial = state["epoch"] + 1, state["partial"]
+        summary["resumed_from"] = {"checkpoint": str(resume), "epochs_done": state["epoch"],
+                                   "steps_into_next_epoch": partial["batches_done"] if partial else 0}
+        log.info("resuming from %s: %d epochs done%s", resume, state["epoch"],
+                 f", {partial['batches_done']} steps into the next" if partial else "")
     log.info(
         "%s: %s params, %.3g GFLOPs/image at %dx%d, %d training images, batch %d, on %s",
         cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size,
         train_loader.num_samples, cfg.data.batch_size, device,
     )
-    writer = MetricsWriter(out_dir / "metrics.csv")
+    # A resumed run continues its metrics.csv from the checkpoint's epoch (later rows dropped).
+    writer = MetricsWriter(out_dir / "metrics.csv", keep_epochs=start_epoch - 1 if resume else None)
+    stop = StopFlag()
 
     def on_epoch(row: dict[str, float]) -> None:
+        best_before = summary.get("best_test_acc")
         writer.write(row)
         summary.update(_results(writer.rows))
         log.info(
@@ -108,10 +125,19 @@ def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
             row["epoch"], cfg.trainer.max_epochs, row["train_loss"], row["train_acc"], row["test_loss"],
             row["test_acc"], row["lr"], row["epoch_time_s"], row["train_images_per_s"],
         )
+        if cfg.trainer.save_best and summary["best_test_acc"] != best_before:
+            save_weights(out_dir / "best.pt", trainer, meta | {"epoch": row["epoch"], "test_acc": row["test_acc"]})
 
-    summary.update(_results([]))
+    def checkpoint(epochs_done: int, cut: dict | None) -> None:
+        # every epoch when asked to; always when a signal stops the run, so it can resume
+        if cfg.trainer.checkpoint or cut is not None or stop:
+            save_checkpoint(out_dir / "last.pt", trainer, train_loader, epochs_done, cut, meta)
+
+    summary.update(_results(writer.rows))
     try:
-        fit(trainer, train_loader, test_loader, cfg.trainer.max_epochs, on_epoch)
+        with stop.installed():
+            fit(trainer, train_loader, test_loader, cfg.trainer.max_epochs, on_epoch, checkpoint,
+                start_epoch=start_epoch, partial=partial, stop=stop)
     finally:
         writer.close()
         if writer.rows and cfg.trainer.plot:
@@ -122,6 +148,26 @@ def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                 plot_curves(writer.rows, out_dir / "curves.png", title)
             except Exception as err:  # a plot must never cost the run its status
                 log.warning("could not plot the learning curves: %s", err)
+
+
+def find_checkpoint(resume: str, meta: dict) -> Path:
+    """The checkpoint ``trainer.resume`` names (a run dir or a .pt file), checked against
+    this run's model before anything is trained."""
+    path = Path(resume).expanduser()
+    path = path / "last.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with last.pt, or a .pt file)")
+    try:
+        theirs = load_checkpoint(path)["meta"]
+    except Exception as err:
+        raise ConfigError(f"trainer.resume={resume!r}: {path} is not a readable cnnbench checkpoint ({_first_line(err)})") from None
+    for key in ("model", "knobs", "resolution", "batch_size"):
+        if theirs.get(key) != meta[key]:
+            raise ConfigError(
+                f"trainer.resume={resume!r}: the checkpoint is of {key}={theirs.get(key)!r}, this run has "
+                f"{key}={meta[key]!r}; resume with the overrides of the run that wrote it"
+            )
+    return path
 
 
 def _first_line(err: BaseException) -> str:
@@ -152,8 +198,8 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     try:
         summary = run(cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)
-    except KeyboardInterrupt:
-        sys.exit(EXIT_CODES["interrupted"])
+    except KeyboardInterrupt as err:  # stops a sweep too: the user or the cluster asked
+        sys.exit(128 + getattr(err, "signum", signal.SIGINT))  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
     if status != "completed":  # run() has logged why
         # A sweep goes on with its other jobs; a single run exits non-zero.

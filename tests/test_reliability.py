@@ -1,0 +1,184 @@
+"""Interruption, exact resume, atomic checkpoints, and hostile inputs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cnnbench import engine
+from cnnbench.config import ConfigError, validate
+from cnnbench.metrics import MetricsWriter
+from cnnbench.train import run
+
+# Long enough epochs (about 2 s on 2 cores) to be signalled in the middle of one. Augmentation,
+# a cosine schedule and momentum make every kind of state matter for an exact resume.
+RUN = ["model=bn_lenet", "data.subset=16384", "data.test_subset=2000", "data.batch_size=32", "trainer.max_epochs=3",
+       "data.hflip=true", "data.crop_padding=2", "scheduler=cosine", "optimizer.momentum=0.9"]
+EXACT = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+
+
+def cnnbench(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cnnbench", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(real_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    proc = cnnbench(*RUN, f"hydra.run.dir={out}")
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+    return pd.read_csv(out / "metrics.csv", dtype=str)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_mid_epoch_then_resume_matches_an_uninterrupted_run(uninterrupted, tmp_path, sig, code):
+    proc = cnnbench(*RUN, f"hydra.run.dir={tmp_path}")
+    metrics = tmp_path / "metrics.csv"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):  # epoch 1 written
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be signalled"
+        time.sleep(0.02)
+    time.sleep(0.5)  # into epoch 2
+    proc.send_signal(sig)
+    assert proc.wait(timeout=120) == code
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert f"stopped by {sig.name} in epoch 2 after step" in summary["error"] and "trainer.resume=" in summary["error"]
+    assert pd.read_csv(metrics)["epoch"].tolist() == [1]  # only whole rows
+    state = engine.load_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 1 and 0 < state["partial"]["batches_done"] < 512
+
+    resumed = subprocess.run([sys.executable, "-m", "cnnbench", *RUN, f"hydra.run.dir={tmp_path}", f"trainer.resume={tmp_path}"],
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_from"]["epochs_done"] == 1
+    # the same numbers, to the last digit written
+    pd.testing.assert_frame_equal(pd.read_csv(metrics, dtype=str)[EXACT], uninterrupted[EXACT])
+
+
+def test_a_killed_checkpoint_write_leaves_the_previous_one(make_cfg, tiny_data, tmp_path, monkeypatch):
+    args = [f"data.root={tiny_data}", "data.batch_size=16", "trainer.checkpoint=true"]
+    assert run(make_cfg(*args, "trainer.max_epochs=2"), tmp_path)["status"] == "completed"
+    assert engine.load_checkpoint(tmp_path / "last.pt")["epoch"] == 2
+
+    def dies_halfway(obj, f, *a, **k):
+        f.write(b"\x80\x02 half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(engine.torch, "save", dies_halfway)
+    summary = run(make_cfg(*args, "trainer.max_epochs=3", f"trainer.resume={tmp_path}"), tmp_path)
+    assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+    monkeypatch.undo()
+    state = engine.load_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 2  # the old checkpoint, whole
+    # the epoch that ran was recorded; a resume from the checkpoint drops it and runs it again
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+    assert run(make_cfg(*args, "trainer.max_epochs=3", f"trainer.resume={tmp_path}"), tmp_path)["status"] == "completed"
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_sigterm_at_an_epoch_end_then_resume_matches(make_cfg, tiny_data, tmp_path, monkeypatch):
+    args = [f"data.root={tiny_data}", "data.batch_size=16", "data.hflip=true", "data.crop_padding=2",
+            "scheduler=onecycle", "optimizer.momentum=0.9", "model=lenet", "trainer.max_epochs=4"]
+    run(make_cfg(*args), tmp_path / "full")
+    write = MetricsWriter.write
+
+    def write_then_sigterm(self, row):  # SIGTERM arrives as epoch 2's row is written
+        write(self, row)
+        if row["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(MetricsWriter, "write", write_then_sigterm)
+    with pytest.raises(KeyboardInterrupt):  # run() records, then re-raises for main() to exit 143
+        run(make_cfg(*args), tmp_path / "cut")
+    monkeypatch.undo()
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "stopped by SIGTERM after epoch 2" in summary["error"]
+    assert engine.load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 2
+    assert run(make_cfg(*args, f"trainer.resume={tmp_path / 'cut'}"), tmp_path / "cut")["status"] == "completed"
+    full = pd.read_csv(tmp_path / "full" / "metrics.csv", dtype=str)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cut" / "metrics.csv", dtype=str)[EXACT], full[EXACT])
+
+
+def test_save_best_keeps_the_best_weights(make_cfg, tiny_data, tmp_path):
+    run(make_cfg(f"data.root={tiny_data}", "data.batch_size=16", "trainer.max_epochs=3", "trainer.save_best=true"), tmp_path)
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert best["meta"]["test_acc"] == pytest.approx(metrics["test_acc"].max())
+    assert best["meta"]["epoch"] == metrics.loc[metrics["test_acc"].idxmax(), "epoch"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model=lenet"], "the checkpoint is of model='bn_lenet', this run has model='lenet'"),
+        (["model.padding=1"], "the checkpoint is of knobs="),
+        (["data.resize=32"], "the checkpoint is of resolution=[28, 28], this run has resolution=[32, 32]"),
+    ],
+)
+def test_a_checkpoint_of_another_model_is_refused(make_cfg, tiny_data, tmp_path, overrides, message):
+    run(make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=1", "trainer.checkpoint=true"), tmp_path / "a")
+    summary = run(make_cfg(f"data.root={tiny_data}", *overrides, f"trainer.resume={tmp_path / 'a'}"), tmp_path / "b")
+    assert summary["status"] == "failed" and summary["bad_input"] and message in summary["error"]
+    assert not (tmp_path / "b" / "metrics.csv").exists()
+
+
+def test_missing_or_broken_checkpoints_are_refused(make_cfg, tiny_data, tmp_path):
+    summary = run(make_cfg(f"data.root={tiny_data}", f"trainer.resume={tmp_path}"), tmp_path / "b")
+    assert "no checkpoint at" in summary["error"] and summary["bad_input"]
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    summary = run(make_cfg(f"data.root={tiny_data}", f"trainer.resume={tmp_path}"), tmp_path / "c")
+    assert "is not a readable cnnbench checkpoint" in summary["error"]
+
+
+def test_unwritable_output_dir_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "cnnbench", "trainer=smoke", f"hydra.run.dir={blocker}/run"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert f"hydra.run.dir={blocker}/run cannot be written" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# Keys and values thrown at the config: every combination must give a valid config or a
+# clear error, never a crash.
+KEYS = ["data.batch_size", "data.resize", "data.subset", "data.crop_padding", "trainer.max_epochs",
+        "trainer.label_smoothing", "trainer.precision", "trainer.device", "optimizer.lr", "optimizer.momentum",
+        "model.name", "model.init", "scheduler.name", "seed", "bench.batch_sizes"]
+VALUES = st.one_of(
+    st.integers(-3, 300).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.sampled_from(["null", "abc", "''", "[1,2]", "[28,0]", "[]", "true", "cuda:7", "fp8", "lenet", "alexnet", "xavier",
+                     "cosine", "{a: 1}", "1e-3"]),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(overrides=st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3))
+def test_random_overrides_give_a_config_or_a_clear_error(make_cfg, overrides):
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = [f"{key}={value}" for key, value in overrides]
+    try:
+        cfg = make_cfg(*args)
+    except (HydraException, OmegaConfBaseException) as err:  # Hydra's composition message names the key
+        assert str(err)
+        return
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        text = str(err)
+        # names the key (or its section) that is wrong
+        assert any(key.split(".")[-1] in text or key.split(".")[0] in text for key, _ in overrides), text
