@@ -207,6 +207,12 @@ class SweepResults(Callback):
         path = write_results(sweep_dir)
         if path:
             print(f"cnnbench: sweep results in {path}", file=sys.stderr)
+            try:
+                from .report import report
+
+                report(sweep_dir)
+            except Exception as err:  # a report must never cost the sweep its results
+                print(f"cnnbench: could not write the sweep report: {err}", file=sys.stderr)
         # Every job ran; the sweep still exits non-zero when any of them did not complete.
         unfinished = [r for r in collect_results(sweep_dir) if r.get("status") != "completed"]
         if unfinished:

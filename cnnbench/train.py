@@ -6,6 +6,7 @@ does the work and can be called from Python with a composed config.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import signal
@@ -196,6 +197,11 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    done = completed_before(cfg, Path(hydra_cfg.runtime.output_dir)) if multirun else None
+    if done:  # re-running a sweep into its dir: completed jobs are kept, not run again
+        log.info("job %s already completed in %s: skipped", hydra_cfg.job.num, hydra_cfg.runtime.output_dir)
+        return _metric(done)
     try:
         summary = run(cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)
     except KeyboardInterrupt as err:  # stops a sweep too: the user or the cluster asked
@@ -203,8 +209,23 @@ def main(cfg: DictConfig) -> float:
     status = summary["status"]
     if status != "completed":  # run() has logged why
         # A sweep goes on with its other jobs; a single run exits non-zero.
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if not multirun:
             sys.exit(BAD_INPUT_EXIT if summary.get("bad_input") else EXIT_CODES[status])
+    return _metric(summary)
+
+
+def completed_before(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """The summary of a completed run of this very config in ``out_dir``, if there is one."""
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = summary.get("config") == OmegaConf.to_container(cfg, resolve=True)
+    return summary if same and summary.get("status") == "completed" else None
+
+
+def _metric(summary: dict) -> float:
+    """What a sweeper optimises: the best test accuracy (NaN when there is none)."""
     best = summary.get("best_test_acc")
     return float("nan") if best is None else float(best)
 

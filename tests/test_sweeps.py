@@ -1,0 +1,82 @@
+"""Sweeps: results.csv, re-runs that skip finished jobs, reports, and the shipped recipes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cnnbench import report
+from cnnbench.train import run
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
+
+
+def cnnbench(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnbench", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_the_books_nine_runs_are_shipped():
+    assert {e for e in EXPERIMENTS if e.startswith("d2l_")} == {
+        "d2l_alexnet", "d2l_vgg11", "d2l_nin", "d2l_googlenet", "d2l_bn_lenet", "d2l_bn_lenet_scratch",
+        "d2l_resnet18", "d2l_densenet", "d2l_regnetx32"}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_every_recipe_composes_and_runs_smoke(make_cfg, tiny_data, tmp_path, name):
+    cfg = make_cfg(f"+experiment={name}", "trainer=smoke", "trainer.max_epochs=1", "data.batch_size=8", f"data.root={tiny_data}")
+    if name.startswith("d2l_"):  # the book's settings
+        assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0
+        assert cfg.scheduler.name == "none" and not cfg.data.normalize
+    summary = run(cfg, tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+
+
+def test_rerunning_a_sweep_skips_completed_jobs(tiny_data, tmp_path):
+    args = ["-m", "trainer=smoke", f"data.root={tiny_data}", "model.padding=0,-9", f"hydra.sweep.dir={tmp_path}"]
+    first = cnnbench(*args)
+    assert first.returncode == 1
+    done = (tmp_path / "0" / "metrics.csv").stat().st_mtime_ns
+    second = cnnbench(*args)
+    assert second.returncode == 1  # job 1 ran again and failed again
+    assert "job 0 already completed" in second.stderr and "job 1 already" not in second.stderr
+    assert (tmp_path / "0" / "metrics.csv").stat().st_mtime_ns == done
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert results["status"].tolist() == ["completed", "failed"]
+
+
+def test_report_of_a_sweep(tiny_data, tmp_path):
+    proc = cnnbench("-m", "trainer=smoke", f"data.root={tiny_data}", "optimizer.lr=0.01,0.1", "model.norm=none,batch",
+                    f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    for png in ("report_curves.png", "report_vs_optimizer.lr.png", "report_vs_model.norm.png"):
+        assert (tmp_path / png).stat().st_size > 10_000, png  # written at the end of the sweep
+        (tmp_path / png).unlink()
+    out = subprocess.run([sys.executable, "-m", "cnnbench.report", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    header = out.stdout.splitlines()[0].split()
+    assert header[:3] == ["job", "optimizer.lr", "model.norm"] and "final_test_acc" in header
+    assert len([line for line in out.stdout.splitlines() if "completed" in line]) == 4
+    assert (tmp_path / "report_vs_optimizer.lr.png").is_file() and (tmp_path / "report_curves.png").is_file()
+
+
+def test_report_of_one_run_and_of_nothing(make_cfg, tiny_data, tmp_path, capsys):
+    run(make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=2"), tmp_path / "run")
+    results, written = report.report(tmp_path / "run")
+    assert len(results) == 1 and [w.name for w in written] == ["report_curves.png"]
+    assert report.main([str(tmp_path / "empty")]) == 2
+    assert "holds no run" in capsys.readouterr().err
+
+
+def test_report_of_a_bench_sweep(make_cfg, tiny_data, tmp_path):
+    for job, model in enumerate(["lenet", "bn_lenet"]):
+        run(make_cfg("task=bench", f"model={model}", f"data.root={tiny_data}", "bench.batch_sizes=[4,8]", "bench.steps=1",
+                     "bench.warmup_steps=0"), tmp_path / str(job))
+        summary = json.loads((tmp_path / str(job) / "summary.json").read_text())
+        (tmp_path / str(job) / "summary.json").write_text(json.dumps(summary | {"overrides": [f"model={model}"]}))
+    results, written = report.report(tmp_path)
+    assert "report_bench.png" in [w.name for w in written]
