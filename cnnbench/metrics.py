@@ -77,13 +77,28 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    """Loss and accuracy per epoch, train and test, side by side (like the book's plots)."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Save atomically (a reader never sees half a PNG) and free the figure."""
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    pyplot().close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
+    """Loss and accuracy per epoch, train and test, side by side (like the book's plots)."""
+    plt = pyplot()
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for split, style in (("train", "-"), ("test", "--")):
@@ -95,19 +110,12 @@ def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def plot_bench(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     """Throughput and peak memory against batch size, training and inference."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for mode, style in (("train", "-"), ("infer", "--")):
         sel = [r for r in rows if r["mode"] == mode and r["status"] == "completed"]
@@ -125,10 +133,7 @@ def plot_bench(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle(title)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def collect_results(sweep_dir: Path) -> list[dict[str, Any]]:

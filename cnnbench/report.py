@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import collect_results
+from .metrics import collect_results, pyplot, save_figure
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
 TABLE = ["status", "final_test_acc", "best_test_acc", "params", "flops", "train_memory_mb", "infer_memory_mb",
@@ -70,7 +70,7 @@ def plot_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
     ax_acc.legend(fontsize="small", loc="best")
     fig.suptitle(f"learning curves: {path.name}")
-    return _save(fig, path / "report_curves.png", plt)
+    return save_figure(fig, path / "report_curves.png")
 
 
 def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str, plt) -> Path:
@@ -92,7 +92,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     ax.set(xlabel=key, ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} against {key}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    return _save(fig, path / f"report_vs_{key.replace('/', '_')}.png", plt)
+    return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 
 
 def plot_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
@@ -111,22 +111,12 @@ def plot_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path 
     for ax in (ax_speed, ax_mem):
         ax.grid(alpha=0.3)
     ax_speed.legend(fontsize="small")
-    return _save(fig, path / "report_bench.png", plt)
-
-
-def _save(fig, out: Path, plt) -> Path:
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path / "report_bench.png")
 
 
 def report(path: str | Path) -> tuple[pd.DataFrame, list[Path]]:
     """Print the table of the run(s) under ``path`` and write the report's PNGs there."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     path = Path(path)
     results, keys = load(path)
     swept = swept_keys(results, keys)
