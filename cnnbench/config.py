@@ -107,6 +107,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)  # task=bench
     seed: int = 0  # seeds weights, data order and augmentation
+    objective: str = "best_test_acc"  # the summary.json field a run returns to a sweeper (e.g. Optuna)
 
 
 def register_configs() -> None:

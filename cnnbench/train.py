@@ -201,7 +201,7 @@ def main(cfg: DictConfig) -> float:
     done = completed_before(cfg, Path(hydra_cfg.runtime.output_dir)) if multirun else None
     if done:  # re-running a sweep into its dir: completed jobs are kept, not run again
         log.info("job %s already completed in %s: skipped", hydra_cfg.job.num, hydra_cfg.runtime.output_dir)
-        return _metric(done)
+        return _metric(done, cfg.objective)
     try:
         summary = run(cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)
     except KeyboardInterrupt as err:  # stops a sweep too: the user or the cluster asked
@@ -211,7 +211,7 @@ def main(cfg: DictConfig) -> float:
         # A sweep goes on with its other jobs; a single run exits non-zero.
         if not multirun:
             sys.exit(BAD_INPUT_EXIT if summary.get("bad_input") else EXIT_CODES[status])
-    return _metric(summary)
+    return _metric(summary, cfg.objective)
 
 
 def completed_before(cfg: DictConfig, out_dir: Path) -> dict | None:
@@ -224,10 +224,10 @@ def completed_before(cfg: DictConfig, out_dir: Path) -> dict | None:
     return summary if same and summary.get("status") == "completed" else None
 
 
-def _metric(summary: dict) -> float:
-    """What a sweeper optimises: the best test accuracy (NaN when there is none)."""
-    best = summary.get("best_test_acc")
-    return float("nan") if best is None else float(best)
+def _metric(summary: dict, objective: str) -> float:
+    """What a sweeper optimises: the summary's ``objective`` field (NaN when it has none)."""
+    value = summary.get(objective)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
 if __name__ == "__main__":

@@ -80,3 +80,15 @@ def test_report_of_a_bench_sweep(make_cfg, tiny_data, tmp_path):
         (tmp_path / str(job) / "summary.json").write_text(json.dumps(summary | {"overrides": [f"model={model}"]}))
     results, written = report.report(tmp_path)
     assert "report_bench.png" in [w.name for w in written]
+
+
+def test_optuna_search_returns_the_objective(tiny_data, tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the [sweeps] extra")
+    proc = cnnbench("-m", "+hparams_search=lenet_lr", "hydra.sweeper.n_trials=3", "trainer=smoke", f"data.root={tiny_data}",
+                    f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert len(results) == 3 and (results["status"] == "completed").all()
+    best = (tmp_path / "optimization_results.yaml").read_text()
+    # the value Optuna saw is the objective each run returned: its best test accuracy
+    assert f"best_value: {results['best_test_acc'].max()}" in best
