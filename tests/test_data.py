@@ -1,7 +1,6 @@
 """Finding and reading Fashion-MNIST, and the device-resident batch iterator."""
 from __future__ import annotations
 
-import gzip
 
 import pytest
 import torch
