@@ -126,7 +126,6 @@ def test_schema_rejects_typos_and_wrong_types(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.slow
 def test_wheel_carries_the_configs(tmp_path):
     """Installed from a wheel, the command finds conf/ inside the package, from any directory."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
