@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from omegaconf import DictConfig
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import model_knobs, resolution

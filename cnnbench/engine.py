@@ -15,14 +15,14 @@ import sys
 import threading
 import time
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import nn
 from tqdm import tqdm
 
 from .data import DeviceLoader

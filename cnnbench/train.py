@@ -25,7 +25,16 @@ from . import data
 from .analysis import TASKS, describe
 from .config import ConfigError, register_configs, validate
 from .data import build_loaders
-from .engine import Diverged, StopFlag, build_trainer, fit, load_checkpoint, restore, save_checkpoint, save_weights
+from .engine import (
+    Diverged,
+    StopFlag,
+    build_trainer,
+    fit,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+    save_weights,
+)
 from .metrics import MetricsWriter, plot_curves, write_json
 
 log = logging.getLogger("cnnbench")

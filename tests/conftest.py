@@ -12,7 +12,6 @@ import torch
 
 from cnnbench.data import DEBIAN_DIR, FILES
 
-
 # Decompressed copies of the data go to a temporary cache (reused between sessions), never
 # the user's home; subprocesses inherit it.
 os.environ.setdefault("CNNBENCH_CACHE", str(Path(tempfile.gettempdir()) / "cnnbench-test-cache"))

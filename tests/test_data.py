@@ -1,13 +1,12 @@
 """Finding and reading Fashion-MNIST, and the device-resident batch iterator."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from conftest import write_idx
 
 from cnnbench import data
-from conftest import write_idx
 
 
 def test_real_data_loads_whole(real_data):

@@ -8,7 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from cnnbench.models import ModelError, create_model, get_spec, list_models, min_input_size
+from cnnbench.models import (
+    ModelError,
+    create_model,
+    get_spec,
+    list_models,
+    min_input_size,
+)
 from cnnbench.models.layers import ScratchBatchNorm
 from cnnbench.models.registry import accepts_input
 

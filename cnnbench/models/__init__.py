@@ -1,5 +1,12 @@
 """The model zoo. Importing this package registers every model family."""
 from . import alexnet, densenet, googlenet, lenet, nin, regnet, resnet, vgg  # noqa: F401  (registration)
-from .registry import ModelError, ModelSpec, create_model, get_spec, list_models, min_input_size
+from .registry import (
+    ModelError,
+    ModelSpec,
+    create_model,
+    get_spec,
+    list_models,
+    min_input_size,
+)
 
 __all__ = ["ModelError", "ModelSpec", "create_model", "get_spec", "list_models", "min_input_size"]

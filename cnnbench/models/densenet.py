@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from .layers import Classifier, Init, init_weights
-from .resnet import pooled_head, resnet_stem
 from .registry import register_model
+from .resnet import pooled_head, resnet_stem
 
 
 def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:

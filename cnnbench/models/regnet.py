@@ -4,8 +4,8 @@ from __future__ import annotations
 from torch import nn
 
 from .layers import Classifier, Init, init_weights
-from .resnet import ResNeXtBlock, pooled_head
 from .registry import register_model
+from .resnet import ResNeXtBlock, pooled_head
 
 # (depth, width, group_width, bottleneck_ratio) per stage: the chapter's 32-layer RegNetX.
 REGNETX32 = [[4, 32, 16, 1.0], [6, 80, 16, 1.0]]
