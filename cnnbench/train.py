@@ -82,7 +82,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
     except KeyboardInterrupt as err:  # Ctrl-C, or engine.Interrupted after SIGINT/SIGTERM
         how = str(err) or "stopped by SIGINT"
         resumable = (out_dir / "last.pt").exists() and summary["task"] == "train"
-        summary |= {"status": "interrupted", "error": how + (f"; resume with trainer.resume={out_dir}" if resumable else "")}
+        summary |= {"status": "interrupted", "error": how + (f"; resume with the same overrides and hydra.run.dir={out_dir} trainer.resume={out_dir}" if resumable else "")}
         raise
     except Exception as err:
         log.exception("run failed")
