@@ -20,9 +20,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import model_knobs, resolution
-from .data import load
-from .engine import Trainer, peak_memory_mb, resolve_device, synchronize
-from .metrics import environment
+from .data import DeviceLoader, Split, load
+from .engine import Trainer, build_trainer, peak_memory_mb, resolve_device, synchronize
+from .metrics import environment, plot_bench
 from .models import create_model, min_input_size
 from .models.layers import ScratchBatchNorm
 from .models.registry import accepts_input
@@ -261,8 +261,6 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     A batch size that runs out of memory is recorded as such and the others go on.
     ``peak_mem_mb`` is measured (CUDA's peak allocation; on the CPU the process's peak
     resident memory, which only grows); ``estimated_mem_mb`` is ``memory_estimate``'s."""
-    from .metrics import plot_bench
-
     device, size, knobs = describe(cfg, summary)
     train_split, _ = load(cfg.data.root, cfg.data.download)
     rows = []
@@ -291,9 +289,6 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
 
 def _bench_one(cfg, device, size, knobs, train_split, batch_size, warmup, steps) -> dict[str, dict[str, float]]:
     """Training then inference steps of a fresh model at one batch size, on real batches."""
-    from .data import DeviceLoader, Split
-    from .engine import build_trainer
-
     idx = torch.arange(batch_size * (warmup + steps)) % len(train_split)  # wraps round a small split
     split = Split(train_split.images[idx], train_split.labels[idx]).to(device)
     loader = DeviceLoader(split, batch_size, size, shuffle=True, drop_last=True, seed=cfg.seed)

@@ -54,9 +54,14 @@ def label(row: pd.Series, keys: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in keys) or str(row["job"])
 
 
+def job_tables(path: Path, results: pd.DataFrame, name: str) -> list[tuple[pd.Series, pd.DataFrame]]:
+    """(job row, its ``name`` table) for every job that wrote one."""
+    files = [(row, job_dir(path, row["job"]) / name) for _, row in results.iterrows()]
+    return [(row, pd.read_csv(f)) for row, f in files if f.is_file()]
+
+
 def plot_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
-    runs = [(row, job_dir(path, row["job"]) / "metrics.csv") for _, row in results.iterrows()]
-    runs = [(row, pd.read_csv(m)) for row, m in runs if m.is_file()]
+    runs = job_tables(path, results, "metrics.csv")
     if not runs:
         return None
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
@@ -96,8 +101,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
 
 
 def plot_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
-    runs = [(row, job_dir(path, row["job"]) / "bench.csv") for _, row in results.iterrows()]
-    runs = [(row, pd.read_csv(b)) for row, b in runs if b.is_file()]
+    runs = job_tables(path, results, "bench.csv")
     if not runs:
         return None
     fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)

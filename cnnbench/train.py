@@ -103,14 +103,13 @@ def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     """task=train: fit, evaluating every epoch; metrics.csv, curves.png, checkpoints."""
     device, size, knobs = describe(cfg, summary)
     meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size}
-    resume = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else None
+    resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
     write_json(out_dir / "summary.json", summary)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download)
     train_loader, test_loader = build_loaders(cfg, train_split, test_split, size, device)
     trainer = build_trainer(cfg, device, size, knobs, len(train_loader))
     start_epoch, partial = 1, None
     if resume:
-        state = load_checkpoint(resume)
         restore(state, trainer, train_loader)
         start_epoch, partial = state["epoch"] + 1, state["partial"]
         summary["resumed_from"] = {"checkpoint": str(resume), "epochs_done": state["epoch"],
@@ -160,15 +159,16 @@ def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                 log.warning("could not plot the learning curves: %s", err)
 
 
-def find_checkpoint(resume: str, meta: dict) -> Path:
-    """The checkpoint ``trainer.resume`` names (a run dir or a .pt file), checked against
-    this run's model before anything is trained."""
+def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
+    """The checkpoint ``trainer.resume`` names (a run dir or a .pt file) and its state, checked
+    against this run's model before anything is trained."""
     path = Path(resume).expanduser()
     path = path / "last.pt" if path.is_dir() else path
     if not path.is_file():
         raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with last.pt, or a .pt file)")
     try:
-        theirs = load_checkpoint(path)["meta"]
+        state = load_checkpoint(path)
+        theirs = state["meta"]
     except Exception as err:
         raise ConfigError(f"trainer.resume={resume!r}: {path} is not a readable cnnbench checkpoint ({_first_line(err)})") from None
     for key in ("model", "knobs", "resolution", "batch_size"):
@@ -177,7 +177,7 @@ def find_checkpoint(resume: str, meta: dict) -> Path:
                 f"trainer.resume={resume!r}: the checkpoint is of {key}={theirs.get(key)!r}, this run has "
                 f"{key}={meta[key]!r}; resume with the overrides of the run that wrote it"
             )
-    return path
+    return path, state
 
 
 def _first_line(err: BaseException) -> str:
