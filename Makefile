@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data run test test-all bench clean
+.PHONY: install data run test test-all bench models-table clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ test-all: install data
 
 bench: install data
 	$(BIN)/python benchmarks/pipeline_cpu.py
+
+# Regenerate the README's models table from the registry (a test fails while it is stale).
+models-table: install
+	$(BIN)/python -m cnnbench.catalog --write README.md
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/sweeps .pytest_cache

@@ -94,7 +94,7 @@ def test_help_lists_groups_and_models():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["model.name=resnet19"], "model.name='resnet19' is not a registered model; available: alexnet"),
+        (["model.name=resnet19"], "model.name='resnet19' is not a registered model (did you mean resnet18"),
         (["model=alexnet", "data.resize=32"], "is too small for model alexnet: the smallest input it accepts is 65x65"),
         (["optimizer.lr=0"], "optimizer.lr=0 is not allowed"),
         (["data.batch_size=-1"], "data.batch_size=-1 is not allowed"),

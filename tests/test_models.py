@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from cnnbench.analysis import count_flops, min_size_report
 from cnnbench.models import (
     ModelError,
     create_model,
@@ -15,8 +16,11 @@ from cnnbench.models import (
     list_models,
     min_input_size,
 )
-from cnnbench.models.layers import ScratchBatchNorm
+from cnnbench.models.googlenet import Inception
+from cnnbench.models.layers import ScratchBatchNorm, norm_layer, output_shape
 from cnnbench.models.registry import accepts_input
+from cnnbench.models.regnet import REGNETX32, REGNETX_200MF
+from cnnbench.models.resnet import ResidualBlock
 
 
 def conv(cin, cout, k, bias=True, groups=1):
@@ -94,22 +98,96 @@ def test_expected_counts_match_published_figures():
     assert EXPECTED_PARAMS["vgg11"] == 132_863_336 - (dense(4096, 1000) - dense(4096, 10)) - 2 * 64 * 9
 
 
-def test_registry_lists_the_chapter_models():
-    assert set(list_models()) == set(EXPECTED_PARAMS)
+BOOK_MODELS = sorted(EXPECTED_PARAMS)
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_forward_backward_and_param_count(name):
-    torch.manual_seed(0)
-    model = create_model(name)
+def test_registry_has_the_chapter_models_and_the_families():
+    assert set(BOOK_MODELS) <= set(list_models())
+    for family in ("vgg", "resnet", "densenet", "nin_vgg", "vionet", "alexnet", "googlenet"):
+        assert sum(n.startswith(family) for n in list_models()) >= 2, family
+
+
+@pytest.mark.parametrize("name", BOOK_MODELS)
+def test_book_models_have_the_chapters_param_counts(name):
+    with torch.device("meta"):
+        model = create_model(name)
     assert sum(p.numel() for p in model.parameters()) == EXPECTED_PARAMS[name]
-    side = get_spec(name).resolution
+
+
+def model_configs() -> dict[str, dict]:
+    """Every model config in conf/model, composed: the registered models and the variants."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from cnnbench.train import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return {
+            path.stem: OmegaConf.to_container(compose("config", overrides=[f"model={path.stem}"]).model)
+            for path in sorted((CONF_DIR / "model").glob("*.yaml"))
+        }
+
+
+MODEL_CONFIGS = model_configs()
+# Knob variants the exercises use, as (model config, knobs); each must build and run like the rest.
+KNOB_VARIANTS = [
+    ("lenet", dict(activation="relu", pool="max", dropout=0.5)),
+    *[("lenet", dict(norm=kind, norm_at=at)) for kind in ("batch", "mean_only", "variance_only") for at in ("conv", "dense")],
+    ("bn_lenet", dict(norm_affine=False, bias=False)),
+    ("bn_lenet_scratch", dict(norm_affine=False)),
+    ("alexnet", dict(dropout=0.0)),
+    ("vgg11_quarter", dict(norm="batch")),
+    ("nin", dict(num_1x1=1)),
+    ("nin", dict(num_1x1=3)),
+    ("nin", dict(kernel_1x1=3)),
+    ("nin", dict(head="dense")),
+    ("googlenet", dict(norm="batch", bias=False)),
+    ("googlenet", dict(block="v2")),
+    ("googlenet", dict(block="v3", residual=True, norm="batch")),
+    ("googlenet28", dict(residual=True)),
+    ("resnet18", dict(preact=True, bias=False, shortcut_norm=True)),
+    ("resnet34", dict(groups=2)),
+    ("densenet", dict(transition_pool="max", bottleneck=True, compression=0.75)),
+    ("regnetx32", dict(block="resnet")),
+]
+
+
+def variant_cases():
+    cases = []
+    for option, model in MODEL_CONFIGS.items():
+        knobs = {k: v for k, v in model.items() if k != "name"}
+        cases.append(pytest.param(model["name"], knobs, id=option))
+    for option, extra in KNOB_VARIANTS:
+        model = MODEL_CONFIGS[option]
+        knobs = {k: v for k, v in model.items() if k != "name"} | extra
+        cases.append(pytest.param(model["name"], knobs, id=f"{option}:" + ",".join(f"{k}={v}" for k, v in extra.items())))
+    return cases
+
+
+def test_every_registered_model_has_a_config():
+    assert set(list_models()) <= {m["name"] for m in MODEL_CONFIGS.values()}
+
+
+def forward_backward(model: nn.Module, side: int, finite: bool = True) -> None:
     out = model(torch.rand(2, 1, side, side))
     assert out.shape == (2, 10)
     nn.functional.cross_entropy(out, torch.tensor([0, 1])).backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{pname} got no gradient"
-        assert torch.isfinite(p.grad).all(), pname
+        if finite:
+            assert torch.isfinite(p.grad).all(), pname
+
+
+@pytest.mark.parametrize("name, knobs", variant_cases())
+def test_every_model_and_variant_runs_at_its_smallest_and_default_size(name, knobs):
+    torch.manual_seed(0)
+    smallest = min_input_size(name, **knobs)
+    default = get_spec(name).resolution
+    assert smallest <= default, f"{name} does not accept its own default resolution"
+    # At the smallest size deep networks see 1x1 maps, where batch norm over two values can
+    # overflow the gradient: it must flow to every parameter, finite only at the default size.
+    forward_backward(create_model(name, image_size=smallest, **knobs), smallest, finite=False)
+    forward_backward(create_model(name, image_size=default, **knobs), default)
 
 
 def test_quarter_width_vgg11_is_the_chapters():
@@ -189,4 +267,201 @@ def test_every_model_yaml_composes_and_matches_its_builder(make_cfg):
         assert set(knobs) == set(spec.knobs), f"conf/model/{option}.yaml and the builder disagree"
         if option == cfg.model.name:  # the YAML's values are the builder's defaults
             assert knobs == {k: (list(p.default) if isinstance(p.default, tuple) else p.default) for k, p in spec.knobs.items()}
-        assert sum(p.numel() for p in create_model(cfg.model.name, **knobs).parameters()) > 0
+        with torch.device("meta"):
+            assert sum(p.numel() for p in create_model(cfg.model.name, **knobs).parameters()) > 0
+
+
+# --- the paper settings, against torchvision's own builders -------------------------------
+
+PAPER = dict(in_channels=3, num_classes=1000, image_size=224)
+NO_BIAS = dict(bias=False)  # torchvision's convolutions before batch norm have no bias
+TORCHVISION = {
+    "vgg11": ("vgg11", {}), "vgg13": ("vgg13", {}), "vgg16": ("vgg16", {}), "vgg19": ("vgg19", {}),
+    "vgg11_bn": ("vgg11", dict(norm="batch")), "vgg13_bn": ("vgg13", dict(norm="batch")),
+    "vgg16_bn": ("vgg16", dict(norm="batch")), "vgg19_bn": ("vgg19", dict(norm="batch")),
+    "resnet18": ("resnet18", NO_BIAS | dict(shortcut_norm=True)),
+    "resnet34": ("resnet34", NO_BIAS | dict(shortcut_norm=True)),
+    "resnet50": ("resnet50", NO_BIAS), "resnet101": ("resnet101", NO_BIAS), "resnet152": ("resnet152", NO_BIAS),
+    "resnext50_32x4d": ("resnext50", NO_BIAS),
+    "densenet121": ("densenet121", NO_BIAS), "densenet169": ("densenet169", NO_BIAS),
+    "densenet201": ("densenet201", NO_BIAS),
+    # torchvision's third Inception path is 3x3, not 5x5 (a bug it keeps for its weights)
+    "googlenet": ("googlenet", dict(norm="batch", bias=False, kernel5=3)),
+}
+
+
+@pytest.mark.parametrize("tv_name", TORCHVISION)
+def test_paper_settings_match_torchvision_param_counts(tv_name):
+    import torchvision
+
+    ours, knobs = TORCHVISION[tv_name]
+    extra = dict(aux_logits=False, init_weights=False) if tv_name == "googlenet" else {}
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        reference = getattr(torchvision.models, tv_name)(weights=None, **extra)
+        model = create_model(ours, **PAPER, **knobs)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(model) == count(reference)
+    # and layer for layer: the same parameter shapes in the same order
+    assert sorted(p.shape for p in model.parameters()) == sorted(p.shape for p in reference.parameters())
+
+
+# --- what each knob does --------------------------------------------------------------------
+
+
+def layers_of(model: nn.Module, kind) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, kind)]
+
+
+@pytest.mark.parametrize("norm_at, conv_norms, dense_norms", [("none", 0, 0), ("conv", 2, 0), ("dense", 0, 2), ("all", 2, 2)])
+def test_lenet_norm_placement(norm_at, conv_norms, dense_norms):
+    model = create_model("lenet", norm="batch", norm_at=norm_at, bias=False)
+    assert len(layers_of(model, nn.BatchNorm2d)) == conv_norms
+    assert len(layers_of(model, nn.BatchNorm1d)) == dense_norms
+    # bias=False drops the bias only where a norm follows; the output layer keeps its own
+    with_bias = [m for m in layers_of(model, (nn.Conv2d, nn.Linear)) if m.bias is not None]
+    assert len(with_bias) == 1 + (2 - conv_norms) + (2 - dense_norms)
+
+
+def test_lenet_activation_pool_and_dropout():
+    model = create_model("lenet", activation="relu", pool="max", dropout=0.3)
+    assert not layers_of(model, nn.Sigmoid) and len(layers_of(model, nn.ReLU)) == 4
+    assert len(layers_of(model, nn.MaxPool2d)) == 2 and not layers_of(model, nn.AvgPool2d)
+    assert [m.p for m in layers_of(model, nn.Dropout)] == [0.3, 0.3]
+    assert not layers_of(create_model("lenet"), nn.Dropout)
+
+
+def test_lite_batch_norms_remove_only_the_mean_or_only_the_variance():
+    torch.manual_seed(0)
+    x = torch.randn(64, 6, 4, 4) * 3 + 2
+    (mean_only,) = norm_layer("mean_only", 6, 4, affine=False)
+    (var_only,) = norm_layer("variance_only", 6, 4, affine=False)
+    y = mean_only(x)
+    torch.testing.assert_close(y.mean(dim=(0, 2, 3)), torch.zeros(6), atol=1e-5, rtol=0)
+    torch.testing.assert_close(y.std(dim=(0, 2, 3)), x.std(dim=(0, 2, 3)))  # the spread is kept
+    z = var_only(x)
+    torch.testing.assert_close(z.var(dim=(0, 2, 3), unbiased=False), torch.ones(6), atol=1e-3, rtol=0)
+    torch.testing.assert_close(z.mean(dim=(0, 2, 3)), x.mean(dim=(0, 2, 3)) / x.std(dim=(0, 2, 3), unbiased=False),
+                               atol=1e-4, rtol=1e-4)  # the mean is kept, only rescaled
+    assert not list(mean_only.parameters())  # affine=False: nothing learned
+
+
+def test_fixed_affine_norms_have_no_parameters():
+    learned = create_model("bn_lenet")
+    for norm in ("batch", "scratch"):
+        fixed = create_model("lenet", norm=norm, padding=0, norm_affine=False)
+        assert sum(p.numel() for p in learned.parameters()) - sum(p.numel() for p in fixed.parameters()) == 2 * (6 + 16 + 120 + 84)
+
+
+def test_alexnet_variants():
+    assert all(m.p == 0 for m in layers_of(create_model("alexnet", dropout=0.0), nn.Dropout))
+    full, lite = (sum(p.numel() for p in create_model(n).parameters()) for n in ("alexnet", "alexnet_lite"))
+    assert lite < full / 5
+    assert count_flops("alexnet_lite", (224, 224)) < count_flops("alexnet", (224, 224)) / 2
+
+
+@pytest.mark.parametrize("num_1x1, kernel_1x1", [(1, 1), (2, 1), (3, 1), (2, 3)])
+def test_nin_blocks(num_1x1, kernel_1x1):
+    model = create_model("nin", num_1x1=num_1x1, kernel_1x1=kernel_1x1)
+    convs = layers_of(model, nn.Conv2d)
+    assert len(convs) == 4 * (1 + num_1x1)  # four NiN blocks
+    assert sum(c.kernel_size == (kernel_1x1, kernel_1x1) for c in convs) >= 4 * num_1x1
+
+
+def test_nin_dense_head_replaces_global_pooling():
+    gap, dense = create_model("nin"), create_model("nin", head="dense")
+    assert not layers_of(gap, nn.Linear) and not layers_of(dense, nn.AdaptiveAvgPool2d)
+    (linear,) = layers_of(dense, nn.Linear)
+    assert linear.in_features == 10 * 5 * 5  # ten class channels on a 5x5 map at 224 px
+
+
+def test_nin_vgg_family_grows_in_depth():
+    depths = [len(layers_of(create_model(f"nin_vgg{d}", image_size=96), nn.Conv2d)) for d in (11, 13, 16, 19)]
+    assert depths == [3 * n + 3 for n in (8, 10, 13, 16)]  # (conv + two 1x1) per VGG conv, plus the class block
+
+
+def test_googlenet_block_versions():
+    kernels = {b: {c.kernel_size for c in layers_of(create_model("googlenet", block=b), nn.Conv2d)} for b in ("v1", "v2", "v3")}
+    assert (5, 5) in kernels["v1"] and (5, 5) not in kernels["v2"] | kernels["v3"]
+    assert (3, 3) in kernels["v2"] and {(1, 3), (3, 1)} <= kernels["v3"]
+    assert (3, 3) not in kernels["v3"] - {(3, 3)}  # only the stem keeps a 3x3 in v3
+    with pytest.raises(ModelError, match="model.kernel5=3 applies to block=v1 only"):
+        create_model("googlenet", block="v2", kernel5=3)
+
+
+def test_residual_inception_adds_its_input():
+    block = Inception(64, 16, [16, 16], [8, 16], 16, residual=True)  # 64 channels in, 64 out: identity shortcut
+    assert block.shortcut is None
+    with torch.no_grad():
+        block.mix[0].weight.zero_(), block.mix[0].bias.zero_()
+    x = torch.rand(2, 64, 8, 8)
+    torch.testing.assert_close(block(x), torch.relu(x))
+
+
+def test_googlenet28_keeps_the_resolution_in_the_stem():
+    # the stages run at 14, 7 and 4 px; the book's stem would leave 28 px at 1x1 by the last stage
+    assert output_shape(create_model("googlenet28").features, (1, 1, 28, 28)) == (1, 1024, 4, 4)
+    assert output_shape(create_model("googlenet").features, (1, 1, 28, 28)) == (1, 1024, 1, 1)
+    assert min_size_report("googlenet28")[0]["no_collapse_size"] <= 28 < min_size_report("googlenet")[0]["no_collapse_size"]
+
+
+def test_preact_blocks_put_norm_before_conv():
+    block = ResidualBlock(64, 128, "basic", stride=2, preact=True)
+    assert isinstance(block.pre[0], nn.BatchNorm2d) and isinstance(block.branch[0], nn.Conv2d)
+    post = ResidualBlock(64, 128, "basic", stride=2)
+    assert isinstance(post.branch[0], nn.Conv2d) and isinstance(post.branch[1], nn.BatchNorm2d)
+    # a post-activation block's output is a ReLU's; a pre-activation block's sum is not activated
+    x = torch.randn(2, 64, 8, 8)
+    assert (post(x) >= 0).all() and (block(x) < 0).any()
+
+
+def test_resnext_groups_and_width():
+    block = ResidualBlock(256, 256, "bottleneck", groups=32, bottleneck_ratio=0.5)
+    grouped = [c for c in layers_of(block, nn.Conv2d) if c.groups > 1]
+    assert [(c.in_channels, c.groups) for c in grouped] == [(128, 32)]
+    with pytest.raises(ModelError, match="model.groups=3: the block's inner width 64"):
+        create_model("resnet50", groups=3)
+
+
+def test_densenet_transition_pool_and_compression():
+    model = create_model("densenet", transition_pool="max", compression=0.75)
+    assert len(layers_of(model, nn.MaxPool2d)) == 1 + 3 and not layers_of(model, nn.AvgPool2d)  # stem + 3 transitions
+    transitions = [c for c in layers_of(model, nn.Conv2d) if c.kernel_size == (1, 1)]
+    assert [c.out_channels for c in transitions] == [int(c.in_channels * 0.75) for c in transitions]
+    with pytest.raises(ModelError, match=r"model.compression=0.0 is not allowed; it must be in \(0, 1\]"):
+        create_model("densenet", compression=0.0)
+
+
+def test_anynet_block_switch_and_stage_errors():
+    resnet_blocks = layers_of(create_model("regnetx32", block="resnet"), ResidualBlock)
+    assert all(len(layers_of(b.branch, nn.Conv2d)) == 2 and all(c.groups == 1 for c in layers_of(b, nn.Conv2d))
+               for b in resnet_blocks)
+    resnext_blocks = layers_of(create_model("regnetx32"), ResidualBlock)
+    assert all(len(layers_of(b.branch, nn.Conv2d)) == 3 for b in resnext_blocks)
+    with pytest.raises(ModelError, match=r"model.stages\[1\]: group_width 16 does not divide the inner width 40"):
+        create_model("regnetx32", stages=[[1, 32, 16, 1.0], [1, 80, 16, 0.5]])
+    with pytest.raises(ModelError, match=r"model.stages\[0\]=\[1, 32\]: give \[depth, width, group_width"):
+        create_model("regnetx32", stages=[[1, 32]])
+
+
+def test_vionets_each_break_one_regnet_rule():
+    def rules(stages):
+        depth, width, group, ratio = zip(*stages)
+        return {"width": list(width) == sorted(width), "depth": list(depth) == sorted(depth),
+                "ratio": len(set(ratio)) == 1, "groups": len(set(group)) == 1}
+
+    assert all(rules(get_spec("regnetx32").defaults.get("stages", REGNETX32)).values())
+    assert all(rules(REGNETX_200MF).values())
+    for rule in ("width", "depth", "ratio", "groups"):
+        broken = rules(get_spec(f"vionet_{rule}").defaults["stages"])
+        assert [k for k, ok in broken.items() if not ok] == [rule]
+
+
+def test_readme_models_table_is_generated_from_the_registry():
+    from cnnbench import catalog
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert catalog.BEGIN in readme, "the README lost its generated models table"
+    expected = catalog.replace_section(readme, catalog.markdown())
+    assert readme == expected, "the README's models table is stale: run `make models-table`"
+    for name in list_models():
+        assert f"| `{name}` |" in readme

@@ -1,24 +1,39 @@
-"""DenseNet (d2l 8.7): dense blocks that concatenate each layer's output to its input,
-with 1x1-conv + avg-pool transition layers halving the channels between blocks."""
+"""DenseNet (d2l 8.7): dense blocks that concatenate each layer's output to its input, with
+transition layers shrinking the channels and the resolution between blocks. The family is
+Table 1 of Huang et al. (2017): DenseNet-BC, with bottleneck layers and compression 0.5."""
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from torch import nn
 
 from .layers import Classifier, Init, init_weights
-from .registry import register_model
+from .registry import ModelError, add_model
 from .resnet import pooled_head, resnet_stem
 
 
-def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    """BN-ReLU-conv3x3 (the pre-activation order)."""
-    return nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(), nn.Conv2d(in_channels, out_channels, 3, padding=1))
+def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True) -> list[nn.Module]:
+    """BN-ReLU-conv (the pre-activation order)."""
+    return [nn.BatchNorm2d(in_channels), nn.ReLU(),
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)]
 
 
 class DenseBlock(nn.Module):
-    def __init__(self, num_convs: int, in_channels: int, growth_rate: int):
+    """``num_convs`` layers, each adding ``growth_rate`` channels. A layer is BN-ReLU-conv3x3,
+    or with ``bottleneck`` BN-ReLU-conv1x1 to ``bn_size * growth_rate`` channels first (DenseNet-B)."""
+
+    def __init__(self, num_convs: int, in_channels: int, growth_rate: int, bottleneck: bool = False,
+                 bn_size: int = 4, bias: bool = True):
         super().__init__()
-        self.net = nn.ModuleList(conv_block(in_channels + i * growth_rate, growth_rate) for i in range(num_convs))
+
+        def layer(cin):
+            if not bottleneck:
+                return nn.Sequential(*conv_block(cin, growth_rate, 3, bias))
+            return nn.Sequential(*conv_block(cin, bn_size * growth_rate, 1, bias),
+                                 *conv_block(bn_size * growth_rate, growth_rate, 3, bias))
+
+        self.net = nn.ModuleList(layer(in_channels + i * growth_rate) for i in range(num_convs))
         self.out_channels = in_channels + num_convs * growth_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -27,30 +42,48 @@ class DenseBlock(nn.Module):
         return x
 
 
-def transition_block(in_channels: int, out_channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.BatchNorm2d(in_channels), nn.ReLU(), nn.Conv2d(in_channels, out_channels, 1), nn.AvgPool2d(2, stride=2)
-    )
+# Layers per dense block: Table 1 of the DenseNet paper (growth rate 32, 64-channel stem).
+DENSENET = {
+    "densenet121": [6, 12, 24, 16],
+    "densenet169": [6, 12, 32, 32],
+    "densenet201": [6, 12, 48, 32],
+    "densenet264": [6, 12, 64, 48],
+}
 
 
-@register_model("densenet", resolution=96)
 def densenet(
     num_classes=10,
     in_channels=1,
     num_channels: int = 64,
     growth_rate: int = 32,
     arch: list = [4, 4, 4, 4],
+    bottleneck: bool = False,
+    bn_size: int = 4,
+    compression: float = 0.5,
+    transition_pool: Literal["avg", "max"] = "avg",
+    bias: bool = True,
     init: Init = "default",
 ):
-    """The chapter's DenseNet: four dense blocks of four conv blocks, growth rate 32.
-    ``init=default``: the book's run never applies its Xavier init to this model."""
-    layers, channels = resnet_stem(in_channels, num_channels), num_channels
+    """Stem, dense blocks of ``arch`` layers; between blocks a transition (BN-ReLU-conv1x1 to
+    ``compression`` of the channels, then a 2x2/2 ``transition_pool``); BN-ReLU, GAP, dense.
+    The book's convolutions keep their bias; the paper's (torchvision's) have none: ``bias=False``.
+    ``init=default``: the book's run never applies its Xavier init to DenseNet."""
+    if not 0 < compression <= 1:
+        raise ModelError(f"model.compression={compression} is not allowed; it must be in (0, 1]")
+    layers, channels = resnet_stem(in_channels, num_channels, bias), num_channels
+    pool = nn.AvgPool2d if transition_pool == "avg" else nn.MaxPool2d
     for i, num_convs in enumerate(arch):
-        block = DenseBlock(num_convs, channels, growth_rate)
-        layers.append(block)
-        channels = block.out_channels
+        layers.append(DenseBlock(num_convs, channels, growth_rate, bottleneck, bn_size, bias))
+        channels = layers[-1].out_channels
         if i != len(arch) - 1:
-            layers.append(transition_block(channels, channels // 2))
-            channels //= 2
+            out = int(channels * compression)
+            layers.append(nn.Sequential(*conv_block(channels, out, 1, bias), pool(2, stride=2)))
+            channels = out
     layers += [nn.BatchNorm2d(channels), nn.ReLU()]
     return init_weights(Classifier(nn.Sequential(*layers), pooled_head(channels, num_classes)), init)
+
+
+add_model("densenet", densenet, 96, "The chapter's DenseNet: four dense blocks of four BN-ReLU-conv layers, growth 32 (d2l 8.7)")
+for _name, _layers in DENSENET.items():
+    add_model(_name, densenet, 96, f"DenseNet-{_name[8:]} (DenseNet-BC): dense blocks {_layers}, bottlenecks, compression 0.5",
+              arch=_layers, bottleneck=True)

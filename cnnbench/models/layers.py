@@ -1,8 +1,9 @@
 """Building blocks shared by several model families."""
 from __future__ import annotations
 
+import typing
 from itertools import chain
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -50,21 +51,26 @@ def flat_features(features: nn.Module, in_channels: int, image_size: int | tuple
 
 
 class ScratchBatchNorm(nn.Module):
-    """The chapter's from-scratch batch normalisation (d2l section 8.5).
+    """The chapter's from-scratch batch normalisation (d2l section 8.5), and its "lite" cousins.
 
     Normalises over the batch (and the spatial positions for conv features) in training,
-    with the biased variance, and keeps moving averages for prediction. Two fixes the
-    book lacks, neither changing the parameter count: the moving statistics are buffers
-    (so ``.to()``, ``state_dict`` and checkpoints carry them), and the mode follows
-    ``self.training`` instead of ``torch.is_grad_enabled()``.
+    with the biased variance, and keeps moving averages for prediction. ``center=False``
+    keeps the mean (divides by the standard deviation only: ``variance_only``),
+    ``scale=False`` keeps the variance (subtracts the mean only: ``mean_only``), and
+    ``affine=False`` fixes gamma=1, beta=0 instead of learning them.
+
+    Two fixes the book lacks, neither changing the parameter count: the moving statistics
+    are buffers (so ``.to()``, ``state_dict`` and checkpoints carry them), and the mode
+    follows ``self.training`` instead of ``torch.is_grad_enabled()``.
     """
 
-    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.1):
+    def __init__(self, num_features: int, num_dims: int, eps: float = 1e-5, momentum: float = 0.1,
+                 center: bool = True, scale: bool = True, affine: bool = True):
         super().__init__()
         shape = (1, num_features) if num_dims == 2 else (1, num_features, 1, 1)
-        self.eps, self.momentum = eps, momentum
-        self.gamma = nn.Parameter(torch.ones(shape))
-        self.beta = nn.Parameter(torch.zeros(shape))
+        self.eps, self.momentum, self.center, self.scale = eps, momentum, center, scale
+        self.gamma = nn.Parameter(torch.ones(shape)) if affine else None
+        self.beta = nn.Parameter(torch.zeros(shape)) if affine else None
         self.register_buffer("moving_mean", torch.zeros(shape))
         self.register_buffer("moving_var", torch.ones(shape))
 
@@ -78,21 +84,63 @@ class ScratchBatchNorm(nn.Module):
                 self.moving_var.lerp_(var, self.momentum)
         else:
             mean, var = self.moving_mean, self.moving_var
-        return self.gamma * (x - mean) / torch.sqrt(var + self.eps) + self.beta
+        if self.center:
+            x = x - mean
+        if self.scale:
+            x = x / torch.sqrt(var + self.eps)
+        return x if self.gamma is None else self.gamma * x + self.beta
 
 
-Norm = Literal["none", "batch", "scratch"]
+# batch: nn.BatchNorm; scratch: the chapter's own layer; mean_only / variance_only: the
+# chapter's layer removing only the mean or only the variance (the "lite" exercise).
+Norm = Literal["none", "batch", "scratch", "mean_only", "variance_only"]
+# Where a network with conv and dense layers puts its norm layers.
+NormAt = Literal["none", "conv", "dense", "all"]
 
 
-def norm_layer(kind: Norm, num_features: int, num_dims: int) -> list[nn.Module]:
+def norm_layer(kind: Norm, num_features: int, num_dims: int, affine: bool = True) -> list[nn.Module]:
     """The normalisation layer(s) to insert after a conv (num_dims=4) or dense (2) layer."""
     if kind == "none":
         return []
     if kind == "batch":
-        return [nn.BatchNorm2d(num_features) if num_dims == 4 else nn.BatchNorm1d(num_features)]
-    if kind == "scratch":
-        return [ScratchBatchNorm(num_features, num_dims)]
-    raise ValueError(f"norm={kind!r}: choose none, batch or scratch")
+        return [(nn.BatchNorm2d if num_dims == 4 else nn.BatchNorm1d)(num_features, affine=affine)]
+    lite = {"scratch": {}, "mean_only": {"scale": False}, "variance_only": {"center": False}}
+    if kind not in lite:
+        raise ValueError(f"norm={kind!r}: choose one of {', '.join(typing.get_args(Norm))}")
+    return [ScratchBatchNorm(num_features, num_dims, affine=affine, **lite[kind])]
+
+
+def normalised(norm: Norm, norm_at: NormAt, where: Literal["conv", "dense"]) -> bool:
+    """Whether a ``where`` layer is followed by a norm layer."""
+    return norm != "none" and norm_at in (where, "all")
+
+
+Act = Literal["relu", "sigmoid"]
+Pool = Literal["max", "avg"]
+
+
+def act_layer(kind: Act) -> nn.Module:
+    return {"relu": nn.ReLU, "sigmoid": nn.Sigmoid}[kind]()
+
+
+def pool_layer(kind: Pool, kernel_size: int, stride: int) -> nn.Module:
+    return {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}[kind](kernel_size, stride)
+
+
+def conv_plan(plan: list, in_channels: int, block: Callable[[int, int, int, int, int], list[nn.Module]],
+              pool: Callable[[], nn.Module]) -> tuple[list[nn.Module], int]:
+    """Layers from an architecture table whose rows are ``[channels, kernel, stride, padding]``
+    (one ``block``) or ``"M"`` (``pool``), as AlexNet and NiN are written; returns the layers
+    and the channels they end with."""
+    layers: list[nn.Module] = []
+    for row in plan:
+        if row == "M":
+            layers.append(pool())
+        else:
+            out, kernel, stride, padding = row
+            layers += block(in_channels, out, kernel, stride, padding)
+            in_channels = out
+    return layers, in_channels
 
 
 def dense_head(in_features: int, hidden: list[int] | tuple[int, ...], num_classes: int, dropout: float) -> nn.Sequential:

@@ -1,50 +1,71 @@
-"""LeNet-5 (d2l 7.6) and LeNet with batch normalisation (d2l 8.5)."""
+"""LeNet-5 (d2l 7.6), LeNet with batch normalisation (d2l 8.5), and the exercises' variants:
+ReLU and max-pooling, dropout, and batch norm in other places and of other kinds."""
 from __future__ import annotations
 
 from torch import nn
 
-from .layers import Classifier, Init, Norm, flat_features, init_weights, norm_layer
-from .registry import register_model
+from .layers import (
+    Act,
+    Classifier,
+    Init,
+    Norm,
+    NormAt,
+    Pool,
+    act_layer,
+    flat_features,
+    init_weights,
+    norm_layer,
+    normalised,
+    pool_layer,
+)
+from .registry import add_model
 
 
-def lenet_net(
-    num_classes: int,
-    in_channels: int,
-    image_size,
-    norm: Norm,
-    padding: int,
-    init: Init,
-) -> Classifier:
-    """conv(6, 5x5) -> [norm] -> sigmoid -> avgpool, conv(16, 5x5) -> [norm] -> sigmoid ->
-    avgpool, then dense 120 -> 84 -> classes, each hidden dense layer [norm] -> sigmoid."""
+def lenet(
+    num_classes=10,
+    in_channels=1,
+    image_size=28,
+    norm: Norm = "none",
+    norm_at: NormAt = "all",
+    norm_affine: bool = True,
+    bias: bool = True,
+    activation: Act = "sigmoid",
+    pool: Pool = "avg",
+    dropout: float = 0.0,
+    padding: int = 2,
+    init: Init = "xavier",
+):
+    """conv(6, 5x5) -> [norm] -> act -> pool, conv(16, 5x5) -> [norm] -> act -> pool, then dense
+    120 -> 84 -> classes, each hidden dense layer [norm] -> act -> [dropout].
+
+    ``norm_at`` says which layers get a norm (conv, dense, all, none); ``bias=False`` drops the
+    bias of the layers a norm follows (the norm's shift makes it redundant); ``norm_affine=False``
+    fixes the norm's scale and shift at 1 and 0."""
+
+    def layer(kind, cin, cout, dims, **kw):
+        with_norm = normalised(norm, norm_at, kind)
+        make = nn.Conv2d if kind == "conv" else nn.Linear
+        return [make(cin, cout, bias=bias or not with_norm, **kw),
+                *(norm_layer(norm, cout, dims, norm_affine) if with_norm else []), act_layer(activation)]
+
     features = nn.Sequential(
-        nn.Conv2d(in_channels, 6, kernel_size=5, padding=padding), *norm_layer(norm, 6, 4),
-        nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), *norm_layer(norm, 16, 4),
-        nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
+        *layer("conv", in_channels, 6, 4, kernel_size=5, padding=padding), pool_layer(pool, 2, 2),
+        *layer("conv", 6, 16, 4, kernel_size=5), pool_layer(pool, 2, 2),
         nn.Flatten(),
     )
+    def drop():
+        return [nn.Dropout(dropout)] if dropout else []
+
     head = nn.Sequential(
-        nn.Linear(flat_features(features, in_channels, image_size), 120), *norm_layer(norm, 120, 2), nn.Sigmoid(),
-        nn.Linear(120, 84), *norm_layer(norm, 84, 2), nn.Sigmoid(),
+        *layer("dense", flat_features(features, in_channels, image_size), 120, 2), *drop(),
+        *layer("dense", 120, 84, 2), *drop(),
         nn.Linear(84, num_classes),
     )
     return init_weights(Classifier(features, head), init)
 
 
-@register_model("lenet", resolution=28)
-def lenet(num_classes=10, in_channels=1, image_size=28, norm: Norm = "none", padding: int = 2, init: Init = "xavier"):
-    """LeNet-5 with sigmoid activations and average pooling (61,706 parameters)."""
-    return lenet_net(num_classes, in_channels, image_size, norm, padding, init)
-
-
-@register_model("bn_lenet", resolution=28)
-def bn_lenet(num_classes=10, in_channels=1, image_size=28, norm: Norm = "batch", padding: int = 0, init: Init = "xavier"):
-    """LeNet with nn.BatchNorm after every conv and hidden dense layer (the book's concise BNLeNet)."""
-    return lenet_net(num_classes, in_channels, image_size, norm, padding, init)
-
-
-@register_model("bn_lenet_scratch", resolution=28)
-def bn_lenet_scratch(num_classes=10, in_channels=1, image_size=28, norm: Norm = "scratch", padding: int = 0, init: Init = "xavier"):
-    """LeNet with the chapter's from-scratch BatchNorm (BNLeNetScratch)."""
-    return lenet_net(num_classes, in_channels, image_size, norm, padding, init)
+add_model("lenet", lenet, 28, "LeNet-5: sigmoid, average pooling (d2l 7.6; 61,706 parameters)")
+add_model("bn_lenet", lenet, 28, "LeNet with nn.BatchNorm after every conv and hidden dense layer (d2l 8.5)",
+          norm="batch", padding=0)
+add_model("bn_lenet_scratch", lenet, 28, "LeNet with the chapter's from-scratch batch norm (d2l 8.5)",
+          norm="scratch", padding=0)

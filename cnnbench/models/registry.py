@@ -3,9 +3,13 @@
 A model is a builder function registered under a name. Its keyword arguments are
 the model's knobs: each one appears in the model's YAML (``conf/model/<name>.yaml``)
 and can be overridden from the command line (``model.width=0.5``).
+
+A family registers one builder several times with different defaults (``vgg11`` and
+``vgg16`` are ``vgg`` with another architecture table): a variant is data, not a copy.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from dataclasses import dataclass
@@ -28,12 +32,16 @@ class ModelSpec:
     builder: Callable[..., nn.Module]
     resolution: int  # the input side the chapter trains it at, in pixels
     description: str
+    defaults: dict[str, Any]  # this model's values for the builder's knobs, where they differ
 
     @property
     def knobs(self) -> dict[str, inspect.Parameter]:
-        """The builder's keyword arguments that a config may set."""
+        """The builder's keyword arguments that a config may set, with this model's defaults."""
         params = inspect.signature(self.builder).parameters
-        return {k: p for k, p in params.items() if k not in DATA_ARGS}
+        return {
+            k: p.replace(default=self.defaults[k]) if k in self.defaults else p
+            for k, p in params.items() if k not in DATA_ARGS
+        }
 
     @property
     def takes_image_size(self) -> bool:
@@ -44,14 +52,25 @@ class ModelSpec:
 _REGISTRY: dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, resolution: int, description: str = ""):
-    """Decorator: register ``builder`` under ``name`` with the chapter's input resolution."""
+def add_model(name: str, builder: Callable[..., nn.Module], resolution: int, description: str = "",
+              **defaults: Any) -> None:
+    """Register ``builder`` as model ``name``, trained at ``resolution`` px by default, with
+    ``defaults`` replacing the builder's own defaults (e.g. another architecture table)."""
+    if name in _REGISTRY:
+        raise ValueError(f"model {name!r} is registered twice")
+    params = inspect.signature(builder).parameters
+    unknown = set(defaults) - set(params) | set(defaults) & set(DATA_ARGS)
+    if unknown:
+        raise ValueError(f"model {name!r}: {sorted(unknown)} are not knobs of {builder.__name__}")
+    doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
+    _REGISTRY[name] = ModelSpec(name, builder, resolution, doc, defaults)
+
+
+def register_model(name: str, resolution: int, description: str = "", **defaults: Any):
+    """Decorator form of :func:`add_model`."""
 
     def wrap(builder):
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is registered twice")
-        doc = description or (inspect.getdoc(builder) or "").split("\n")[0]
-        _REGISTRY[name] = ModelSpec(name, builder, resolution, doc)
+        add_model(name, builder, resolution, description, **defaults)
         return builder
 
     return wrap
@@ -65,8 +84,10 @@ def get_spec(name: str) -> ModelSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
+        close = difflib.get_close_matches(str(name), list_models(), n=3)
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ""
         raise ModelError(
-            f"model.name={name!r} is not a registered model; available: {', '.join(list_models())}"
+            f"model.name={name!r} is not a registered model{hint}; available: {', '.join(list_models())}"
         ) from None
 
 
@@ -126,7 +147,7 @@ def create_model(
     """Build model ``name``. ``image_size`` matters only for networks with a flatten head
     (LeNet, AlexNet, VGG); it defaults to the chapter's resolution."""
     spec = get_spec(name)
-    kwargs = check_knobs(name, knobs)
+    kwargs = {**spec.defaults, **check_knobs(name, knobs)}
     if spec.takes_image_size:
         kwargs["image_size"] = image_size or spec.resolution
     return spec.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
@@ -137,8 +158,8 @@ def accepts_input(name: str, size: int | tuple[int, int], in_channels: int = 1, 
     h, w = (size, size) if isinstance(size, int) else size
     try:
         with torch.device("meta"):
-            model = create_model(name, in_channels=in_channels, image_size=(h, w), **knobs)
-            with torch.no_grad():
+            model = create_model(name, in_channels=in_channels, image_size=(h, w), **knobs).eval()
+            with torch.no_grad():  # eval mode: the same shapes, half the cost of training mode
                 model(torch.empty(2, in_channels, h, w))
     except (RuntimeError, ValueError) as err:
         if isinstance(err, ModelError):
@@ -150,9 +171,12 @@ def accepts_input(name: str, size: int | tuple[int, int], in_channels: int = 1, 
 def min_input_size(name: str, in_channels: int = 1, limit: int = 4096, **knobs: Any) -> int:
     """The smallest square input side the model accepts (binary search; feature-map sizes
     only grow with the input, so acceptance is monotone)."""
-    if not accepts_input(name, limit, in_channels, **knobs):
-        raise ModelError(f"model {name} accepts no input up to {limit}x{limit}")
-    lo, hi = 1, limit  # invariant: hi accepted
+    hi = get_spec(name).resolution
+    if not accepts_input(name, hi, in_channels, **knobs):
+        if not accepts_input(name, limit, in_channels, **knobs):
+            raise ModelError(f"model {name} accepts no input up to {limit}x{limit}")
+        hi = limit
+    lo = 1  # invariant: hi accepted
     while lo < hi:
         mid = (lo + hi) // 2
         if accepts_input(name, mid, in_channels, **knobs):
