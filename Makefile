@@ -25,7 +25,7 @@ data:
 
 # BN-LeNet at 28 px with a cosine SGD recipe: ~90% test accuracy in about 1.5 minutes on 2 CPU cores.
 run: install data
-	$(BIN)/cnnbench +experiment=quickstart
+	$(BIN)/cnnbench experiment=quickstart
 
 # The default suite (CPU, under 15 minutes on 2 cores). GPU tests skip themselves without a GPU.
 test: install data

@@ -80,7 +80,7 @@ class SchedulerConfig:
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 10
+    max_epochs: int = 10  # the book trains every model for 10 epochs
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     precision: Precision = Precision.auto
     channels_last: bool = False  # NHWC memory format (faster convolutions on tensor-core GPUs)

@@ -68,8 +68,10 @@ def plot_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path
     for row, m in runs:
         line, = ax_loss.plot(m["epoch"], m["train_loss"], marker=".", label=label(row, keys))
         ax_acc.plot(m["epoch"], m["test_acc"], marker=".", color=line.get_color(), label=label(row, keys))
+        ax_acc.plot(m["epoch"], m["train_acc"], linestyle="--", alpha=0.5, color=line.get_color())
     ax_loss.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (fraction correct)", title="test accuracy")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (fraction correct)",
+               title="test accuracy (solid) and training accuracy (dashed)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))

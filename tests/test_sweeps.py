@@ -1,6 +1,7 @@
 """Sweeps: results.csv, re-runs that skip finished jobs, reports, and the shipped recipes."""
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 
 from cnnbench import report
+from cnnbench.config import validate
 from cnnbench.train import run
 
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "experiment").glob("*.yaml"))
@@ -25,9 +27,56 @@ def test_the_books_nine_runs_are_shipped():
         "d2l_resnet18", "d2l_densenet", "d2l_regnetx32"}
 
 
-@pytest.mark.parametrize("name", EXPERIMENTS)
+EXERCISES = [e for e in EXPERIMENTS if e.startswith("ex_")]
+
+
+def sweep_jobs(name: str) -> list[list[str]]:
+    """The jobs (override lists) of a recipe's own sweep, as Hydra's basic sweeper expands them."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from cnnbench.train import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        params = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True).hydra.sweeper.params
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (params or {}).items()])
+    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+@pytest.mark.parametrize("name", EXERCISES)
+def test_every_exercise_recipe_is_a_valid_sweep_and_its_first_job_runs(make_cfg, tiny_data, tmp_path, name):
+    jobs = sweep_jobs(name)
+    smoke = ["trainer=smoke", "trainer.max_epochs=1", f"data.root={tiny_data}", "bench.batch_sizes=[2]",
+             "bench.steps=1", "bench.warmup_steps=0"]
+    if name != "ex_alexnet_bench":  # a single task=bench run; every other exercise is a sweep
+        assert len(jobs) >= 2
+    for job in jobs:  # every job composes and passes the checks made before training
+        validate(make_cfg(f"experiment={name}", *job, *smoke))
+    summary = run(make_cfg(f"experiment={name}", *jobs[0], *smoke), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+
+
+def test_an_exercise_recipe_runs_as_a_sweep_by_itself(tiny_data, tmp_path):
+    # no -m: the recipe sets hydra.mode=MULTIRUN; trainer=smoke beats the recipe's 10 epochs
+    proc = cnnbench("experiment=ex_bn_placement", "trainer=smoke", f"data.root={tiny_data}", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert results["model.norm_at"].tolist() == ["none", "conv", "dense", "all"]
+    assert (results["status"] == "completed").all() and (results["epochs_completed"] == 2).all()
+    assert results["params"].is_monotonic_increasing  # each placement adds norm parameters
+    assert (tmp_path / "report_vs_model.norm_at.png").stat().st_size > 10_000
+
+
+def test_the_readme_answers_every_exercise_recipe():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    for name in EXERCISES:
+        assert f"experiment={name}`" in readme, f"README's exercise table lacks {name}"
+
+
+@pytest.mark.parametrize("name", [e for e in EXPERIMENTS if not e.startswith("ex_")])
 def test_every_recipe_composes_and_runs_smoke(make_cfg, tiny_data, tmp_path, name):
-    cfg = make_cfg(f"+experiment={name}", "trainer=smoke", "trainer.max_epochs=1", "data.batch_size=8", f"data.root={tiny_data}")
+    cfg = make_cfg(f"experiment={name}", "trainer=smoke", "trainer.max_epochs=1", "data.batch_size=8", f"data.root={tiny_data}")
     if name.startswith("d2l_"):  # the book's settings
         assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0
         assert cfg.scheduler.name == "none" and not cfg.data.normalize
