@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from . import distributed
 from .models import ModelError, get_spec, min_input_size
 from .models.registry import accepts_input, check_knobs
 
@@ -190,6 +191,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.device={device!r}: CUDA is not available on this machine; use auto or cpu")
 
     _validate_optimizer(cfg)
+
+    world = distributed.from_env()
+    if world.distributed:
+        if cfg.task != Task.train:
+            raise ConfigError(f"task={getattr(cfg.task, 'value', cfg.task)} runs in one process; only task=train runs under torchrun")
+        if cfg.data.batch_size % world.size:
+            raise ConfigError(f"data.batch_size={cfg.data.batch_size} is the global batch and must divide evenly "
+                              f"over the {world.size} processes of this torchrun launch")
 
     h, w = resolution(cfg)
     if cfg.task == Task.min_size:  # it searches the sizes itself

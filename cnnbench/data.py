@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import distributed
+
 log = logging.getLogger(__name__)
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -170,6 +172,9 @@ class DeviceLoader:
     Augmentation (training only): ``crop_padding`` pads each image by that many pixels
     and crops a random 28x28 window back (zero padding); ``hflip`` flips half the
     images left-right. Both act on whole batches with per-image random draws.
+
+    Under torchrun every rank draws the same order and takes its ``rank``-th share of each
+    batch of ``batch_size`` (the global batch), so the ranks together see what one process would.
     """
 
     def __init__(
@@ -186,8 +191,11 @@ class DeviceLoader:
         crop_padding: int = 0,
         hflip: bool = False,
         limit_batches: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.split, self.batch_size, self.size = split, batch_size, tuple(size)
+        self.rank, self.world_size = rank, world_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.mean, self.std = mean, std
         self.crop_padding, self.hflip = crop_padding, hflip
@@ -232,7 +240,9 @@ class DeviceLoader:
         first, self._skip = self._skip, 0
         for step in range(first, len(self)):
             window = slice(step * self.batch_size, (step + 1) * self.batch_size)
-            idx = order[window] if order is not None else window
+            idx = order[window] if order is not None else torch.arange(len(labels), device=images.device)[window]
+            if self.world_size > 1:
+                idx = idx.tensor_split(self.world_size)[self.rank]
             yield self.transform(images[idx]), labels[idx]
         self._in_epoch = False
 
@@ -262,7 +272,8 @@ def build_loaders(cfg, train: Split, test: Split, size: tuple[int, int], device:
         pixels = train.images.float().div_(255)
         mean, std = pixels.mean().item(), pixels.std().item()
     train, test = train.to(device), test.to(device)
-    common = dict(size=size, mean=mean, std=std)
+    world = distributed.from_env()
+    common = dict(size=size, mean=mean, std=std, rank=world.rank, world_size=world.size)
     train_loader = DeviceLoader(
         train, cfg.data.batch_size, shuffle=True, drop_last=cfg.data.drop_last, seed=cfg.seed,
         crop_padding=cfg.data.crop_padding, hflip=cfg.data.hflip, limit_batches=cfg.trainer.limit_train_batches,

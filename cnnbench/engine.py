@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from torch import nn
 from tqdm import tqdm
 
+from . import distributed
 from .data import DeviceLoader
 from .models import create_model
 
@@ -74,8 +75,11 @@ class StopFlag:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``trainer.device``; under torchrun, ``auto`` and ``cuda`` mean this rank's own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.from_env().distributed:
+        return torch.device("cuda", distributed.from_env().local_rank)
     return torch.device(name)
 
 
@@ -113,6 +117,7 @@ class Trainer:
     channels_last: bool = False
     grad_clip: float = 0.0
     progress: bool = True
+    world: distributed.World = distributed.World()  # the ranks whose sums an epoch's metrics add up
 
     def __post_init__(self):
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
@@ -132,9 +137,12 @@ class Trainer:
         when ``stop`` is set after a step, raises EpochCut with the sums so far."""
         self.model.train()
         partial = partial or {}
-        loss_sum = torch.tensor(partial.get("loss_sum", 0.0), device=self.device)
-        correct = torch.tensor(partial.get("correct", 0), device=self.device)
-        seen, done, before = partial.get("seen", 0), partial.get("batches_done", 0), partial.get("elapsed", 0.0)
+        done, before = partial.get("batches_done", 0), partial.get("elapsed", 0.0)
+        # A cut epoch's sums are global (summed over the ranks): rank 0 carries them on.
+        carried = partial if self.world.main else {}
+        loss_sum = torch.tensor(carried.get("loss_sum", 0.0), device=self.device)
+        correct = torch.tensor(carried.get("correct", 0), device=self.device)
+        seen = carried.get("seen", 0)
         bar = tqdm(total=len(loader), initial=done, desc=desc, leave=False, dynamic_ncols=True,
                    disable=not (self.progress and sys.stderr.isatty()))
         synchronize(self.device)
@@ -159,19 +167,26 @@ class Trainer:
             bar.update()
             if stop and done < len(loader):
                 bar.close()
-                raise EpochCut({"loss_sum": loss_sum.item(), "correct": correct.item(), "seen": seen,
+                loss_total, correct_total, seen_total = self._totals(loss_sum, correct, seen)
+                raise EpochCut({"loss_sum": loss_total, "correct": int(correct_total), "seen": int(seen_total),
                                 "batches_done": done, "elapsed": before + time.perf_counter() - start})
+        loss_total, correct_total, seen_total = self._totals(loss_sum, correct, seen)  # the epoch's one host sync
         synchronize(self.device)
         elapsed = before + time.perf_counter() - start
         bar.close()
         if self.scheduler is not None and not self.step_scheduler_per_batch:
             self.scheduler.step()
         return {
-            "train_loss": loss_sum.item() / seen,  # the epoch's one host sync
-            "train_acc": correct.item() / seen,
+            "train_loss": loss_total / seen_total,
+            "train_acc": correct_total / seen_total,
             "epoch_time_s": elapsed,
-            "train_images_per_s": seen / elapsed,
+            "train_images_per_s": seen_total / elapsed,
         }
+
+    def _totals(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, float, float]:
+        """Loss sum, correct count and images seen, summed over the ranks and read once."""
+        sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=self.device).double()])
+        return tuple(self.world.sum(sums).tolist())
 
     @torch.no_grad()
     def evaluate(self, loader: DeviceLoader) -> dict[str, float]:
@@ -185,7 +200,8 @@ class Trainer:
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
             seen += len(y)
-        return {"test_loss": loss_sum.item() / seen, "test_acc": correct.item() / seen}
+        loss_total, correct_total, seen_total = self._totals(loss_sum, correct, seen)
+        return {"test_loss": loss_total / seen_total, "test_acc": correct_total / seen_total}
 
 
 class EpochCut(Exception):
@@ -266,6 +282,9 @@ def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_
         model.to(memory_format=torch.channels_last)
     optimizer = instantiate(cfg.optimizer, params=model.parameters())
     scheduler, per_batch = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.max_epochs, steps_per_epoch)
+    world = distributed.from_env()
+    if world.distributed:  # gradients averaged over the ranks at every backward
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return Trainer(
         model=torch.compile(model) if cfg.trainer.compile else model,
         optimizer=optimizer,
@@ -276,7 +295,8 @@ def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_
         amp_dtype=autocast_dtype(cfg.trainer.precision, device),
         channels_last=cfg.trainer.channels_last,
         grad_clip=cfg.trainer.grad_clip,
-        progress=cfg.trainer.progress,
+        progress=cfg.trainer.progress and world.main,
+        world=world,
     )
 
 
@@ -284,8 +304,9 @@ def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module itself, under torch.compile's wrapper."""
-    return getattr(model, "_orig_mod", model)
+    """The module itself, under torch.compile's and DistributedDataParallel's wrappers."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def save_checkpoint(path: Path, trainer: Trainer, loader: DeviceLoader, epoch: int, partial: dict | None,

@@ -5,12 +5,15 @@ does the work and can be called from Python with a composed config.
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import json
 import logging
 import math
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import data
+from . import data, distributed
 from .analysis import TASKS, describe
 from .config import ConfigError, register_configs, validate
 from .data import build_loaders
@@ -101,6 +104,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
 
 def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     """task=train: fit, evaluating every epoch; metrics.csv, curves.png, checkpoints."""
+    distributed.init(cfg.trainer.device)  # under torchrun: join the other ranks
     device, size, knobs = describe(cfg, summary)
     meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size}
     resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
@@ -203,8 +207,23 @@ def _results(rows: list[dict[str, float]]) -> dict[str, Any]:
 register_configs()
 
 
+def main() -> Any:
+    """The ``cnnbench`` command. Under torchrun, ranks other than 0 run in a temporary dir with
+    Hydra's logging off: rank 0 alone writes the run dir and logs."""
+    world = distributed.from_env()
+    if not world.main:
+        scratch = tempfile.mkdtemp(prefix=f"cnnbench-rank{world.rank}-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null",
+                     "hydra.job_logging.root.level=WARNING", "hydra/hydra_logging=disabled"]
+    try:
+        return hydra_main()
+    finally:
+        distributed.shutdown()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     done = completed_before(cfg, Path(hydra_cfg.runtime.output_dir)) if multirun else None

@@ -76,7 +76,8 @@ def test_the_readme_answers_every_exercise_recipe():
 
 @pytest.mark.parametrize("name", [e for e in EXPERIMENTS if not e.startswith("ex_")])
 def test_every_recipe_composes_and_runs_smoke(make_cfg, tiny_data, tmp_path, name):
-    cfg = make_cfg(f"experiment={name}", "trainer=smoke", "trainer.max_epochs=1", "data.batch_size=8", f"data.root={tiny_data}")
+    cfg = make_cfg(f"experiment={name}", "trainer=smoke", "trainer.max_epochs=1", "data.batch_size=8", f"data.root={tiny_data}",
+                   "trainer.compile=false")  # compiling on a CPU takes minutes: tests/test_train.py covers it, marked slow
     if name.startswith("d2l_"):  # the book's settings
         assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0
         assert cfg.scheduler.name == "none" and not cfg.data.normalize

@@ -1,0 +1,60 @@
+"""Data-parallel training under ``torchrun``: one process per device, DistributedDataParallel.
+
+``torchrun --nproc_per_node=N -m cnnbench ...`` starts N copies of the command with RANK,
+LOCAL_RANK and WORLD_SIZE set. Each rank holds the whole dataset on its own device and trains
+on its share of every batch: ``data.batch_size`` is the *global* batch (split evenly across the
+ranks) and ``optimizer.lr`` applies to it, so N processes train as one process with the same
+batch would (batch norm aside: its statistics are per rank, as with plain DDP). Only rank 0
+writes files and logs; the other ranks' run dirs are temporary and deleted.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    local_rank: int = 0
+    size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the ranks (in place; a no-op in one process)."""
+        if self.distributed:
+            dist.all_reduce(values, op=dist.ReduceOp.SUM)
+        return values
+
+
+def from_env() -> World:
+    """The process's place in a torchrun launch (one process: rank 0 of 1)."""
+    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+
+
+def init(device_name: str, timeout_s: float = 600.0) -> World:
+    """Join the process group when launched by torchrun: nccl for CUDA devices, gloo for the CPU.
+    A collective that waits longer than ``timeout_s`` (a rank died) raises instead of hanging."""
+    world = from_env()
+    if world.distributed and not dist.is_initialized():
+        cuda = device_name != "cpu" and torch.cuda.is_available()
+        if cuda:
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    return world
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

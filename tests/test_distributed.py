@@ -1,0 +1,50 @@
+"""Data-parallel training under torchrun (gloo on the CPU): the ranks together train as one process."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from cnnbench.config import ConfigError, validate
+from cnnbench.data import DeviceLoader, Split
+
+RUN = ["-m", "cnnbench", "model=lenet", "data.batch_size=16", "trainer.max_epochs=3"]
+
+
+def test_loader_shards_make_up_the_global_batch():
+    split = Split(torch.randint(0, 255, (50, 28, 28), dtype=torch.uint8), torch.arange(50) % 10)
+    whole = list(DeviceLoader(split, 16, shuffle=True, seed=3))
+    shards = [list(DeviceLoader(split, 16, shuffle=True, seed=3, rank=r, world_size=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1]) == len(whole) == 4
+    for (x, y), (x0, y0), (x1, y1) in zip(whole, *shards):
+        torch.testing.assert_close(torch.cat([x0, x1]), x)
+        assert torch.equal(torch.cat([y0, y1]), y)
+
+
+def test_global_batch_must_divide_over_the_ranks(make_cfg, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ConfigError, match="data.batch_size=16 is the global batch and must divide evenly over the 3 processes"):
+        validate(make_cfg("data.batch_size=16"))
+    with pytest.raises(ConfigError, match="task=summary runs in one process; only task=train runs under torchrun"):
+        validate(make_cfg("task=summary", "data.batch_size=15"))
+
+
+def test_two_process_torchrun_matches_one_process(tiny_data, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    single = subprocess.run([sys.executable, *RUN, f"data.root={tiny_data}", f"hydra.run.dir={one}"],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          *RUN, f"data.root={tiny_data}", f"hydra.run.dir={two}"],
+                         capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
+    assert ddp.returncode == 0, ddp.stderr
+    # one run dir, written by rank 0 only; every epoch logged once
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "tiny", "two"]  # tiny: the data
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert ddp.stderr.count("epoch 3/3") == 1
+    a, b = pd.read_csv(one / "metrics.csv"), pd.read_csv(two / "metrics.csv")
+    for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert b[col].tolist() == pytest.approx(a[col].tolist(), rel=1e-5, abs=1e-6), col
