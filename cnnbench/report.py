@@ -107,14 +107,23 @@ def plot_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path 
     if not runs:
         return None
     fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    measured = all(str(row.get("device", "cpu")).startswith("cuda") for row, _ in runs)
+    # A CPU's peak resident memory only grows over a process (and a sweep is one process):
+    # there the estimate of what each batch needs is the comparable number.
+    memory = "peak_mem_mb" if measured else "estimated_mem_mb"
     for row, b in runs:
         for mode, style in (("train", "-"), ("infer", "--")):
             sel = b[(b["mode"] == mode) & (b["status"] == "completed")]
-            ax_speed.plot(sel["batch_size"], sel["images_per_s"], style, marker="o", label=f"{label(row, keys)} {mode}")
-            ax_mem.plot(sel["batch_size"], sel["peak_mem_mb"], style, marker="o", label=f"{label(row, keys)} {mode}")
-    ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput", xscale="log")
-    ax_mem.set(xlabel="batch size", ylabel="peak memory (MB)", title="peak memory", xscale="log")
+            line, = ax_speed.plot(sel["batch_size"], sel["images_per_s"], style, marker="o", label=f"{label(row, keys)} {mode}")
+            ax_mem.plot(sel["batch_size"], sel[memory], style, marker="o", color=line.get_color())
+    ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput (solid: training, dashed: prediction)")
+    ax_mem.set(xlabel="batch size", ylabel="memory (MB)",
+               title="measured peak GPU memory" if measured else "estimated memory (saved activations + weights + state)")
+    batch_sizes = sorted({int(v) for _, b in runs for v in b["batch_size"]})
     for ax in (ax_speed, ax_mem):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(batch_sizes, [str(v) for v in batch_sizes])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
     ax_speed.legend(fontsize="small")
     return save_figure(fig, path / "report_bench.png")
