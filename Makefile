@@ -14,7 +14,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev,sweeps]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,sweeps,slurm]'
 	touch $@
 
 # Fashion-MNIST without internet: Debian ships it. If this fails, cnnbench says how else to get it.

@@ -37,15 +37,19 @@ class Diverged(RuntimeError):
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM stopped training after a finished step; a checkpoint was written."""
+    """SIGINT, SIGTERM or SIGUSR2 stopped training after a finished step; a checkpoint was written."""
 
     def __init__(self, signum: int, where: str):
         super().__init__(f"stopped by {signal.Signals(signum).name} {where}")
         self.signum = signum
 
 
+# SIGUSR2 is what SLURM (through submitit) sends a job that is about to time out or be preempted.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
 class StopFlag:
-    """Set by SIGINT/SIGTERM; the training loop checks it after each step (a Python
+    """Set by SIGINT/SIGTERM/SIGUSR2; the training loop checks it after each step (a Python
     attribute read, no device sync). A second Ctrl-C abandons the step at once."""
 
     def __init__(self):
@@ -62,11 +66,12 @@ class StopFlag:
 
     @contextmanager
     def installed(self):
-        """Catch SIGINT and SIGTERM while the block runs (main thread only)."""
+        """Catch the stop signals while the block runs (main thread only); the handlers in place
+        before come back afterwards."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         try:
             yield self
         finally:

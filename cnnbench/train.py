@@ -22,7 +22,7 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import data, distributed
 from .analysis import TASKS, describe
@@ -226,14 +226,26 @@ def main() -> Any:
 def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    done = completed_before(cfg, Path(hydra_cfg.runtime.output_dir)) if multirun else None
-    if done:  # re-running a sweep into its dir: completed jobs are kept, not run again
-        log.info("job %s already completed in %s: skipped", hydra_cfg.job.num, hydra_cfg.runtime.output_dir)
-        return _metric(done, cfg.objective)
+    out_dir = Path(hydra_cfg.runtime.output_dir)
+    before = previous_run(cfg, out_dir) if multirun else None
+    if before and before["status"] == "completed":  # re-running a sweep into its dir: kept, not run again
+        log.info("job %s already completed in %s: skipped", hydra_cfg.job.num, out_dir)
+        return _metric(before, cfg.objective)
+    if before and before["status"] == "interrupted" and (out_dir / "last.pt").is_file():
+        # a requeued (preempted, timed-out) or re-run job continues from its checkpoint
+        log.info("job %s was interrupted in %s: resuming from its last.pt", hydra_cfg.job.num, out_dir)
+        with open_dict(cfg):
+            cfg.trainer.resume = str(out_dir)
+    if multirun and "LocalLauncher" in str(hydra_cfg.launcher.get("_target_", "")):
+        _one_gpu_per_job(cfg, hydra_cfg.job.num)
     try:
-        summary = run(cfg, hydra_cfg.runtime.output_dir, hydra_cfg.overrides.task)
+        summary = run(cfg, out_dir, hydra_cfg.overrides.task)
     except KeyboardInterrupt as err:  # stops a sweep too: the user or the cluster asked
-        sys.exit(128 + getattr(err, "signum", signal.SIGINT))  # 130 for SIGINT, 143 for SIGTERM
+        signum = getattr(err, "signum", signal.SIGINT)
+        handler = signal.getsignal(signal.SIGUSR2)
+        if signum == signal.SIGUSR2 and callable(handler):
+            handler(signum, None)  # submitit's: requeue this job (it resumes from last.pt) and exit
+        sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
     if status != "completed":  # run() has logged why
         # A sweep goes on with its other jobs; a single run exits non-zero.
@@ -242,14 +254,27 @@ def hydra_main(cfg: DictConfig) -> float:
     return _metric(summary, cfg.objective)
 
 
-def completed_before(cfg: DictConfig, out_dir: Path) -> dict | None:
-    """The summary of a completed run of this very config in ``out_dir``, if there is one."""
+def _one_gpu_per_job(cfg: DictConfig, job_num: int) -> None:
+    """Jobs running side by side on one machine (hydra/launcher=local_parallel): with
+    trainer.device=auto, job N takes GPU N mod the number of GPUs."""
+    count = torch.cuda.device_count()
+    if cfg.trainer.device == "auto" and count > 1:
+        with open_dict(cfg):
+            cfg.trainer.device = f"cuda:{job_num % count}"
+
+
+def previous_run(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """The summary of an earlier run of this very config in ``out_dir``, if there is one
+    (``trainer.resume``, which a resumed run sets, does not count as a difference)."""
     try:
         summary = json.loads((out_dir / "summary.json").read_text())
     except (OSError, ValueError):
         return None
-    same = summary.get("config") == OmegaConf.to_container(cfg, resolve=True)
-    return summary if same and summary.get("status") == "completed" else None
+    ours = OmegaConf.to_container(cfg, resolve=True)
+    theirs = summary.get("config") or {}
+    for config in (ours, theirs):
+        config.get("trainer", {}).pop("resume", None)
+    return summary if ours == theirs else None
 
 
 def _metric(summary: dict, objective: str) -> float:
