@@ -1,6 +1,8 @@
 """Data-parallel training under torchrun (gloo on the CPU): the ranks together train as one process."""
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -48,3 +50,32 @@ def test_two_process_torchrun_matches_one_process(tiny_data, tmp_path):
     a, b = pd.read_csv(one / "metrics.csv"), pd.read_csv(two / "metrics.csv")
     for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
         assert b[col].tolist() == pytest.approx(a[col].tolist(), rel=1e-5, abs=1e-6), col
+
+
+INJECT = '''
+import os
+if os.environ.get("RANK") == "1":  # rank 1 raises in its third epoch
+    import cnnbench.engine as engine
+    original, calls = engine.Trainer.train_one_epoch, []
+    def failing(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("injected failure on rank 1")
+        return original(self, *args, **kwargs)
+    engine.Trainer.train_one_epoch = failing
+'''
+
+
+def test_a_rank_that_dies_fails_the_run_without_a_hang(tiny_data, tmp_path):
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(INJECT)  # loaded by every rank at start-up
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           *RUN, "trainer.max_epochs=6", f"data.root={tiny_data}", f"hydra.run.dir={run_dir}"],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "inject")})
+    assert proc.returncode != 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # rank 0 sees its peer's connection close (or torchrun's SIGTERM) and records it
+    assert summary["status"] in ("failed", "interrupted"), summary
+    assert summary["epochs_completed"] == 2
