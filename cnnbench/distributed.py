@@ -22,6 +22,7 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
+    launched: bool = False  # started by torchrun (even as its only process)
 
     @property
     def main(self) -> bool:
@@ -29,7 +30,7 @@ class World:
 
     @property
     def distributed(self) -> bool:
-        return self.size > 1
+        return self.launched
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` summed over the ranks (in place; a no-op in one process)."""
@@ -40,7 +41,8 @@ class World:
 
 def from_env() -> World:
     """The process's place in a torchrun launch (one process: rank 0 of 1)."""
-    return World(int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    env = os.environ
+    return World(int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1)), "WORLD_SIZE" in env)
 
 
 def init(device_name: str, timeout_s: float = 600.0) -> World:

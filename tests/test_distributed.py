@@ -79,3 +79,14 @@ def test_a_rank_that_dies_fails_the_run_without_a_hang(tiny_data, tmp_path):
     # rank 0 sees its peer's connection close (or torchrun's SIGTERM) and records it
     assert summary["status"] in ("failed", "interrupted"), summary
     assert summary["epochs_completed"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_torchrun_with_nccl_on_one_gpu(tiny_data, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
+                           *RUN, f"data.root={tiny_data}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=600, check=False, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["device"].startswith("cuda")

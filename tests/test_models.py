@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from variants import KNOB_VARIANTS
 
 from cnnbench.analysis import count_flops, min_size_report
 from cnnbench.models import (
@@ -129,29 +130,6 @@ def model_configs() -> dict[str, dict]:
 
 
 MODEL_CONFIGS = model_configs()
-# Knob variants the exercises use, as (model config, knobs); each must build and run like the rest.
-KNOB_VARIANTS = [
-    ("lenet", dict(activation="relu", pool="max", dropout=0.5)),
-    *[("lenet", dict(norm=kind, norm_at=at)) for kind in ("batch", "mean_only", "variance_only") for at in ("conv", "dense")],
-    ("bn_lenet", dict(norm_affine=False, bias=False)),
-    ("bn_lenet_scratch", dict(norm_affine=False)),
-    ("alexnet", dict(dropout=0.0)),
-    ("vgg11_quarter", dict(norm="batch")),
-    ("nin", dict(num_1x1=1)),
-    ("nin", dict(num_1x1=3)),
-    ("nin", dict(kernel_1x1=3)),
-    ("nin", dict(head="dense")),
-    ("googlenet", dict(norm="batch", bias=False)),
-    ("googlenet", dict(block="v2")),
-    ("googlenet", dict(block="v3", residual=True, norm="batch")),
-    ("googlenet28", dict(residual=True)),
-    ("resnet18", dict(preact=True, bias=False, shortcut_norm=True)),
-    ("resnet34", dict(groups=2)),
-    ("densenet", dict(transition_pool="max", bottleneck=True, compression=0.75)),
-    ("regnetx32", dict(block="resnet")),
-]
-
-
 def variant_cases():
     cases = []
     for option, model in MODEL_CONFIGS.items():

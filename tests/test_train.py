@@ -8,10 +8,12 @@ import re
 import pandas as pd
 import pytest
 import torch
+from variants import KNOB_VARIANTS
 
+from cnnbench.config import model_knobs
 from cnnbench.metrics import COLUMNS
 from cnnbench.models import list_models, min_input_size
-from cnnbench.train import run
+from cnnbench.train import CONF_DIR, run
 
 
 def read_run(out):
@@ -84,6 +86,22 @@ BOOK = {"lenet", "bn_lenet", "bn_lenet_scratch", "alexnet", "vgg11", "nin", "goo
 def test_every_model_passes_the_smoke_preset(make_cfg, tiny_data, tmp_path, name):
     size = [] if name in BOOK else [f"data.resize={max(32, min_input_size(name))}"]
     summary = run(make_cfg(f"model={name}", "trainer=smoke", f"data.root={tiny_data}", *size), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    assert len(read_run(tmp_path)[0]) == 2
+
+
+VARIANT_CONFIGS = sorted({p.stem for p in (CONF_DIR / "model").glob("*.yaml")} - set(list_models()))
+SMOKE_VARIANTS = [[f"model={name}"] for name in VARIANT_CONFIGS] + [
+    [f"model={option}", *(f"model.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in knobs.items())]
+    for option, knobs in KNOB_VARIANTS
+]
+
+
+@pytest.mark.parametrize("overrides", SMOKE_VARIANTS, ids=[" ".join(o) for o in SMOKE_VARIANTS])
+def test_every_documented_variant_passes_the_smoke_preset(make_cfg, tiny_data, tmp_path, overrides):
+    cfg = make_cfg(*overrides, "trainer=smoke", f"data.root={tiny_data}")
+    side = max(32, min_input_size(cfg.model.name, **model_knobs(cfg)))
+    summary = run(make_cfg(*overrides, "trainer=smoke", f"data.root={tiny_data}", f"data.resize={side}"), tmp_path)
     assert summary["status"] == "completed", summary.get("error")
     assert len(read_run(tmp_path)[0]) == 2
 
