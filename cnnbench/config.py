@@ -88,6 +88,7 @@ class TrainerConfig:
     compile: bool = False  # torch.compile the model (first epoch pays the compile time)
     label_smoothing: float = 0.0  # cross-entropy label smoothing, in [0, 1)
     grad_clip: float = 0.0  # clip the gradient norm to this value (0: off)
+    diverge_loss: float = 1000.0  # an epoch's mean training loss above this ends the run as diverged (0: only NaN/inf)
     limit_train_batches: Optional[int] = None  # stop each training epoch after N steps (smoke runs)
     limit_test_batches: Optional[int] = None  # evaluate on N batches only
     checkpoint: bool = False  # write last.pt (everything a resume needs) at every epoch end
@@ -182,6 +183,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.crop_padding={cfg.data.crop_padding} is not allowed; use 0 (off) or a positive number of pixels")
     if not 0 <= cfg.trainer.label_smoothing < 1:
         raise ConfigError(f"trainer.label_smoothing={cfg.trainer.label_smoothing} is not allowed; it must be in [0, 1)")
+    if not cfg.trainer.diverge_loss >= 0:
+        raise ConfigError(f"trainer.diverge_loss={cfg.trainer.diverge_loss} is not allowed; use 0 (only NaN/inf) or a positive loss")
     if cfg.trainer.grad_clip < 0:
         raise ConfigError(f"trainer.grad_clip={cfg.trainer.grad_clip} is not allowed; use 0 (off) or a positive norm")
     device = cfg.trainer.device

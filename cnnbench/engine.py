@@ -227,11 +227,14 @@ def fit(
     start_epoch: int = 1,
     partial: dict | None = None,
     stop: StopFlag | None = None,
+    diverge_loss: float = 0.0,
 ) -> None:
     """Train epochs ``start_epoch..max_epochs``, evaluating after each; ``on_epoch`` gets each
     metrics row, then ``checkpoint(epochs_done, None)`` runs (if given). When ``stop`` is set,
     the epoch stops after its current step, ``checkpoint(epochs_done, partial_epoch)`` saves
-    where it stood, and Interrupted is raised. ``partial`` resumes such a cut epoch."""
+    where it stood, and Interrupted is raised. ``partial`` resumes such a cut epoch. An epoch
+    whose mean training loss is not finite, or above ``diverge_loss`` (when positive), raises
+    Diverged (a cross-entropy starts near ln(classes), 2.3 for ten)."""
     for epoch in range(start_epoch, max_epochs + 1):
         lr = partial["lr"] if partial else trainer.optimizer.param_groups[0]["lr"]
         if trainer.device.type == "cuda":
@@ -244,13 +247,15 @@ def fit(
                 checkpoint(epoch - 1, cut.partial | {"lr": lr})
             raise Interrupted(stop.signum, f"in epoch {epoch} after step {cut.partial['batches_done']}") from None
         partial = None
-        diverged = not math.isfinite(row["train_loss"])
+        loss = row["train_loss"]
+        diverged = not math.isfinite(loss) or 0 < diverge_loss < loss
         # A diverged model is not evaluated: its row records the loss that stopped the run.
         row |= {"test_loss": math.nan, "test_acc": math.nan} if diverged else trainer.evaluate(test_loader)
         row["peak_mem_mb"] = peak_memory_mb(trainer.device)
         on_epoch(row)
         if diverged:
-            raise Diverged(f"the training loss became {row['train_loss']} in epoch {epoch}")
+            why = f" (above trainer.diverge_loss={diverge_loss:g})" if math.isfinite(loss) else ""
+            raise Diverged(f"the training loss became {loss:.4g}{why} in epoch {epoch}")
         if checkpoint:
             checkpoint(epoch, None)
         if stop and epoch < max_epochs:

@@ -150,7 +150,7 @@ def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     try:
         with stop.installed():
             fit(trainer, train_loader, test_loader, cfg.trainer.max_epochs, on_epoch, checkpoint,
-                start_epoch=start_epoch, partial=partial, stop=stop)
+                start_epoch=start_epoch, partial=partial, stop=stop, diverge_loss=cfg.trainer.diverge_loss)
     finally:
         writer.close()
         if writer.rows and cfg.trainer.plot:

@@ -54,6 +54,15 @@ def test_divergence_is_recorded(make_cfg, tiny_data, tmp_path):
     assert len(metrics) == 1 and math.isnan(metrics["train_loss"][0])  # the epoch that diverged, then stop
 
 
+def test_a_finite_blow_up_counts_as_diverged(make_cfg, tiny_data, tmp_path):
+    # BN-LeNet at lr=1e30 keeps a finite loss near 1e31: only the threshold catches it
+    overrides = (f"data.root={tiny_data}", "optimizer.lr=1e30", "trainer.max_epochs=3", "data.batch_size=16")
+    summary = run(make_cfg(*overrides), tmp_path / "a")
+    assert summary["status"] == "diverged" and summary["epochs_completed"] == 1
+    assert re.search(r"training loss became [0-9.]+e\+\d+ \(above trainer.diverge_loss=1000\) in epoch 1", summary["error"])
+    assert run(make_cfg(*overrides, "trainer.diverge_loss=0"), tmp_path / "b")["status"] == "completed"
+
+
 @pytest.mark.parametrize(
     "scheduler, expected",
     [
@@ -123,6 +132,7 @@ BAD_INPUTS = [
     ("optimizer.momentum=fast", r"optimizer.momentum='fast' is not allowed; SGD takes a finite number"),
     ("optimizer.nesterov=1", r"optimizer.nesterov=1 is not allowed; SGD takes true or false"),
     ("optimizer._target_=torch.nn.Linear", r"optimizer._target_='torch.nn.Linear' is not a torch.optim optimizer class"),
+    ("trainer.diverge_loss=-1", r"trainer.diverge_loss=-1.0 is not allowed; use 0 \(only NaN/inf\) or a positive loss"),
     ("trainer.label_smoothing=1.5", r"trainer.label_smoothing=1.5 is not allowed; it must be in \[0, 1\)"),
     ("trainer.device=tpu", r"trainer.device='tpu' is not allowed; choose auto, cpu, cuda or cuda:N"),
 ]
