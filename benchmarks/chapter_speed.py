@@ -56,7 +56,8 @@ def bf16_peak(device: torch.device) -> float | None:
 
 
 def book_pipeline(cfg, device: torch.device, size, workers: int, limit: int | None):
-    """One epoch of the book's pipeline; returns a function that trains it and gives its seconds."""
+    """One epoch of the book's pipeline; returns a function that trains it and gives its seconds
+    and images/s."""
     root = data.locate(cfg.data.root, cfg.data.download)
     dataset = datasets.FashionMNIST(str(root), train=True,
                                     transform=transforms.Compose([transforms.Resize(size), transforms.ToTensor()]))
@@ -66,7 +67,7 @@ def book_pipeline(cfg, device: torch.device, size, workers: int, limit: int | No
     model = create_model(cfg.model.name, image_size=size, **model_knobs(cfg)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr)
 
-    def epoch() -> tuple[float, int]:
+    def epoch() -> tuple[float, float]:
         model.train()
         seen = 0
         synchronize(device)
@@ -82,7 +83,8 @@ def book_pipeline(cfg, device: torch.device, size, workers: int, limit: int | No
             loss.item()  # the book's per-step host sync
             seen += len(y)
         synchronize(device)
-        return time.perf_counter() - start, seen
+        seconds = time.perf_counter() - start
+        return seconds, seen / seconds
 
     return epoch
 
@@ -95,15 +97,13 @@ def cnnbench_pipelines(cfg, device: torch.device, size):
     x, y = next(iter(loader))
     fixed = [(x, y)] * len(loader)  # what train_one_epoch iterates: the same batch, len(loader) times
 
-    def real() -> tuple[float, int]:
-        stats = trainer.train_one_epoch(loader)
-        return stats["epoch_time_s"], round(stats["epoch_time_s"] * stats["train_images_per_s"])
+    def on(batches):
+        def epoch() -> tuple[float, float]:
+            stats = trainer.train_one_epoch(batches)
+            return stats["epoch_time_s"], stats["train_images_per_s"]
+        return epoch
 
-    def synthetic() -> tuple[float, int]:
-        stats = trainer.train_one_epoch(fixed)
-        return stats["epoch_time_s"], round(stats["epoch_time_s"] * stats["train_images_per_s"])
-
-    return real, synthetic
+    return on(loader), on(fixed)
 
 
 def measure(name: str, overrides: list[str], args) -> list[dict]:
@@ -121,7 +121,7 @@ def measure(name: str, overrides: list[str], args) -> list[dict]:
     for pipeline, epoch in pipelines.items():
         (warm_s, _), steady = epoch(), [epoch() for _ in range(args.epochs)]
         seconds = statistics.median(s for s, _ in steady)
-        images_per_s = statistics.median(n / s for s, n in steady)
+        images_per_s = statistics.median(rate for _, rate in steady)
         rows.append({
             "model": name, "pipeline": pipeline, "resolution": size[0], "batch_size": cfg.data.batch_size,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",

@@ -237,10 +237,12 @@ class DeviceLoader:
         images, labels = self.split.images, self.split.labels
         self._epoch_start, self._in_epoch = self.order_rng.get_state(), True
         order = torch.randperm(len(labels), generator=self.order_rng).to(images.device) if self.shuffle else None
+        if order is None and self.world_size > 1:  # a rank's share of a batch needs its indices
+            order = torch.arange(len(labels), device=images.device)
         first, self._skip = self._skip, 0
         for step in range(first, len(self)):
             window = slice(step * self.batch_size, (step + 1) * self.batch_size)
-            idx = order[window] if order is not None else torch.arange(len(labels), device=images.device)[window]
+            idx = order[window] if order is not None else window
             if self.world_size > 1:
                 idx = idx.tensor_split(self.world_size)[self.rank]
             yield self.transform(images[idx]), labels[idx]

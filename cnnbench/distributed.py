@@ -22,15 +22,11 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
-    launched: bool = False  # started by torchrun (even as its only process)
+    distributed: bool = False  # started by torchrun (even as its only process): a process group
 
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.launched
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` summed over the ranks (in place; a no-op in one process)."""

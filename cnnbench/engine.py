@@ -83,8 +83,9 @@ def resolve_device(name: str) -> torch.device:
     """``trainer.device``; under torchrun, ``auto`` and ``cuda`` mean this rank's own GPU."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and distributed.from_env().distributed:
-        return torch.device("cuda", distributed.from_env().local_rank)
+    world = distributed.from_env()
+    if name == "cuda" and world.distributed:
+        return torch.device("cuda", world.local_rank)
     return torch.device(name)
 
 

@@ -207,7 +207,7 @@ def _results(rows: list[dict[str, float]]) -> dict[str, Any]:
 register_configs()
 
 
-def main() -> Any:
+def main() -> None:
     """The ``cnnbench`` command. Under torchrun, ranks other than 0 run in a temporary dir with
     Hydra's logging off: rank 0 alone writes the run dir and logs."""
     world = distributed.from_env()
@@ -217,7 +217,7 @@ def main() -> Any:
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null",
                      "hydra.job_logging.root.level=WARNING", "hydra/hydra_logging=disabled"]
     try:
-        return hydra_main()
+        hydra_main()
     finally:
         distributed.shutdown()
 
@@ -227,6 +227,8 @@ def hydra_main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    if multirun and "LocalLauncher" in str(hydra_cfg.launcher.get("_target_", "")):
+        _one_gpu_per_job(cfg, hydra_cfg.job.num)  # first: an earlier run's summary records the device
     before = previous_run(cfg, out_dir) if multirun else None
     if before and before["status"] == "completed":  # re-running a sweep into its dir: kept, not run again
         log.info("job %s already completed in %s: skipped", hydra_cfg.job.num, out_dir)
@@ -236,8 +238,6 @@ def hydra_main(cfg: DictConfig) -> float:
         log.info("job %s was interrupted in %s: resuming from its last.pt", hydra_cfg.job.num, out_dir)
         with open_dict(cfg):
             cfg.trainer.resume = str(out_dir)
-    if multirun and "LocalLauncher" in str(hydra_cfg.launcher.get("_target_", "")):
-        _one_gpu_per_job(cfg, hydra_cfg.job.num)
     try:
         summary = run(cfg, out_dir, hydra_cfg.overrides.task)
     except KeyboardInterrupt as err:  # stops a sweep too: the user or the cluster asked

@@ -9,7 +9,7 @@ from .registry import ModelError, add_model
 
 # Rows are [channels, kernel, stride, padding] convolutions (each followed by ReLU), "M" a max-pool.
 ALEXNET = [[96, 11, 4, 1], "M", [256, 5, 1, 2], "M", [384, 3, 1, 1], [384, 3, 1, 1], [256, 3, 1, 1], "M"]
-# Three convolutions of fewer channels and 1024-wide dense layers: 1/7 of the parameters.
+# Three convolutions of fewer channels and 1024-wide dense layers: about 1/6 of the parameters.
 ALEXNET_LITE = [[64, 11, 4, 1], "M", [128, 5, 1, 2], "M", [256, 3, 1, 1], "M"]
 # For 28x28 inputs: 3x3 convolutions at stride 1 and 2x2 pools (28 -> 14 -> 7 -> 3).
 ALEXNET28 = [[64, 3, 1, 1], "M", [128, 3, 1, 1], "M", [256, 3, 1, 1], [256, 3, 1, 1], [128, 3, 1, 1], "M"]
