@@ -1,4 +1,5 @@
-"""Training throughput of the book's nine runs: the book's pipeline, cnnbench's, and pure compute.
+"""Training throughput of the book's nine runs: the book's pipeline, cnnbench's eager and graphed
+steps, and pure compute; kernel launches per step; compile start-up, cold and warm.
 
 For each ``d2l_<model>`` recipe (the book's model, resolution, batch size 128, SGD at the book's
 learning rate), in one process and on one device:
@@ -6,46 +7,54 @@ learning rate), in one process and on one device:
 - ``book``: the book's pipeline: torchvision's dataset with a per-image ``Resize`` + ``ToTensor``,
   a DataLoader with ``--workers`` workers, an fp32 model, a host sync every step (d2l's trainer
   reads every step's loss to plot it);
-- ``cnnbench``: the run's own pipeline and trainer, as ``cnnbench experiment=d2l_<model>``
-  trains (device-resident uint8 data, on-device resize; precision, channels_last and compile
-  from the trainer config, overridable on the command line);
-- ``synthetic``: the same trainer fed one batch already on the device, over and over: the
+- ``eager``: cnnbench's pipeline and trainer (device-resident uint8 data resized once, one host
+  sync per epoch; precision and channels_last from the trainer config) with ``trainer.compile=false``;
+- ``graphed``: the same with ``trainer.compile=true``: the step compiled by torch.compile, replayed
+  as CUDA graphs on a GPU (its compilation is in the first, untimed epoch);
+- ``synthetic``: the graphed trainer fed one batch already on the device, over and over: the
   model's pure compute, which the real pipeline can at best reach.
 
-Each pipeline trains ``--epochs`` epochs after one warm-up epoch (timed apart: it includes
-compilation and autotuning); clocks are read after synchronising the device; the table
-quotes medians. ``--limit-batches`` shortens every epoch (for CPUs). Model FLOP utilisation
-is the training FLOPs (3x the forward FLOPs from torch's FLOP counter) per second against the
-GPU's dense bf16 peak.
+Each pipeline trains ``--epochs`` epochs after one warm-up epoch (timed apart); clocks are read
+after synchronising the device; the table quotes medians. ``--limit-batches`` shortens every
+epoch (for CPUs). Model FLOP utilisation is the training FLOPs (3x the forward FLOPs from torch's
+FLOP counter) per second against the GPU's dense bf16 peak. ``launches`` counts, per training
+step, the kernel launches the profiler sees (CUDA: runtime launch calls, a CUDA graph replay
+counting one; CPU: the leaf operators run, ATen's or the compiled kernels). ``--start`` also
+runs ``cnnbench`` twice per model in fresh processes on an empty compile cache: the first
+compilation (cold) and the second (warm, from the on-disk cache).
 
     python benchmarks/chapter_speed.py                            # all nine, on the GPU if any
-    python benchmarks/chapter_speed.py --models bn_lenet,resnet18 --limit-batches 20
-    python benchmarks/chapter_speed.py trainer.compile=true trainer.channels_last=true
+    python benchmarks/chapter_speed.py --models bn_lenet,resnet18 --limit-batches 20 --start
+    python benchmarks/chapter_speed.py trainer.channels_last=false  # config overrides for cnnbench
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from cnnbench import data
 from cnnbench.analysis import count_flops
-from cnnbench.config import model_knobs, resolution
-from cnnbench.engine import autocast_dtype, build_trainer, resolve_device, synchronize
+from cnnbench.config import compose, model_knobs, resolution
+from cnnbench.engine import Trainer, autocast_dtype, build_trainer, resolve_device, synchronize
 from cnnbench.models import create_model
-from cnnbench.train import CONF_DIR
 
 BOOK_RUNS = ["alexnet", "vgg11", "nin", "googlenet", "bn_lenet_scratch", "bn_lenet", "resnet18", "densenet", "regnetx32"]
 # Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device-name substring.
 BF16_PEAK = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12}
+LAUNCHES = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
 
 
 def bf16_peak(device: torch.device) -> float | None:
@@ -89,65 +98,104 @@ def book_pipeline(cfg, device: torch.device, size, workers: int, limit: int | No
     return epoch
 
 
-def cnnbench_pipelines(cfg, device: torch.device, size):
-    """The run's trainer on its real loader, and on one device-resident batch repeated."""
-    train_split, test_split = data.load(cfg.data.root, cfg.data.download)
-    loader, _ = data.build_loaders(cfg, train_split, test_split, size, device)
-    trainer = build_trainer(cfg, device, size, model_knobs(cfg), len(loader))
-    x, y = next(iter(loader))
-    fixed = [(x, y)] * len(loader)  # what train_one_epoch iterates: the same batch, len(loader) times
+def on(trainer: Trainer, batches):
+    """An epoch of ``trainer.train_one_epoch`` over ``batches``: (seconds, images/s)."""
+    def epoch() -> tuple[float, float]:
+        stats = trainer.train_one_epoch(batches)
+        return stats["epoch_time_s"], stats["train_images_per_s"]
+    return epoch
 
-    def on(batches):
-        def epoch() -> tuple[float, float]:
-            stats = trainer.train_one_epoch(batches)
-            return stats["epoch_time_s"], stats["train_images_per_s"]
-        return epoch
 
-    return on(loader), on(fixed)
+def launches_per_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> float:
+    """Kernel launches per training step, counted by the profiler after the step is warm."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trainer.model.train()
+    trainer.step(x, y)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            trainer.step(x, y)
+        synchronize(trainer.device)
+    events = prof.events()
+    if trainer.device.type == "cuda":
+        count = sum(e.name in LAUNCHES for e in events)
+    else:  # leaf operators: ATen ops that call no other ATen op, and compiled (inductor) kernels
+        count = sum((e.name.startswith("aten::") and not any(c.name.startswith("aten::") for c in e.cpu_children))
+                    or "cpp_fused" in e.name for e in events)
+    return count / steps
 
 
 def measure(name: str, overrides: list[str], args) -> list[dict]:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        limit = [f"trainer.limit_train_batches={args.limit_batches}"] if args.limit_batches else []
-        cfg = compose("config", overrides=[f"experiment=d2l_{name}", "trainer.progress=false", *limit, *overrides])
+    limit = [f"trainer.limit_train_batches={args.limit_batches}"] if args.limit_batches else []
+    cfg = compose(f"experiment=d2l_{name}", "trainer.progress=false", *limit, *overrides)
     device = resolve_device(cfg.trainer.device)
     size = resolution(cfg)
     train_flops = 3 * count_flops(cfg.model.name, size, **model_knobs(cfg))
     peak = bf16_peak(device)
-    real, synthetic = cnnbench_pipelines(cfg, device, size)
-    pipelines = {"cnnbench": real, "synthetic": synthetic,
-                 "book": book_pipeline(cfg, device, size, args.workers, args.limit_batches)}
+    train_split, test_split = data.load(cfg.data.root, cfg.data.download)
+    loader, _ = data.build_loaders(cfg, train_split, test_split, size, device)
+    x, y = next(iter(loader))
+    pipelines, trainers = {"book": book_pipeline(cfg, device, size, args.workers, args.limit_batches)}, {}
+    for mode, compiled in (("eager", False), ("graphed", True)):
+        cfg.trainer.compile = compiled
+        trainers[mode] = build_trainer(cfg, device, size, model_knobs(cfg), len(loader))
+        pipelines[mode] = on(trainers[mode], loader)
+    pipelines["synthetic"] = on(trainers["graphed"], [(x, y)] * len(loader))  # the same batch, len(loader) times
     rows = []
     for pipeline, epoch in pipelines.items():
         (warm_s, _), steady = epoch(), [epoch() for _ in range(args.epochs)]
         seconds = statistics.median(s for s, _ in steady)
         images_per_s = statistics.median(rate for _, rate in steady)
+        trainer = trainers.get(pipeline)
         rows.append({
             "model": name, "pipeline": pipeline, "resolution": size[0], "batch_size": cfg.data.batch_size,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
             "precision": "fp32" if pipeline == "book" else str(autocast_dtype(cfg.trainer.precision, device) or "fp32"),
-            "channels_last": pipeline != "book" and cfg.trainer.channels_last,
-            "compile": pipeline != "book" and cfg.trainer.compile,
+            "channels_last": bool(trainer and trainer.channels_last), "compiled": bool(trainer and trainer.compile),
             "torch": torch.__version__, "first_epoch_s": warm_s, "epoch_s": seconds, "images_per_s": images_per_s,
+            "compile_s": trainer.compile_s if trainer else None,
+            "launches_per_step": launches_per_step(trainer, x, y) if trainer else None,
             "mfu": images_per_s * train_flops / peak if peak else None,
         })
         print(f"{name:16s} {pipeline:9s} first epoch {warm_s:7.2f} s   median epoch {seconds:7.2f} s   "
               f"{images_per_s:9.0f} img/s", flush=True)
+    if args.start:
+        for row, (kind, seconds) in zip(rows[:2], start_up(name, overrides).items()):
+            row[f"compile_{kind}_s"] = seconds  # on the book and eager rows: one value per model
     return rows
 
 
+def start_up(name: str, overrides: list[str]) -> dict[str, float]:
+    """The compilation time (summary.json's compile_s) of two fresh ``cnnbench`` processes on an
+    empty compile cache: the first compiles (cold), the second reads the cache (warm)."""
+    out = {}
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as runs:
+        for kind in ("cold", "warm"):
+            run_dir = Path(runs) / kind
+            subprocess.run([sys.executable, "-m", "cnnbench", f"experiment=d2l_{name}", "trainer.compile=true",
+                            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_test_batches=1",
+                            "trainer.plot=false", f"hydra.run.dir={run_dir}", *overrides],
+                           env=os.environ | {"CNNBENCH_CACHE": cache}, capture_output=True, check=True)
+            out[kind] = json.loads((run_dir / "summary.json").read_text())["compile_s"]
+    return out
+
+
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: the three throughputs, cnnbench's speed-up over the book's pipeline,
-    the share of pure compute the real pipeline reaches, and the MFU."""
+    """One row per model: the throughputs, the graphed pipeline's speed-up over the book's and
+    over eager, the share of pure compute it reaches, launches per step, compile time and MFU."""
     wide = df.pivot(index="model", columns="pipeline", values="images_per_s")
+    launches = df.pivot(index="model", columns="pipeline", values="launches_per_step")
+    graphed = df[df.pipeline == "graphed"].set_index("model")
     out = pd.DataFrame({
-        "book_img_s": wide["book"], "cnnbench_img_s": wide["cnnbench"], "synthetic_img_s": wide["synthetic"],
-        "speedup": wide["cnnbench"] / wide["book"], "pipeline_share": wide["cnnbench"] / wide["synthetic"],
+        "book_img_s": wide["book"], "eager_img_s": wide["eager"], "graphed_img_s": wide["graphed"],
+        "synthetic_img_s": wide["synthetic"], "speedup": wide["graphed"] / wide["book"],
+        "graphed_vs_eager": wide["graphed"] / wide["eager"], "pipeline_share": wide["graphed"] / wide["synthetic"],
+        "eager_launches": launches["eager"], "graphed_launches": launches["graphed"],
+        "compile_s": graphed["compile_s"], "epoch_s": graphed["epoch_s"], "mfu": graphed["mfu"],
     })
-    first = df[df.pipeline == "cnnbench"].set_index("model")
-    out["first_epoch_s"] = first["first_epoch_s"]
-    out["epoch_s"] = first["epoch_s"]
-    out["mfu"] = first["mfu"]
+    for col in ("compile_cold_s", "compile_warm_s"):
+        if col in df:
+            out[col] = df.dropna(subset=[col]).set_index("model")[col]
     return out.reindex([m for m in BOOK_RUNS if m in out.index])
 
 
@@ -157,8 +205,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per pipeline, after one warm-up epoch")
     parser.add_argument("--limit-batches", type=int, default=None, help="batches per epoch (default: all)")
     parser.add_argument("--workers", type=int, default=4, help="the book pipeline's DataLoader workers")
+    parser.add_argument("--start", action="store_true", help="also time cold and warm compilation in fresh processes")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench/chapter_speed.csv"))
-    parser.add_argument("overrides", nargs="*", help="config overrides for cnnbench's runs, e.g. trainer.compile=true")
+    parser.add_argument("overrides", nargs="*", help="config overrides for cnnbench's runs, e.g. trainer.channels_last=false")
     args = parser.parse_args()
     models = args.models.split(",")
     unknown = set(models) - set(BOOK_RUNS)

@@ -10,6 +10,7 @@ import gc
 import logging
 import math
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -174,8 +175,10 @@ def memory_estimate(name: str, size: tuple[int, int], batch_size: int, optimizer
 
 def measure_steps(trainer: Trainer, loader, steps: int, warmup: int, train: bool) -> dict[str, float]:
     """Median step time over ``steps`` steps after ``warmup`` steps, synchronised, with the
-    device's peak memory. Batches come from the real device-resident loader."""
-    model = trainer.model.train(train)
+    device's peak memory. Training times ``Trainer.step``, the step ``task=train`` runs
+    (clipping, per-step schedule and compilation included); prediction times ``Trainer.predict``.
+    Batches come from the real device-resident loader."""
+    trainer.model.train(train)
     batches = iter(loader)
     times = []
     if trainer.device.type == "cuda":
@@ -189,19 +192,13 @@ def measure_steps(trainer: Trainer, loader, steps: int, warmup: int, train: bool
         synchronize(trainer.device)
         start = time.perf_counter()
         if train:
-            with trainer.autocast():
-                loss = trainer.loss_fn(model(trainer._input(x)), y)
-            trainer.optimizer.zero_grad(set_to_none=True)
-            trainer.scaler.scale(loss).backward()
-            trainer.scaler.step(trainer.optimizer)
-            trainer.scaler.update()
+            trainer.step(x, y)
         else:
-            with torch.no_grad(), trainer.autocast():
-                model(trainer._input(x))
+            trainer.predict(x)
         synchronize(trainer.device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    step = sorted(times)[len(times) // 2]
+    step = statistics.median(times)
     return {"images_per_s": len(y) / step, "step_time_ms": step * 1e3, "peak_mem_mb": peak_memory_mb(trainer.device)}
 
 

@@ -11,6 +11,7 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -32,6 +33,12 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"  # autocast with a gradient scaler (CUDA)
+
+
+class MatmulPrecision(str, Enum):
+    highest = "highest"  # full fp32 matmuls and convolutions
+    high = "high"  # fp32 matmuls and convolutions may use TF32 on tensor-core GPUs (the default)
+    medium = "medium"  # fp32 matmuls may use bf16 internally
 
 
 class SchedulerName(str, Enum):
@@ -61,7 +68,7 @@ class DataConfig:
     download: bool = True  # let torchvision download as a last resort (needs internet)
     resize: Any = None  # side in px, or [h, w]; unset: the model's chapter resolution; 28 = native
     batch_size: int = 128  # images per training step
-    test_batch_size: Optional[int] = None  # unset: batch_size
+    test_batch_size: int = 1000  # images per evaluation step (divides the 10,000 test images); not the training batch
     subset: Optional[int] = None  # train on the first N training images only
     test_subset: Optional[int] = None  # evaluate on the first N test images only
     drop_last: bool = False  # drop the last partial training batch (fixed shapes help torch.compile)
@@ -84,8 +91,12 @@ class TrainerConfig:
     max_epochs: int = 10  # the book trains every model for 10 epochs
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
     precision: Precision = Precision.auto
-    channels_last: bool = False  # NHWC memory format (faster convolutions on tensor-core GPUs)
-    compile: bool = False  # torch.compile the model (first epoch pays the compile time)
+    channels_last: Optional[bool] = None  # NHWC memory format (faster convolutions on tensor-core GPUs); null: on for CUDA
+    # torch.compile the training step; on CUDA its forward and backward replay as CUDA graphs (no
+    # per-kernel launch cost). null: on for CUDA, off on the CPU. The first step pays the
+    # compilation (summary.json: compile_s; cached on disk, so later runs of the model start fast).
+    compile: Optional[bool] = None
+    matmul_precision: MatmulPrecision = MatmulPrecision.high
     label_smoothing: float = 0.0  # cross-entropy label smoothing, in [0, 1)
     grad_clip: float = 0.0  # clip the gradient norm to this value (0: off)
     diverge_loss: float = 1000.0  # an epoch's mean training loss above this ends the run as diverged (0: only NaN/inf)
@@ -114,6 +125,28 @@ class Config:
 
 def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def _conf_dir() -> Path:
+    """conf/ sits beside the package in a checkout (and editable installs); a wheel carries
+    it inside the package as cnnbench/conf."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return packaged if packaged.is_dir() else here.parent / "conf"
+
+
+CONF_DIR = _conf_dir()
+
+
+def compose(*overrides: str, hydra: bool = False) -> DictConfig:
+    """The config the command line composes from ``overrides`` (for tests, benchmarks and
+    notebooks); ``hydra=True`` keeps the ``hydra`` node (sweeper params, run dir, ...)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
 
 # --- checks run before training ---------------------------------------------------------
@@ -190,8 +223,6 @@ def validate(cfg: DictConfig) -> None:
     device = cfg.trainer.device
     if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
         raise ConfigError(f"trainer.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.device={device!r}: CUDA is not available on this machine; use auto or cpu")
 
     _validate_optimizer(cfg)
 
@@ -199,9 +230,14 @@ def validate(cfg: DictConfig) -> None:
     if world.distributed:
         if cfg.task != Task.train:
             raise ConfigError(f"task={getattr(cfg.task, 'value', cfg.task)} runs in one process; only task=train runs under torchrun")
+        if str(device).startswith("cuda:"):
+            raise ConfigError(f"trainer.device={device!r} is not allowed under torchrun: each rank takes the GPU of its "
+                              "local rank; use trainer.device=auto or cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")
         if cfg.data.batch_size % world.size:
             raise ConfigError(f"data.batch_size={cfg.data.batch_size} is the global batch and must divide evenly "
                               f"over the {world.size} processes of this torchrun launch")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={device!r}: CUDA is not available on this machine; use auto or cpu")
 
     h, w = resolution(cfg)
     if cfg.task == Task.min_size:  # it searches the sizes itself

@@ -97,6 +97,37 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def on_cuda(setting: bool | None, device: torch.device) -> bool:
+    """A trainer switch whose ``null`` (the default) means: on for CUDA, off on the CPU."""
+    return device.type == "cuda" if setting is None else bool(setting)
+
+
+def set_backends(deterministic: bool, matmul_precision: str = "high") -> None:
+    """Set every global switch a run depends on, at the start of every run, so nothing leaks from
+    one job of a sweep into the next: cuDNN autotuning (on, unless deterministic), deterministic
+    algorithms, and the fp32 matmul precision (``high`` lets fp32 matmuls and convolutions use
+    TF32 on tensor-core GPUs; ``highest`` keeps full fp32). They change nothing on the CPU."""
+    if deterministic:
+        # cuBLAS needs a fixed workspace for deterministic results (read when cuBLAS starts).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.set_float32_matmul_precision(matmul_precision)
+    torch.backends.cudnn.allow_tf32 = matmul_precision != "highest"
+
+
+def compile_cache() -> None:
+    """Keep torch.compile's artefacts (inductor's FX graph and autograd caches, Triton kernels)
+    under cnnbench's cache dir, on disk: a model compiles once per machine, and later runs of it
+    start in seconds. ``TORCHINDUCTOR_CACHE_DIR`` set by the user wins."""
+    from .data import cache_dir
+
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -111,7 +142,18 @@ def peak_memory_mb(device: torch.device) -> float:
 
 @dataclass
 class Trainer:
-    """Everything one epoch needs besides the data: built once per run by ``train.run``."""
+    """Everything one epoch needs besides the data: built once per run by ``build_trainer``.
+
+    ``step`` is the one training step (forward, loss, backward, clipping, optimizer and
+    per-step schedule): training, ``task=bench`` and the benchmarks all call it. With
+    ``compile``, the forward pass and its loss and metrics are compiled by torch.compile, and the
+    backward pass with them (AOTAutograd); on CUDA in ``reduce-overhead`` mode, which replays
+    both as CUDA graphs, so a small model's step costs GPU time, not Python's kernel launches.
+    The optimizer step stays eager (a fused kernel on CUDA, see ``build_trainer``), so learning-
+    rate schedules, gradient clipping and fp16 loss scaling work as without compilation. A batch
+    of another size than the first (the last partial batch of an epoch) runs eagerly: it is
+    trained on, and it triggers no recompilation.
+    """
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -124,10 +166,19 @@ class Trainer:
     grad_clip: float = 0.0
     progress: bool = True
     world: distributed.World = distributed.World()  # the ranks whose sums an epoch's metrics add up
+    compile: bool = False
 
     def __post_init__(self):
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.compile_s: float | None = None  # seconds the first compiled step took (compilation)
+        self._batch: int | None = None  # the batch size the compiled step is specialised to
+        self._compiled = None
+        if self.compile:
+            compile_cache()
+            torch._dynamo.reset()  # a fresh start for each run: an earlier job's compilations neither count nor linger
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._compiled = torch.compile(self._forward, mode=mode, dynamic=False)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -136,6 +187,47 @@ class Trainer:
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of a batch and its number of correct predictions."""
+        with self.autocast():
+            logits = self.model(self._input(x))
+            loss = self.loss_fn(logits, y)
+        return loss, (logits.argmax(dim=1) == y).sum()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Train on one batch; returns its loss and correct count as device tensors (no host sync)."""
+        forward = self._forward
+        if self._compiled is not None:
+            self._batch = self._batch or len(y)
+            if len(y) == self._batch:
+                forward = self._compiled
+                if self.device.type == "cuda":
+                    torch.compiler.cudagraph_mark_step_begin()  # a new iteration: graph outputs may be reused
+        first = forward is self._compiled and self.compile_s is None
+        if first:
+            synchronize(self.device)
+            started = time.perf_counter()
+        loss, correct = forward(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scheduler is not None and self.step_scheduler_per_batch:
+            self.scheduler.step()
+        if first:
+            synchronize(self.device)
+            self.compile_s = time.perf_counter() - started
+        return loss.detach(), correct
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch in prediction mode (the caller sets ``model.eval()``)."""
+        with self.autocast():
+            return self.model(self._input(x))
 
     def train_one_epoch(self, loader: DeviceLoader, desc: str = "", partial: dict | None = None,
                         stop: StopFlag | None = None) -> dict[str, float]:
@@ -154,20 +246,9 @@ class Trainer:
         synchronize(self.device)
         start = time.perf_counter()
         for x, y in loader:
-            with self.autocast():
-                logits = self.model(self._input(x))
-                loss = self.loss_fn(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            if self.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.scheduler is not None and self.step_scheduler_per_batch:
-                self.scheduler.step()
-            loss_sum += loss.detach().float() * len(y)
-            correct += (logits.argmax(dim=1) == y).sum()
+            loss, right = self.step(x, y)
+            loss_sum += loss.float() * len(y)
+            correct += right
             seen += len(y)
             done += 1
             bar.update()
@@ -194,20 +275,22 @@ class Trainer:
         sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=self.device).double()])
         return tuple(self.world.sum(sums).tolist())
 
-    @torch.no_grad()
     def evaluate(self, loader: DeviceLoader) -> dict[str, float]:
+        """Loss and accuracy on ``loader`` (its own batch size), in the training precision."""
         self.model.eval()
+        synchronize(self.device)
+        start = time.perf_counter()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for x, y in loader:
-            with self.autocast():
-                logits = self.model(self._input(x))
+            logits = self.predict(x)
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
             seen += len(y)
         loss_total, correct_total, seen_total = self._totals(loss_sum, correct, seen)
-        return {"test_loss": loss_total / seen_total, "test_acc": correct_total / seen_total}
+        return {"test_loss": loss_total / seen_total, "test_acc": correct_total / seen_total,
+                "eval_time_s": time.perf_counter() - start}
 
 
 class EpochCut(Exception):
@@ -251,7 +334,7 @@ def fit(
         loss = row["train_loss"]
         diverged = not math.isfinite(loss) or 0 < diverge_loss < loss
         # A diverged model is not evaluated: its row records the loss that stopped the run.
-        row |= {"test_loss": math.nan, "test_acc": math.nan} if diverged else trainer.evaluate(test_loader)
+        row |= {"test_loss": math.nan, "test_acc": math.nan, "eval_time_s": math.nan} if diverged else trainer.evaluate(test_loader)
         row["peak_mem_mb"] = peak_memory_mb(trainer.device)
         on_epoch(row)
         if diverged:
@@ -281,34 +364,48 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, epochs: int, steps_pe
 
 def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_epoch: int) -> Trainer:
     """The model (seeded), optimizer and schedule on ``device``, ready to train."""
-    if cfg.trainer.deterministic:
-        # Deterministic kernels where PyTorch has them (warn where it has none); cuBLAS needs a
-        # fixed workspace for it. Costs speed on GPUs (no cuDNN autotuning); the CPU is deterministic anyway.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    set_backends(cfg.trainer.deterministic, _value(cfg.trainer.matmul_precision))
     torch.manual_seed(cfg.seed)
+    channels_last = on_cuda(cfg.trainer.channels_last, device)
     model = create_model(cfg.model.name, image_size=size, **knobs).to(device)
-    if cfg.trainer.channels_last:
+    if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optimizer, params=model.parameters())
+    optimizer = instantiate(cfg.optimizer, params=model.parameters(), **fused_if_possible(cfg.optimizer, device))
     scheduler, per_batch = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.max_epochs, steps_per_epoch)
     world = distributed.from_env()
     if world.distributed:  # gradients averaged over the ranks at every backward
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     return Trainer(
-        model=torch.compile(model) if cfg.trainer.compile else model,
+        model=model,
         optimizer=optimizer,
         device=device,
         scheduler=scheduler,
         step_scheduler_per_batch=per_batch,
         label_smoothing=cfg.trainer.label_smoothing,
         amp_dtype=autocast_dtype(cfg.trainer.precision, device),
-        channels_last=cfg.trainer.channels_last,
+        channels_last=channels_last,
         grad_clip=cfg.trainer.grad_clip,
         progress=cfg.trainer.progress and world.main,
         world=world,
+        compile=on_cuda(cfg.trainer.compile, device),
     )
+
+
+def fused_if_possible(optimizer_cfg: DictConfig, device: torch.device) -> dict:
+    """``fused=True`` on CUDA for optimizers that have a fused kernel (SGD, Adam, AdamW: the whole
+    update in one launch instead of a few per parameter group), unless the config chooses."""
+    if device.type != "cuda" or "fused" in optimizer_cfg or "foreach" in optimizer_cfg:
+        return {}
+    import inspect
+
+    from hydra.utils import get_class
+
+    takes = "fused" in inspect.signature(get_class(optimizer_cfg._target_).__init__).parameters
+    return {"fused": True} if takes else {}
+
+
+def _value(option):
+    return getattr(option, "value", option)
 
 
 # --- checkpoints ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 
 COLUMNS = [
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
-    "epoch_time_s", "train_images_per_s", "peak_mem_mb",
+    "epoch_time_s", "train_images_per_s", "peak_mem_mb", "eval_time_s",
 ]
 
 

@@ -12,6 +12,7 @@ import logging
 import math
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -24,9 +25,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import data, distributed
+from . import STARTED, data, distributed
 from .analysis import TASKS, describe
-from .config import ConfigError, register_configs, validate
+from .config import CONF_DIR, ConfigError, register_configs, validate
 from .data import build_loaders
 from .engine import (
     Diverged,
@@ -43,15 +44,7 @@ from .metrics import MetricsWriter, plot_curves, write_json
 log = logging.getLogger("cnnbench")
 
 
-def _conf_dir() -> Path:
-    """conf/ sits beside the package in a checkout (and editable installs); a wheel carries
-    it inside the package as cnnbench/conf."""
-    here = Path(__file__).resolve().parent
-    packaged = here / "conf"
-    return packaged if packaged.is_dir() else here.parent / "conf"
-
-
-CONF_DIR = _conf_dir()
+_first_job = True  # the first run() of this process pays its start-up (imports, Hydra)
 EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "oom": 4, "interrupted": 130}
 BAD_INPUT_EXIT = 2
 
@@ -63,6 +56,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    global _first_job
     summary: dict[str, Any] = {
         "task": _value(cfg.task),
         "model": cfg.model.get("name"),
@@ -91,7 +85,13 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
         log.exception("run failed")
         summary |= {"status": "failed", "error": f"{type(err).__name__}: {_first_line(err)}"}
     finally:
-        summary["wall_time_s"] = time.perf_counter() - started
+        ended = time.perf_counter()
+        summary["wall_time_s"] = ended - started
+        if _first_job:  # imports, composing the config, Hydra's set-up: once per process
+            summary["startup_s"], _first_job = started - STARTED, False
+        if "training_s" in summary:  # fixed cost: everything but the epochs
+            summary["setup_s"] = summary.pop("_epochs_started") - started
+            summary["teardown_s"] = ended - summary.pop("_epochs_ended")
         write_json(out_dir / "summary.json", summary)
         if summary["status"] != "completed":
             log.error("run %s: %s", summary["status"], summary.get("error", ""))
@@ -147,11 +147,15 @@ def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
             save_checkpoint(out_dir / "last.pt", trainer, train_loader, epochs_done, cut, meta)
 
     summary.update(_results(writer.rows))
+    summary["_epochs_started"] = time.perf_counter()
     try:
         with stop.installed():
             fit(trainer, train_loader, test_loader, cfg.trainer.max_epochs, on_epoch, checkpoint,
                 start_epoch=start_epoch, partial=partial, stop=stop, diverge_loss=cfg.trainer.diverge_loss)
     finally:
+        summary["_epochs_ended"] = time.perf_counter()
+        summary["training_s"] = summary["_epochs_ended"] - summary["_epochs_started"]
+        summary["compile_s"] = trainer.compile_s
         writer.close()
         if writer.rows and cfg.trainer.plot:
             try:
@@ -195,7 +199,11 @@ def _value(option: Any) -> Any:
 
 def _results(rows: list[dict[str, float]]) -> dict[str, Any]:
     accs = [r["test_acc"] for r in rows if not math.isnan(r["test_acc"])]
+    # The first epoch pays warm-up (allocator, cuDNN autotuning, compilation): the steady-state
+    # epoch time is the median of the others (the first one's when there is no other).
+    times = [r["epoch_time_s"] for r in rows]
     return {
+        "steady_epoch_time_s": statistics.median(times[1:] or times) if rows else None,
         "epochs_completed": len(rows),
         "final_test_acc": rows[-1]["test_acc"] if rows else None,
         "best_test_acc": max(accs) if accs else None,

@@ -56,12 +56,6 @@ def tiny_data(tmp_path) -> Path:
 @pytest.fixture
 def make_cfg():
     """Compose the real config from conf/ with overrides, as the command line would."""
-    from hydra import compose, initialize_config_dir
+    from cnnbench.config import compose
 
-    from cnnbench.train import CONF_DIR
-
-    def _make(*overrides: str):
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return compose("config", overrides=list(overrides))
-
-    return _make
+    return compose

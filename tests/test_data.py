@@ -119,6 +119,40 @@ def test_resize_matches_torchvision():
     torch.testing.assert_close(x, expected)
 
 
+def test_resize_once_is_the_per_batch_resize_quantised_to_uint8():
+    images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8)
+    once = data.resize_split(data.Split(images, torch.arange(40)), (96, 64), chunk=16)  # chunks of 16, 16, 8
+    assert once.images.shape == (40, 96, 64) and once.images.dtype == torch.uint8
+    per_batch = TF.resize(images[:, None].float(), [96, 64], antialias=True)[:, 0]
+    assert (once.images.float() - per_batch).abs().max() <= 0.5  # rounded, as the book's PIL resize
+    # the loader hands such a split out as it is (no second resize)
+    x, y = next(iter(data.DeviceLoader(once, batch_size=40, size=(96, 64))))
+    assert torch.equal(x[:, 0], once.images.float() / 255) and torch.equal(y, torch.arange(40))
+
+
+@pytest.mark.parametrize("augment, free, expect_once", [
+    ([], 10**12, True),  # no augmentation and room: resized once
+    (["data.hflip=true"], 10**12, False),  # augmentation acts on 28 px: per batch
+    ([], 10**6, False),  # no room for the resized set: per batch
+])
+def test_build_loaders_resizes_once_when_it_can(make_cfg, monkeypatch, augment, free, expect_once):
+    monkeypatch.setattr(data, "free_memory", lambda device: free)
+    cfg = make_cfg("model=resnet18", "data.resize=64", *augment)
+    train, test = split(50), split(20)
+    train_loader, test_loader = data.build_loaders(cfg, train, test, (64, 64), torch.device("cpu"))
+    assert tuple(train_loader.split.images.shape[1:]) == ((64, 64) if expect_once else (28, 28))
+    assert tuple(test_loader.split.images.shape[1:]) == ((64, 64) if expect_once else (28, 28))
+    assert next(iter(train_loader))[0].shape[-2:] == (64, 64)  # the model sees 64 px either way
+
+
+def test_the_dataset_is_read_once_per_process(tmp_path, monkeypatch):
+    root = write_idx(tmp_path / "d", gz=True)
+    data._read.cache_clear()
+    first = data.load(str(root))
+    assert data.load(str(root))[0] is first[0]  # the second job of a sweep reuses it
+    assert data._read.cache_info().hits == 1
+
+
 def test_normalize():
     loader = data.DeviceLoader(split(50), batch_size=50, mean=0.1, std=0.5)
     x, y = next(iter(loader))

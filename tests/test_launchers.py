@@ -19,13 +19,10 @@ def cnnbench(*args: str, **kw) -> subprocess.Popen:
                             text=True, **kw)
 
 
-def test_slurm_launcher_config_composes(make_cfg):
-    from hydra import compose, initialize_config_dir
+def test_slurm_launcher_config_composes():
+    from cnnbench.config import compose
 
-    from cnnbench.train import CONF_DIR
-
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    cfg = compose("hydra/launcher=slurm", "hydra.launcher.partition=gpu", hydra=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.max_num_timeout > 0

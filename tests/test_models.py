@@ -117,16 +117,12 @@ def test_book_models_have_the_chapters_param_counts(name):
 
 def model_configs() -> dict[str, dict]:
     """Every model config in conf/model, composed: the registered models and the variants."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from cnnbench.train import CONF_DIR
+    from cnnbench.config import CONF_DIR, compose
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return {
-            path.stem: OmegaConf.to_container(compose("config", overrides=[f"model={path.stem}"]).model)
-            for path in sorted((CONF_DIR / "model").glob("*.yaml"))
-        }
+    return {path.stem: OmegaConf.to_container(compose(f"model={path.stem}").model)
+            for path in sorted((CONF_DIR / "model").glob("*.yaml"))}
 
 
 MODEL_CONFIGS = model_configs()
@@ -230,6 +226,28 @@ def test_scratch_batch_norm_matches_torch():
     torch.testing.assert_close(ours(y), ref(y), atol=0.05, rtol=0.05)
     x2 = torch.randn(16, 120)
     torch.testing.assert_close(ScratchBatchNorm(120, num_dims=2)(x2), nn.BatchNorm1d(120)(x2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lite", [{}, {"scale": False}, {"center": False}, {"affine": False}])
+def test_scratch_batch_norm_under_autocast_keeps_fp32_statistics(dtype, lite):
+    """Under autocast a convolution hands the norm a bf16/fp16 tensor: statistics and moving
+    averages stay fp32, the output has the input's dtype (as nn.BatchNorm's), and the result
+    equals the fp32 layer's to the low precision's rounding."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 6, 3)
+    x = torch.randn(8, 3, 7, 7) * 3 + 2
+    amp, ref = ScratchBatchNorm(6, num_dims=4, **lite), ScratchBatchNorm(6, num_dims=4, **lite)
+    with torch.autocast("cpu", dtype=dtype):
+        y = amp(conv(x))
+    y_ref = ref(conv(x))
+    assert y.dtype == dtype and amp.moving_mean.dtype == amp.moving_var.dtype == torch.float32
+    torch.testing.assert_close(y.float(), y_ref, atol=0.05, rtol=0.02)
+    torch.testing.assert_close(amp.moving_mean, ref.moving_mean, atol=0.02, rtol=0.01)
+    torch.testing.assert_close(amp.moving_var, ref.moving_var, atol=0.05, rtol=0.02)
+    amp.eval()
+    with torch.autocast("cpu", dtype=dtype):
+        assert amp(conv(x)).dtype == dtype
 
 
 def test_every_model_yaml_composes_and_matches_its_builder(make_cfg):

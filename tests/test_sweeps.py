@@ -32,13 +32,11 @@ EXERCISES = [e for e in EXPERIMENTS if e.startswith("ex_")]
 
 def sweep_jobs(name: str) -> list[list[str]]:
     """The jobs (override lists) of a recipe's own sweep, as Hydra's basic sweeper expands them."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from cnnbench.train import CONF_DIR
+    from cnnbench.config import compose
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        params = compose("config", overrides=[f"experiment={name}"], return_hydra_config=True).hydra.sweeper.params
+    params = compose(f"experiment={name}", hydra=True).hydra.sweeper.params
     parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (params or {}).items()])
     axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
     return [list(job) for job in itertools.product(*axes)]

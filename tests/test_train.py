@@ -13,7 +13,8 @@ from variants import KNOB_VARIANTS
 from cnnbench.config import model_knobs
 from cnnbench.metrics import COLUMNS
 from cnnbench.models import list_models, min_input_size
-from cnnbench.train import CONF_DIR, run
+from cnnbench.config import CONF_DIR
+from cnnbench.train import run
 
 
 def read_run(out):
@@ -86,17 +87,24 @@ def test_onecycle_adam_label_smoothing_and_clipping(make_cfg, tiny_data, tmp_pat
     assert lrs[0] < 0.001 and lrs[1] > lrs[0]  # warming up towards optimizer.lr
 
 
-# The networks the chapter trains; the smoke preset runs them at the chapter's resolution (VGG-11
-# at 224 px is the slowest, about half a minute on 2 cores), every other model at a small size.
-BOOK = {"lenet", "bn_lenet", "bn_lenet_scratch", "alexnet", "vgg11", "nin", "googlenet", "resnet18", "densenet", "regnetx32"}
+# The CUDA default path (bf16 autocast, channels_last), exercised on the CPU by CPU autocast: every
+# registered model, every variant config and every documented knob variant trains with it, at
+# its smallest input (at least 32 px), for two short epochs of the smoke preset.
+CUDA_DEFAULTS = ["trainer=smoke", "trainer.precision=bf16", "trainer.channels_last=true"]
+
+
+def smoke_size(make_cfg, overrides) -> str:
+    cfg = make_cfg(*overrides)
+    return f"data.resize={max(32, min_input_size(cfg.model.name, **model_knobs(cfg)))}"
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_every_model_passes_the_smoke_preset(make_cfg, tiny_data, tmp_path, name):
-    size = [] if name in BOOK else [f"data.resize={max(32, min_input_size(name))}"]
-    summary = run(make_cfg(f"model={name}", "trainer=smoke", f"data.root={tiny_data}", *size), tmp_path)
+def test_every_model_trains_on_the_cuda_default_path(make_cfg, tiny_data, tmp_path, name):
+    overrides = [f"model={name}", *CUDA_DEFAULTS, f"data.root={tiny_data}"]
+    summary = run(make_cfg(*overrides, smoke_size(make_cfg, overrides)), tmp_path)
     assert summary["status"] == "completed", summary.get("error")
-    assert len(read_run(tmp_path)[0]) == 2
+    metrics = read_run(tmp_path)[0]
+    assert len(metrics) == 2 and metrics[["train_loss", "test_loss"]].notna().all().all()
 
 
 VARIANT_CONFIGS = sorted({p.stem for p in (CONF_DIR / "model").glob("*.yaml")} - set(list_models()))
@@ -107,12 +115,132 @@ SMOKE_VARIANTS = [[f"model={name}"] for name in VARIANT_CONFIGS] + [
 
 
 @pytest.mark.parametrize("overrides", SMOKE_VARIANTS, ids=[" ".join(o) for o in SMOKE_VARIANTS])
-def test_every_documented_variant_passes_the_smoke_preset(make_cfg, tiny_data, tmp_path, overrides):
-    cfg = make_cfg(*overrides, "trainer=smoke", f"data.root={tiny_data}")
-    side = max(32, min_input_size(cfg.model.name, **model_knobs(cfg)))
-    summary = run(make_cfg(*overrides, "trainer=smoke", f"data.root={tiny_data}", f"data.resize={side}"), tmp_path)
+def test_every_documented_variant_trains_on_the_cuda_default_path(make_cfg, tiny_data, tmp_path, overrides):
+    overrides = [*overrides, *CUDA_DEFAULTS, f"data.root={tiny_data}"]
+    summary = run(make_cfg(*overrides, smoke_size(make_cfg, overrides)), tmp_path)
     assert summary["status"] == "completed", summary.get("error")
     assert len(read_run(tmp_path)[0]) == 2
+
+
+# fp16 autocast with its gradient scaler, where CPU autocast supports it (slow on a CPU: a few models
+# that cover the from-scratch batch norm, residual sums and grouped convolutions).
+@pytest.mark.parametrize("name", ["bn_lenet_scratch", "resnet18", "regnetx32"])
+def test_fp16_with_loss_scaling_trains(make_cfg, tiny_data, tmp_path, name):
+    overrides = [f"model={name}", "trainer=smoke", "trainer.precision=fp16", "trainer.channels_last=true",
+                 "trainer.max_epochs=1", f"data.root={tiny_data}"]
+    summary = run(make_cfg(*overrides, smoke_size(make_cfg, overrides)), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    assert math.isfinite(summary["final_train_loss"])
+
+
+def test_the_cpu_default_is_fp32_without_channels_last_or_compilation(make_cfg, tiny_data, tmp_path):
+    from cnnbench.engine import build_trainer
+
+    cfg = make_cfg(f"data.root={tiny_data}")
+    trainer = build_trainer(cfg, torch.device("cpu"), (28, 28), model_knobs(cfg), 1)
+    assert trainer.amp_dtype is None and not trainer.channels_last and not trainer.compile
+
+
+def test_every_run_sets_the_backend_switches_afresh(make_cfg, tiny_data, tmp_path):
+    """A deterministic job must not leave deterministic algorithms on (and cuDNN autotuning off)
+    for the next job of a sweep in the same process."""
+    base = [f"data.root={tiny_data}", "trainer=smoke", "trainer.max_epochs=1"]
+    assert run(make_cfg(*base, "trainer.deterministic=true", "trainer.matmul_precision=highest"), tmp_path / "a")["status"] == "completed"
+    assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+    assert torch.get_float32_matmul_precision() == "highest"
+    assert run(make_cfg(*base), tmp_path / "b")["status"] == "completed"
+    assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
+    assert torch.get_float32_matmul_precision() == "high"
+
+
+def test_a_gpu_index_under_torchrun_is_refused(make_cfg, monkeypatch):
+    from cnnbench.config import ConfigError, validate
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match=r"trainer.device='cuda:1' is not allowed under torchrun: each rank takes the GPU of its local rank"):
+        validate(make_cfg("trainer.device=cuda:1"))
+
+
+def test_evaluation_has_its_own_batch_and_time(make_cfg, tiny_data, tmp_path, monkeypatch):
+    from cnnbench import engine
+
+    sizes = []
+    predict = engine.Trainer.predict
+    monkeypatch.setattr(engine.Trainer, "predict", lambda self, x: sizes.append(len(x)) or predict(self, x))
+    summary = run(make_cfg(f"data.root={tiny_data}", "data.batch_size=8", "data.test_batch_size=16", "trainer.max_epochs=1"), tmp_path)
+    assert summary["status"] == "completed"
+    assert sizes == [16, 16]  # the 32 test images in two batches of data.test_batch_size, not of 8
+    metrics = read_run(tmp_path)[0]
+    assert list(metrics.columns[-1:]) == ["eval_time_s"] and metrics["eval_time_s"].iloc[0] > 0
+    assert make_cfg().data.test_batch_size == 1000 and 10_000 % 1000 == 0
+
+
+def test_summary_reports_fixed_costs_and_a_steady_epoch_time(make_cfg, tiny_data, tmp_path):
+    summary = run(make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=3", "data.batch_size=16"), tmp_path)
+    metrics = read_run(tmp_path)[0]
+    assert summary["setup_s"] > 0 and summary["teardown_s"] > 0 and summary["training_s"] > 0
+    assert summary["setup_s"] + summary["training_s"] + summary["teardown_s"] == pytest.approx(summary["wall_time_s"])
+    assert summary["steady_epoch_time_s"] == pytest.approx(metrics["epoch_time_s"].iloc[1:].median())
+
+
+# The compiled step (torch.compile; CUDA graphs on a GPU) against the eager one. On the CPU
+# torch.compile generates C++ kernels: the first compilation of a model takes a minute, later ones
+# come from the on-disk cache (CNNBENCH_CACHE). 96 images in batches of 20: the last batch of each
+# epoch (16 images) runs eagerly, which must neither recompile nor be dropped.
+COMPILE_CASES = {
+    "cosine+clip": ["scheduler=cosine", "trainer.grad_clip=0.5", "optimizer.momentum=0.9"],
+    "onecycle+adamw+smoothing": ["scheduler=onecycle", "optimizer=adamw", "trainer.label_smoothing=0.1"],
+    "step+bf16": ["scheduler=step", "scheduler.step_size=1", "trainer.precision=bf16"],
+}
+
+
+@pytest.mark.parametrize("case", COMPILE_CASES)
+def test_compiled_step_matches_the_eager_step(make_cfg, tiny_data, tmp_path, monkeypatch, case):
+    overrides = ["model=bn_lenet", f"data.root={tiny_data}", "data.batch_size=20", "trainer.max_epochs=2",
+                 "trainer.progress=false", *COMPILE_CASES[case]]
+    eager = run(make_cfg(*overrides, "trainer.compile=false"), tmp_path / "eager")
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    compiled = run(make_cfg(*overrides, "trainer.compile=true"), tmp_path / "compiled")
+    assert eager["status"] == compiled["status"] == "completed", compiled.get("error")
+    assert compiled["compile_s"] > 0 and eager["compile_s"] is None
+    # one frame compiled into one graph: no graph break, no recompilation for the last batch
+    assert counters["frames"]["total"] == counters["stats"]["unique_graphs"] == 1
+    a, b = read_run(tmp_path / "eager")[0], read_run(tmp_path / "compiled")[0]
+    tol = 2e-2 if "bf16" in case else 1e-4
+    for col in ("train_loss", "test_loss", "lr"):
+        assert b[col].tolist() == pytest.approx(a[col].tolist(), rel=tol), col
+    assert b["train_acc"].tolist() == pytest.approx(a["train_acc"].tolist(), abs=0.05)
+
+
+def test_compiled_run_stopped_mid_epoch_resumes_exactly(make_cfg, tiny_data, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from cnnbench import engine
+
+    overrides = ["model=bn_lenet", f"data.root={tiny_data}", "data.batch_size=20", "trainer.max_epochs=3",
+                 "trainer.compile=true", "scheduler=cosine", "trainer.progress=false"]
+    run(make_cfg(*overrides), tmp_path / "full")
+    step, calls = engine.Trainer.step, []
+
+    def step_then_sigterm(self, x, y):  # SIGTERM during epoch 2's second step
+        out = step(self, x, y)
+        calls.append(1)
+        if len(calls) == 7:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(engine.Trainer, "step", step_then_sigterm)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(*overrides), tmp_path / "cut")
+    monkeypatch.undo()
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "in epoch 2 after step 2" in summary["error"]
+    assert run(make_cfg(*overrides, f"trainer.resume={tmp_path / 'cut'}"), tmp_path / "cut")["status"] == "completed"
+    cols = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+    pd.testing.assert_frame_equal(read_run(tmp_path / "cut")[0][cols], read_run(tmp_path / "full")[0][cols])
 
 
 BAD_INPUTS = [
@@ -166,11 +294,17 @@ def test_gpu_run_with_mixed_precision_and_channels_last(make_cfg, real_data, tmp
     assert summary["device"].startswith("cuda") and summary["peak_mem_mb"] > 0
 
 
-@pytest.mark.slow
-def test_compiled_model_trains(make_cfg, tiny_data, tmp_path):
-    cfg = make_cfg("model=lenet", "trainer=smoke", f"data.root={tiny_data}", "trainer.compile=true", "data.drop_last=true")
-    summary = run(cfg, tmp_path)
-    assert summary["status"] == "completed", summary.get("error")
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_graphed_step_matches_eager_and_resizes_once(make_cfg, real_data, tmp_path):
+    overrides = ["model=resnet18", "data.resize=64", "data.subset=2000", "data.test_subset=1000", "data.batch_size=128",
+                 "trainer.max_epochs=2", "trainer.device=cuda", "scheduler=cosine", "trainer.grad_clip=1.0"]
+    eager = run(make_cfg(*overrides, "trainer.compile=false"), tmp_path / "eager")
+    graphed = run(make_cfg(*overrides), tmp_path / "graphed")  # compile: on by default on CUDA
+    assert eager["status"] == graphed["status"] == "completed", graphed.get("error")
+    assert graphed["compile_s"] > 0
+    a, b = read_run(tmp_path / "eager")[0], read_run(tmp_path / "graphed")[0]
+    assert b["train_loss"].tolist() == pytest.approx(a["train_loss"].tolist(), rel=5e-2)
 
 
 def test_a_new_run_in_an_old_dir_starts_fresh_files(make_cfg, tiny_data, tmp_path):

@@ -75,20 +75,26 @@ class ScratchBatchNorm(nn.Module):
         self.register_buffer("moving_var", torch.ones(shape))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Statistics and the moving averages in fp32 whatever the input's precision (under
+        # autocast a conv's output is bf16/fp16, the buffers stay fp32); the output keeps the
+        # input's dtype, as nn.BatchNorm does under autocast.
+        dtype, x = x.dtype, x.float()
         if self.training:
             dims = (0,) if x.dim() == 2 else (0, 2, 3)
             mean = x.mean(dim=dims, keepdim=True)
             var = ((x - mean) ** 2).mean(dim=dims, keepdim=True)
             with torch.no_grad():
-                self.moving_mean.lerp_(mean, self.momentum)
-                self.moving_var.lerp_(var, self.momentum)
+                self.moving_mean.lerp_(mean.to(self.moving_mean.dtype), self.momentum)
+                self.moving_var.lerp_(var.to(self.moving_var.dtype), self.momentum)
         else:
-            mean, var = self.moving_mean, self.moving_var
+            mean, var = self.moving_mean.float(), self.moving_var.float()
         if self.center:
             x = x - mean
         if self.scale:
             x = x / torch.sqrt(var + self.eps)
-        return x if self.gamma is None else self.gamma * x + self.beta
+        if self.gamma is not None:
+            x = self.gamma.float() * x + self.beta.float()
+        return x.to(dtype)
 
 
 # batch: nn.BatchNorm; scratch: the chapter's own layer; mean_only / variance_only: the
