@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .config import model_knobs, resolution
 from .data import DeviceLoader, Split, load
 from .engine import Trainer, build_trainer, peak_memory_mb, resolve_device, synchronize
-from .metrics import environment, plot_bench
+from .metrics import environment, plot_bench, write_csv
 from .models import create_model, min_input_size
 from .models.layers import ScratchBatchNorm
 from .models.registry import accepts_input
@@ -311,14 +311,6 @@ def min_size_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
 
 
 TASKS = {"summary": summary_task, "bench": bench_task, "min_size": min_size_task}
-
-
-def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    import pandas as pd
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def format_layers(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -20,8 +21,9 @@ from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from . import distributed
+from .rundir import safe_name
 from .models import ModelError, get_spec, min_input_size
-from .models.registry import accepts_input, check_knobs
+from .models.registry import Range, accepts_input, check_knobs
 
 
 class ConfigError(ValueError):
@@ -123,8 +125,44 @@ class Config:
     objective: str = "best_test_acc"  # the summary.json field a run returns to a sweeper (e.g. Optuna)
 
 
+# The range of every numeric key of the schema (ends included unless marked open), checked
+# before anything runs; a test checks that no numeric key is missing here. Model knobs carry
+# their ranges in their builders' signatures (models/registry.py, Range).
+BIG = 2**31
+RANGES: dict[str, Range] = {
+    "seed": Range(0, 2**63 - 2),  # torch's generators take 64-bit seeds; augmentation uses seed + 1
+    "data.batch_size": Range(1, 2**16),
+    "data.test_batch_size": Range(1, 2**16),
+    "data.subset": Range(1, BIG),
+    "data.test_subset": Range(1, BIG),
+    "data.crop_padding": Range(0, 28),  # beyond 28 px a crop can miss the image entirely
+    "scheduler.step_size": Range(1, BIG),
+    "scheduler.gamma": Range(0, 1, open_lo=True),
+    "scheduler.min_lr": Range(0, math.inf, open_hi=True),
+    "scheduler.pct_start": Range(0, 1, open_lo=True, open_hi=True),
+    "trainer.max_epochs": Range(1, 10**6),
+    "trainer.label_smoothing": Range(0, 1, open_hi=True),
+    "trainer.grad_clip": Range(0, math.inf, open_hi=True),
+    "trainer.diverge_loss": Range(0, math.inf, open_hi=True),
+    "trainer.limit_train_batches": Range(1, BIG),
+    "trainer.limit_test_batches": Range(1, BIG),
+    "bench.batch_sizes": Range(1, 2**16),
+    "bench.warmup_steps": Range(0, 10**6),
+    "bench.steps": Range(1, 10**6),
+}
+RANGE_NOTES = {
+    "data.crop_padding": " (0: off)",
+    "trainer.grad_clip": " (0: off)",
+    "trainer.diverge_loss": " (0: only NaN/inf)",
+}
+MAX_SIDE = 4096  # data.resize: the largest side in pixels
+
+
 def register_configs() -> None:
+    """The schema, and the ``${safe:...}`` resolver that keeps a value out of a path's structure
+    (the default run dir holds the model's name)."""
     ConfigStore.instance().store(name="base_config", node=Config)
+    OmegaConf.register_new_resolver("safe", safe_name, replace=True)
 
 
 def _conf_dir() -> Path:
@@ -158,13 +196,16 @@ def resolution(cfg: DictConfig) -> tuple[int, int]:
     if size is None:
         side = get_spec(cfg.model.name).resolution
         return side, side
-    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+    def side(s) -> bool:
+        return isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_SIDE
+
+    if side(size):
         return size, size
-    if isinstance(size, (list, tuple, ListConfig)) and len(size) == 2 and all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
-    ):
+    if isinstance(size, (list, tuple, ListConfig)) and len(size) == 2 and all(side(s) for s in size):
         return int(size[0]), int(size[1])
-    raise ConfigError(f"data.resize={size!r} is not allowed; give a positive side in pixels (e.g. 96) or [height, width]")
+    shown = list(size) if isinstance(size, ListConfig) else size
+    raise ConfigError(f"data.resize={shown!r} is not allowed; give a side in pixels from 1 to {MAX_SIDE} (e.g. 96) "
+                      "or [height, width]")
 
 
 def model_knobs(cfg: DictConfig) -> dict[str, Any]:
@@ -195,31 +236,16 @@ def validate(cfg: DictConfig) -> None:
     except ModelError as err:
         raise ConfigError(str(err)) from None
 
-    positive = {
-        "data.batch_size": cfg.data.batch_size,
-        "trainer.max_epochs": cfg.trainer.max_epochs,
-        "data.test_batch_size": cfg.data.test_batch_size,
-        "data.subset": cfg.data.subset,
-        "data.test_subset": cfg.data.test_subset,
-        "trainer.limit_train_batches": cfg.trainer.limit_train_batches,
-        "trainer.limit_test_batches": cfg.trainer.limit_test_batches,
-        "bench.steps": cfg.bench.steps,
-    }
-    if not cfg.bench.batch_sizes or any(b < 1 for b in cfg.bench.batch_sizes):
-        raise ConfigError(f"bench.batch_sizes={list(cfg.bench.batch_sizes)} is not allowed; give a list of positive integers")
-    if cfg.bench.warmup_steps < 0:
-        raise ConfigError(f"bench.warmup_steps={cfg.bench.warmup_steps} is not allowed; it must be 0 or more")
-    for key, value in positive.items():
-        if value is not None and value < 1:
-            raise ConfigError(f"{key}={value} is not allowed; it must be a positive integer")
-    if cfg.data.crop_padding < 0:
-        raise ConfigError(f"data.crop_padding={cfg.data.crop_padding} is not allowed; use 0 (off) or a positive number of pixels")
-    if not 0 <= cfg.trainer.label_smoothing < 1:
-        raise ConfigError(f"trainer.label_smoothing={cfg.trainer.label_smoothing} is not allowed; it must be in [0, 1)")
-    if not cfg.trainer.diverge_loss >= 0:
-        raise ConfigError(f"trainer.diverge_loss={cfg.trainer.diverge_loss} is not allowed; use 0 (only NaN/inf) or a positive loss")
-    if cfg.trainer.grad_clip < 0:
-        raise ConfigError(f"trainer.grad_clip={cfg.trainer.grad_clip} is not allowed; use 0 (off) or a positive norm")
+    for key, bounds in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        for item in (value if isinstance(value, (list, ListConfig)) else [value]):
+            if item is not None and item not in bounds:
+                many = isinstance(value, (list, ListConfig))
+                shown = list(value) if many else value
+                raise ConfigError(f"{key}={shown!r} is not allowed; {'every item' if many else 'it'} must be in "
+                                  f"{bounds}{RANGE_NOTES.get(key, '')}")
+    if not cfg.bench.batch_sizes:
+        raise ConfigError("bench.batch_sizes=[] is not allowed; give a list of positive integers")
     device = cfg.trainer.device
     if device not in ("auto", "cpu") and not str(device).startswith("cuda"):
         raise ConfigError(f"trainer.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
@@ -242,6 +268,15 @@ def validate(cfg: DictConfig) -> None:
     h, w = resolution(cfg)
     if cfg.task == Task.min_size:  # it searches the sizes itself
         return
+    batches = {"data.batch_size": cfg.data.batch_size, "data.test_batch_size": cfg.data.test_batch_size}
+    if cfg.task == Task.bench:
+        batches["bench.batch_sizes"] = max(cfg.bench.batch_sizes)
+    key, batch = max(batches.items(), key=lambda kv: kv[1])
+    need, have = batch * h * w * 4, total_memory(device)
+    if have and need > have:  # absurd sizes are refused here, before anything is allocated
+        raise ConfigError(f"data.resize={cfg.data.resize} ({h}x{w}) with {key}={batch} needs {need / 2**30:.1f} GiB "
+                          f"for one fp32 input batch alone; this device has {have / 2**30:.1f} GiB: choose a smaller "
+                          f"data.resize or {key}")
     try:
         if not accepts_input(name, (h, w), **knobs):
             smallest = min_input_size(name, **knobs)
@@ -251,6 +286,17 @@ def validate(cfg: DictConfig) -> None:
             )
     except ModelError as err:
         raise ConfigError(str(err)) from None
+
+
+def total_memory(device: str) -> int:
+    """Bytes of memory the run's device has (0 when unknown)."""
+    if str(device).startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        index = int(str(device).partition(":")[2] or 0)
+        return torch.cuda.get_device_properties(index).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
 
 
 def _validate_optimizer(cfg: DictConfig) -> None:

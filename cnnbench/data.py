@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import json
 import logging
 import os
-import shutil
 import struct
-import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed
+from .metrics import NoSpace, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,22 @@ def cache_dir() -> Path:
 
 
 def _find(folder: Path, name: str) -> Path | None:
-    """The raw or gzipped file ``name`` in ``folder`` or in torchvision's layout below it."""
+    """The raw or gzipped file ``name`` in ``folder`` or in torchvision's layout below it; a
+    folder or a broken link in its place is an error that says so."""
     for sub in (folder, folder / "FashionMNIST" / "raw"):
         for candidate in (sub / name, sub / f"{name}.gz"):
+            if candidate.is_symlink() and not candidate.exists():
+                raise DataError(f"{candidate} is a broken symbolic link (to {os.readlink(candidate)}); {HOW_TO_GET}")
+            if candidate.is_dir():
+                raise DataError(f"{candidate} is a directory where the data file {candidate.name} should be; {HOW_TO_GET}")
             if candidate.is_file():
                 return candidate
     return None
 
 
 def _check_idx(path: Path, magic: int) -> int:
-    """Validate an uncompressed IDX file's header against its size; return the item count."""
+    """Validate an uncompressed IDX file's header against its size (and images against 28x28);
+    return the item count."""
     size = path.stat().st_size
     ndim = magic & 0xFF
     with open(path, "rb") as f:
@@ -68,15 +75,65 @@ def _check_idx(path: Path, magic: int) -> int:
     if len(header) < 4 + 4 * ndim or struct.unpack(">i", header[:4])[0] != magic:
         raise DataError(f"{path} is not a Fashion-MNIST IDX file (bad header); {HOW_TO_GET}")
     dims = struct.unpack(f">{ndim}i", header[4:])
+    if ndim == 3 and tuple(dims[1:]) != (28, 28):
+        raise DataError(f"{path} holds {dims[1]}x{dims[2]} images; Fashion-MNIST's are 28x28; {HOW_TO_GET}")
     expected = len(header) + int(torch.Size(dims).numel())
     if size != expected:
         raise DataError(f"{path} is truncated or corrupt: {size} bytes, expected {expected}; {HOW_TO_GET}")
     return dims[0]
 
 
+def _sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _decompressed(src: Path, dst: Path) -> None:
+    """``dst``, the decompressed copy of ``src``, made or checked. The cache is keyed on the
+    source's content: ``dst.json`` records the source's size and hash and the copy's, both are
+    verified on every use, and a copy that fails its check (or whose source changed, whatever its
+    modification time) is made again."""
+    stamp_path = dst.with_name(dst.name + ".json")
+    source = {"source_size": src.stat().st_size, "source_sha1": _sha1(src)}
+    try:
+        stamp = json.loads(stamp_path.read_text())
+        if stamp | source == stamp and dst.stat().st_size == stamp["size"] and _sha1(dst) == stamp["sha1"]:
+            return
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    digest, size = hashlib.sha1(), 0
+
+    def decompress(out) -> None:
+        nonlocal size
+        with gzip.open(src, "rb") as fin:
+            while True:
+                try:
+                    chunk = fin.read(1 << 20)
+                except (OSError, EOFError, zlib.error) as err:
+                    raise DataError(f"{src} is truncated or corrupt ({err}); {HOW_TO_GET}") from None
+                if not chunk:
+                    return
+                out.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
+
+    try:
+        atomic_write(dst, decompress, binary=True)  # a concurrent run sees the old copy or the whole new one
+        atomic_write(stamp_path, lambda f: f.write(json.dumps(source | {"size": size, "sha1": digest.hexdigest()})))
+    except NoSpace:
+        raise DataError(f"no space left on the device to write the dataset cache {dst}; free some, or set "
+                        f"CNNBENCH_CACHE to a folder with room (about 60 MB)") from None
+    except OSError as err:
+        raise DataError(f"cannot write the dataset cache {dst} ({err.strerror or err}); set CNNBENCH_CACHE "
+                        "to a writable folder") from None
+
+
 def _prepare(source: Path) -> Path:
     """Make a torchvision-readable root (<root>/FashionMNIST/raw/*-ubyte) from the four files
-    in ``source``: gzipped files are decompressed once into the cache, raw ones linked."""
+    in ``source``: gzipped files are decompressed into the verified cache, raw ones linked."""
     found = {name: _find(source, name) for name in FILES}
     missing = [name for name, path in found.items() if path is None]
     if missing:
@@ -84,21 +141,16 @@ def _prepare(source: Path) -> Path:
     key = hashlib.sha1(str(source.resolve()).encode()).hexdigest()[:12]
     root = cache_dir() / "fashion-mnist" / key
     raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the dataset cache {raw} ({err.strerror or err}); set CNNBENCH_CACHE "
+                        "to a writable folder") from None
     for name, src in found.items():
         dst = raw / name
-        fresh = dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime
-        if src.suffix == ".gz" and not fresh:
-            tmp = Path(tempfile.mkstemp(dir=raw, prefix=f".{name}.")[1])
-            try:
-                with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-                    shutil.copyfileobj(fin, fout)
-            except (OSError, EOFError) as err:
-                tmp.unlink(missing_ok=True)
-                raise DataError(f"{src} is truncated or corrupt ({err}); {HOW_TO_GET}") from None
-            tmp.chmod(0o644)
-            os.replace(tmp, dst)  # atomic: a concurrent run sees the old file or the whole new one
-        elif src.suffix != ".gz" and not (dst.is_symlink() and dst.resolve() == src.resolve()):
+        if src.suffix == ".gz":
+            _decompressed(src, dst)
+        elif not (dst.is_symlink() and dst.resolve() == src.resolve()):
             dst.unlink(missing_ok=True)
             dst.symlink_to(src.resolve())
     counts = {name: _check_idx(raw / name, magic) for name, magic in FILES.items()}
@@ -170,7 +222,13 @@ def _read(path: str, stamp: tuple) -> tuple[Split, Split]:
     splits = []
     for train in (True, False):
         ds = FashionMNIST(path, train=train, download=False)
-        splits.append(Split(ds.data.contiguous(), ds.targets.long()))
+        labels = ds.targets.long()
+        bad = ((labels < 0) | (labels >= len(ds.classes))).nonzero()
+        if len(bad):
+            file = Path(path) / "FashionMNIST" / "raw" / f"{'train' if train else 't10k'}-labels-idx1-ubyte"
+            raise DataError(f"{file} holds {len(bad)} labels outside 0..9 (the first, at index {bad[0].item()}, "
+                            f"is {labels[bad[0]].item()}); {HOW_TO_GET}")
+        splits.append(Split(ds.data.contiguous(), labels))
     return splits[0], splits[1]
 
 

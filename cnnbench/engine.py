@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import resource
 import signal
 import sys
@@ -27,6 +28,7 @@ from tqdm import tqdm
 
 from . import distributed
 from .data import DeviceLoader
+from .metrics import atomic_write
 from .models import create_model
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,26 @@ class Interrupted(KeyboardInterrupt):
 
 # SIGUSR2 is what SLURM (through submitit) sends a job that is about to time out or be preempted.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+
+
+@contextmanager
+def stop_at_once(where: str):
+    """Outside training (loading data, building, measuring, writing), a stop signal interrupts
+    at once: raises Interrupted(signum, where). Training swaps in ``StopFlag``'s handlers, which
+    finish the current step first. Main thread only; the previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, _frame):
+        raise Interrupted(signum, where)
+
+    previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class StopFlag:
@@ -419,8 +441,9 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_checkpoint(path: Path, trainer: Trainer, loader: DeviceLoader, epoch: int, partial: dict | None,
                     meta: dict) -> None:
-    """Everything an exact resume needs, written to a temporary file and renamed over
-    ``path``: a kill at any moment leaves the old checkpoint or the new one, whole."""
+    """Everything an exact resume needs, written atomically: a kill or a full disk at any moment
+    leaves the old checkpoint or the new one, whole. Only tensors and plain values, so it loads
+    weights-only."""
     state = {
         "meta": meta,  # what the checkpoint is of: model, knobs, resolution
         "epoch": epoch,  # epochs completed
@@ -432,23 +455,33 @@ def save_checkpoint(path: Path, trainer: Trainer, loader: DeviceLoader, epoch: i
         "loader": loader.state_dict(partial["batches_done"] if partial else 0),
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(state, f), binary=True)
 
 
 def save_weights(path: Path, trainer: Trainer, meta: dict) -> None:
     """The model's weights alone (best.pt), written atomically like a checkpoint."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"meta": meta, "model": unwrap(trainer.model).state_dict()}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save({"meta": meta, "model": unwrap(trainer.model).state_dict()}, f), binary=True)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or holds more than tensors and plain values."""
 
 
 def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's contents, loaded weights-only: tensors and plain Python values, never
+    objects whose unpickling could run code (a crafted file is refused, and nothing in it runs)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} holds objects other than tensors and plain values, which cnnbench "
+                              f"refuses to load (unpickling them could run code): {_first_line(err)}") from None
+    except Exception as err:  # truncated, not a zip/pickle, ...
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def restore(state: dict, trainer: Trainer, loader: DeviceLoader) -> None:

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import csv
+import errno
+import io
 import json
 import math
 import os
 import platform
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import torch
 
@@ -16,6 +18,34 @@ COLUMNS = [
     "epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
     "epoch_time_s", "train_images_per_s", "peak_mem_mb", "eval_time_s",
 ]
+
+
+def atomic_write(path: Path, write: Callable[[IO], None], binary: bool = False) -> Path:
+    """Write ``path`` through ``write(file)`` so that a reader (or a crash, a kill, a full disk)
+    sees the old file or the complete new one, never half: a temporary file beside it, flushed to
+    disk, then renamed over it. On any failure the temporary file is removed and the error
+    raised, with the path named when the disk is full."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"newline": ""})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpace(path) from None
+        raise
+    return path
+
+
+class NoSpace(OSError):
+    """The disk (or quota) filled up while writing a file; what was there before is intact."""
+
+    def __init__(self, path: Path):
+        super().__init__(errno.ENOSPC, f"no space left on the device to write {path} (its previous version is intact)")
+        self.path = path
 
 
 class MetricsWriter:
@@ -33,26 +63,36 @@ class MetricsWriter:
                     for row in csv.DictReader(f)
                     if None not in row.values() and row["epoch"].isdigit() and int(row["epoch"]) <= keep_epochs
                 ]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
+        def header_and_kept_rows(f):
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
-            writer.writerows({k: _fmt(r[k]) for k in COLUMNS} for r in self.rows)
-        os.replace(tmp, path)  # the kept rows, whole, or the old file
-        self._file = open(path, "a", newline="")
-        self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="raise")
+            writer.writerows({k: _fmt(r.get(k, math.nan)) for k in COLUMNS} for r in self.rows)
+
+        atomic_write(path, header_and_kept_rows)  # the kept rows, whole, or the old file
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
 
     def write(self, row: dict[str, float]) -> None:
-        self._csv.writerow({k: _fmt(row[k]) for k in COLUMNS})
-        self._flush()
+        """Append a row and flush it to disk; a row the disk cannot take whole is cut off again,
+        so the file keeps only whole rows."""
+        line = io.StringIO()
+        csv.DictWriter(line, fieldnames=COLUMNS, extrasaction="raise").writerow({k: _fmt(row[k]) for k in COLUMNS})
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            self._append(line.getvalue().encode())
+        except OSError as err:
+            os.ftruncate(self._fd, end)
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(self.path) from None
+            raise
         self.rows.append(row)
 
-    def _flush(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
+    def _append(self, data: bytes) -> None:
+        while data:
+            data = data[os.write(self._fd, data):]
+        os.fsync(self._fd)
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
 
 
 def _fmt(value: Any) -> Any:
@@ -61,10 +101,13 @@ def _fmt(value: Any) -> Any:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write atomically: a reader sees the old file or the complete new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=str) + "\n"))
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    import pandas as pd
+
+    return atomic_write(path, lambda f: pd.DataFrame(rows).to_csv(f, index=False))
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -89,11 +132,10 @@ def pyplot():
 
 def save_figure(fig, path: Path) -> Path:
     """Save atomically (a reader never sees half a PNG) and free the figure."""
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    pyplot().close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"), binary=True)
+    finally:
+        pyplot().close(fig)
 
 
 def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
@@ -160,67 +202,5 @@ def collect_results(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def write_results(sweep_dir: Path) -> Path | None:
     """Write the sweep's results.csv (atomically); None when no job left a summary."""
-    import pandas as pd
-
     rows = collect_results(sweep_dir)
-    if not rows:
-        return None
-    path = sweep_dir / "results.csv"
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, path)
-    return path
-
-
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra < 1.1
-    Callback = object
-
-
-def check_writable(folder: Path, key: str) -> None:
-    """Exit with a clear message (status 2) when the output folder cannot be written."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".cnnbench-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        print(f"cnnbench: {key}={folder} cannot be written ({err.strerror or err}); choose another with {key}=DIR",
-              file=sys.stderr)
-        sys.exit(2)
-
-
-class OutputCheck(Callback):
-    """Hydra callback: refuse an unwritable run or sweep dir before Hydra creates it."""
-
-    def on_run_start(self, config, **kwargs) -> None:
-        check_writable(Path(config.hydra.run.dir), "hydra.run.dir")
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        check_writable(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
-
-
-class SweepResults(Callback):
-    """Hydra callback (conf/config.yaml, hydra.callbacks): results.csv at the end of a multirun."""
-
-    def on_multirun_start(self, config, **kwargs) -> None:
-        self.sweep_dir = Path(config.hydra.sweep.dir)
-
-    def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = getattr(self, "sweep_dir", Path(config.hydra.sweep.dir))
-        path = write_results(sweep_dir)
-        if path:
-            print(f"cnnbench: sweep results in {path}", file=sys.stderr)
-            try:
-                from .report import report
-
-                report(sweep_dir)
-            except Exception as err:  # a report must never cost the sweep its results
-                print(f"cnnbench: could not write the sweep report: {err}", file=sys.stderr)
-        # Every job ran; the sweep still exits non-zero when any of them did not complete.
-        unfinished = [r for r in collect_results(sweep_dir) if r.get("status") != "completed"]
-        if unfinished:
-            jobs = ", ".join(f"{r['job']} ({r.get('status')})" for r in unfinished)
-            print(f"cnnbench: {len(unfinished)} job(s) did not complete: {jobs}", file=sys.stderr)
-            sys.exit(1)
+    return write_csv(sweep_dir / "results.csv", rows) if rows else None

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import shutil
+import shlex
 import signal
 import statistics
 import sys
@@ -30,6 +31,7 @@ from .analysis import TASKS, describe
 from .config import CONF_DIR, ConfigError, register_configs, validate
 from .data import build_loaders
 from .engine import (
+    CheckpointError,
     Diverged,
     StopFlag,
     build_trainer,
@@ -38,8 +40,10 @@ from .engine import (
     restore,
     save_checkpoint,
     save_weights,
+    stop_at_once,
 )
-from .metrics import MetricsWriter, plot_curves, write_json
+from .metrics import MetricsWriter, NoSpace, plot_curves, write_json
+from .rundir import hold, release
 
 log = logging.getLogger("cnnbench")
 
@@ -51,24 +55,33 @@ BAD_INPUT_EXIT = 2
 
 def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Run ``cfg.task`` for one configuration, writing its files and summary.json into
-    ``out_dir``. Never raises for a failed run (bar Ctrl-C): the returned summary's
-    ``status`` and ``error`` say what happened."""
+    ``out_dir``. Never raises for a failed run (bar a stop signal, re-raised after recording
+    it): the returned summary's ``status`` and ``error`` say what happened. The dir is locked
+    for the run (``rundir.hold``): another process writing it raises DirBusy."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
+    hold(out_dir)
+    try:
+        return _run(cfg, out_dir, list(overrides))
+    finally:
+        release(out_dir)
+
+
+def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     global _first_job
+    started = time.perf_counter()
     summary: dict[str, Any] = {
         "task": _value(cfg.task),
         "model": cfg.model.get("name"),
         "status": "running",
         "seed": cfg.seed,
-        "overrides": list(overrides),
+        "overrides": overrides,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     try:
-        validate(cfg)
-        task = train if summary["task"] == "train" else TASKS[summary["task"]]
-        task(cfg, out_dir, summary)
+        with stop_at_once("before training" if summary["task"] == "train" else f"during task={summary['task']}"):
+            validate(cfg)
+            task = train if summary["task"] == "train" else TASKS[summary["task"]]
+            task(cfg, out_dir, summary)
         summary["status"] = "completed"
     except (ConfigError, data.DataError) as err:
         summary |= {"status": "failed", "error": str(err), "bad_input": True}
@@ -76,14 +89,17 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
         summary |= {"status": "diverged", "error": str(err)}
     except (torch.OutOfMemoryError, MemoryError) as err:
         summary |= {"status": "oom", "error": _first_line(err)}
-    except KeyboardInterrupt as err:  # Ctrl-C, or engine.Interrupted after SIGINT/SIGTERM
-        how = str(err) or "stopped by SIGINT"
-        resumable = (out_dir / "last.pt").exists() and summary["task"] == "train"
-        summary |= {"status": "interrupted", "error": how + (f"; resume with the same overrides and hydra.run.dir={out_dir} trainer.resume={out_dir}" if resumable else "")}
+    except KeyboardInterrupt as err:  # Ctrl-C, or engine.Interrupted after SIGINT/SIGTERM/SIGUSR2
+        summary |= {"status": "interrupted", "error": (str(err) or "stopped by SIGINT") + "; " + _resume_advice(summary, out_dir)}
         raise
+    except NoSpace as err:
+        summary |= {"status": "failed", "error": str(err)}
     except Exception as err:
-        log.exception("run failed")
-        summary |= {"status": "failed", "error": f"{type(err).__name__}: {_first_line(err)}"}
+        if isinstance(err, RuntimeError) and "can't allocate memory" in str(err):  # the CPU's allocator
+            summary |= {"status": "oom", "error": _first_line(err)}
+        else:
+            log.exception("run failed")
+            summary |= {"status": "failed", "error": f"{type(err).__name__}: {_first_line(err)}"}
     finally:
         ended = time.perf_counter()
         summary["wall_time_s"] = ended - started
@@ -92,14 +108,26 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
         if "training_s" in summary:  # fixed cost: everything but the epochs
             summary["setup_s"] = summary.pop("_epochs_started") - started
             summary["teardown_s"] = ended - summary.pop("_epochs_ended")
-        write_json(out_dir / "summary.json", summary)
+        try:
+            write_json(out_dir / "summary.json", summary)
+        except OSError as err:  # a full disk: the run's other files stay as they were
+            log.error("could not write %s: %s", out_dir / "summary.json", err)
         if summary["status"] != "completed":
             log.error("run %s: %s", summary["status"], summary.get("error", ""))
-        # Free the device before the next job of a sweep (after an OOM above all).
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        if summary["status"] == "oom":
+            gc.collect()  # free what the failed step held before the next job of a sweep
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     return summary
+
+
+def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
+    """What to do after an interruption: a command to paste, or that rerunning is all there is."""
+    if summary["task"] != "train" or not (out_dir / "last.pt").exists():
+        return "nothing was trained yet: run the same command again to start over"
+    keep = [o for o in summary["overrides"] if o.partition("=")[0].lstrip("+~") not in ("hydra.run.dir", "trainer.resume")]
+    command = ["cnnbench", *keep, f"hydra.run.dir={out_dir}", f"trainer.resume={out_dir}"]
+    return "resume with: " + " ".join(shlex.quote(c) for c in command)
 
 
 def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
@@ -177,8 +205,10 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
     try:
         state = load_checkpoint(path)
         theirs = state["meta"]
-    except Exception as err:
-        raise ConfigError(f"trainer.resume={resume!r}: {path} is not a readable cnnbench checkpoint ({_first_line(err)})") from None
+    except CheckpointError as err:
+        raise ConfigError(f"trainer.resume={resume!r}: {err}") from None
+    except (KeyError, TypeError):
+        raise ConfigError(f"trainer.resume={resume!r}: {path} is not a cnnbench checkpoint (it has no meta record)") from None
     for key in ("model", "knobs", "resolution", "batch_size"):
         if theirs.get(key) != meta[key]:
             raise ConfigError(

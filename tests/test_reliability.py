@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -140,7 +141,7 @@ def test_missing_or_broken_checkpoints_are_refused(make_cfg, tiny_data, tmp_path
     assert "no checkpoint at" in summary["error"] and summary["bad_input"]
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     summary = run(make_cfg(f"data.root={tiny_data}", f"trainer.resume={tmp_path}"), tmp_path / "c")
-    assert "is not a readable cnnbench checkpoint" in summary["error"]
+    assert "is not a readable checkpoint" in summary["error"] and summary["bad_input"]
 
 
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):
@@ -152,33 +153,74 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
     assert f"hydra.run.dir={blocker}/run cannot be written" in proc.stderr and "Traceback" not in proc.stderr
 
 
-# Keys and values thrown at the config: every combination must give a valid config or a
-# clear error, never a crash.
-KEYS = ["data.batch_size", "data.resize", "data.subset", "data.crop_padding", "trainer.max_epochs",
-        "trainer.label_smoothing", "trainer.precision", "trainer.device", "optimizer.lr", "optimizer.momentum",
-        "model.name", "model.init", "scheduler.name", "seed", "bench.batch_sizes"]
-VALUES = st.one_of(
-    st.integers(-3, 300).map(str), st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["null", "abc", "''", "[1,2]", "[28,0]", "[]", "true", "cuda:7", "fp8", "lenet", "alexnet", "xavier",
-                     "cosine", "{a: 1}", "1e-3"]),
-)
+# Every numeric key and knob, thrown values at and across the edges of its range: each must give
+# a config that validates exactly when the value is in range, or an error that names the key.
+MODEL_KNOBS = {"model.padding": "lenet", "model.dropout": "lenet", "model.width": "vgg11", "model.compression": "densenet",
+               "model.groups": "resnet18", "model.bottleneck_ratio": "resnet50", "model.kernel_1x1": "nin",
+               "model.stem_channels": "regnetx32", "model.num_1x1": "nin"}
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(overrides=st.lists(st.tuples(st.sampled_from(KEYS), VALUES), min_size=1, max_size=3))
-def test_random_overrides_give_a_config_or_a_clear_error(make_cfg, overrides):
+def key_range(key: str):
+    import typing
+
+    from cnnbench.config import RANGES
+    from cnnbench.models import get_spec
+    from cnnbench.models.registry import DEFAULT_RANGES, Range
+
+    if key in RANGES:
+        return RANGES[key]
+    spec = get_spec(MODEL_KNOBS[key])
+    knob = key.split(".", 1)[1]
+    hint = typing.get_type_hints(spec.builder, include_extras=True).get(knob)
+    return next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)), None) \
+        or DEFAULT_RANGES[type(spec.knobs[knob].default)]
+
+
+def edge_values(bounds):
+    finite = [v for v in (bounds.lo, bounds.hi) if math.isfinite(v)]
+    near = [v + d for v in finite for d in (-1, -1e-9, 0, 1e-9, 1)]
+    return st.one_of(
+        st.sampled_from(near + [v * 2 for v in finite] + [2**70, -(2**70), 0, 1, 0.5]),
+        st.sampled_from([math.nan, math.inf, -math.inf]),
+        st.floats(allow_nan=False, allow_infinity=False, width=32),
+        st.integers(-(2**66), 2**66),
+    )
+
+
+NUMERIC_KEYS = [*__import__("cnnbench.config", fromlist=["RANGES"]).RANGES, *MODEL_KNOBS]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_numeric_key_is_checked_against_its_range(make_cfg, data):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    args = [f"{key}={value}" for key, value in overrides]
+    key = data.draw(st.sampled_from(NUMERIC_KEYS), label="key")
+    bounds = key_range(key)
+    value = data.draw(edge_values(bounds), label="value")
+    text = f"[{value!r}]" if key == "bench.batch_sizes" else repr(value)
+    model = [f"model={MODEL_KNOBS[key]}"] if key in MODEL_KNOBS else []
     try:
-        cfg = make_cfg(*args)
-    except (HydraException, OmegaConfBaseException) as err:  # Hydra's composition message names the key
-        assert str(err)
+        cfg = make_cfg(*model, f"{key}={text}")
+    except (HydraException, OmegaConfBaseException) as err:  # a value of the wrong type for the schema
+        assert key.rsplit(".", 1)[-1] in str(err), str(err)
         return
     try:
         validate(cfg)
     except ConfigError as err:
-        text = str(err)
-        # names the key (or its section) that is wrong
-        assert any(key.split(".")[-1] in text or key.split(".")[0] in text for key, _ in overrides), text
+        assert str(err).startswith(f"{key}="), str(err)
+        assert value not in bounds or isinstance(value, float) and not float(value).is_integer() and "type" in str(err), str(err)
+        return
+    assert value in bounds, f"{key}={value!r} passed outside {bounds}"
+
+
+def test_every_numeric_schema_key_has_a_range():
+    import typing
+
+    from cnnbench.config import RANGES, BenchConfig, DataConfig, SchedulerConfig, TrainerConfig
+
+    keys = {"seed"} | {f"{section}.{k}" for section, cls in (("data", DataConfig), ("scheduler", SchedulerConfig),
+                                                               ("trainer", TrainerConfig), ("bench", BenchConfig))
+                       for k, t in typing.get_type_hints(cls).items() if any(n in str(t) for n in ("int", "float"))}
+    assert len(keys) > 15 and keys - {"data.resize"} == set(RANGES), sorted(keys ^ set(RANGES))

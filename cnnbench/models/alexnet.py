@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import Classifier, Init, conv_plan, dense_head, flat_features, init_weights
+from .layers import Classifier, Dropout, Init, conv_plan, dense_head, flat_features, init_weights
 from .registry import ModelError, add_model
 
 # Rows are [channels, kernel, stride, padding] convolutions (each followed by ReLU), "M" a max-pool.
@@ -22,7 +22,7 @@ def alexnet(
     arch: list = ALEXNET,
     pool: list = [3, 2],
     hidden: list = [4096, 4096],
-    dropout: float = 0.5,
+    dropout: Dropout = 0.5,
     init: Init = "xavier",
 ):
     """Convolutions and max-pools from ``arch``, then dense layers of ``hidden`` units, each

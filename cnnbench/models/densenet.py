@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .layers import Classifier, Init, init_weights
+from .layers import Channels, Classifier, Fraction, Init, init_weights
 from .registry import ModelError, add_model
 from .resnet import pooled_head, resnet_stem
 
@@ -54,12 +54,12 @@ DENSENET = {
 def densenet(
     num_classes=10,
     in_channels=1,
-    num_channels: int = 64,
-    growth_rate: int = 32,
+    num_channels: Channels = 64,
+    growth_rate: Channels = 32,
     arch: list = [4, 4, 4, 4],
     bottleneck: bool = False,
-    bn_size: int = 4,
-    compression: float = 0.5,
+    bn_size: Channels = 4,
+    compression: Fraction = 0.5,
     transition_pool: Literal["avg", "max"] = "avg",
     bias: bool = True,
     init: Init = "default",

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Classifier, Init, Norm, init_weights, norm_layer
+from .layers import Classifier, Init, Kernel, Norm, init_weights, norm_layer
 from .registry import ModelError, add_model
 
 Block = Literal["v1", "v2", "v3"]
@@ -96,7 +96,7 @@ def googlenet(
     residual: bool = False,
     norm: Norm = "none",
     bias: bool = True,
-    kernel5: int = 5,
+    kernel5: Kernel = 5,
     init: Init = "xavier",
 ):
     """GoogLeNet: ``stem``, Inception stages with a 3x3/2 max-pool between them, GAP, a dense

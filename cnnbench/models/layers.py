@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import typing
 from itertools import chain
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import torch
 from torch import nn
 
+from .registry import Range
+
 Init = Literal["xavier", "default"]
+# Knob types with their ranges (checked before a model is built; see registry.Range).
+Dropout = Annotated[float, Range(0, 1, open_hi=True)]  # a probability of dropping a unit
+Fraction = Annotated[float, Range(0, 1, open_lo=True)]  # a share of channels kept
+Ratio = Annotated[float, Range(0, 64, open_lo=True)]  # a width multiplier
+Channels = Annotated[int, Range(1, 65536)]
+Kernel = Annotated[int, Range(1, 31)]
 
 
 def init_weights(model: nn.Module, scheme: Init) -> nn.Module:

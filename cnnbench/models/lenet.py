@@ -2,9 +2,12 @@
 ReLU and max-pooling, dropout, and batch norm in other places and of other kinds."""
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
 from .layers import (
+    Dropout,
     Act,
     Classifier,
     Init,
@@ -18,7 +21,7 @@ from .layers import (
     normalised,
     pool_layer,
 )
-from .registry import add_model
+from .registry import Range, add_model
 
 
 def lenet(
@@ -31,8 +34,8 @@ def lenet(
     bias: bool = True,
     activation: Act = "sigmoid",
     pool: Pool = "avg",
-    dropout: float = 0.0,
-    padding: int = 2,
+    dropout: Dropout = 0.0,
+    padding: Annotated[int, Range(0, 14)] = 2,
     init: Init = "xavier",
 ):
     """conv(6, 5x5) -> [norm] -> act -> pool, conv(16, 5x5) -> [norm] -> act -> pool, then dense

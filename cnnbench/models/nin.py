@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import nn
 
-from .layers import Classifier, Init, conv_plan, flat_features, init_weights
+from .layers import Classifier, Dropout, Init, Kernel, conv_plan, flat_features, init_weights
 from .registry import ModelError, add_model
 from .vgg import VGG
 
@@ -35,9 +35,9 @@ def nin(
     arch: list = NIN,
     pool: list = [3, 2],
     num_1x1: int = 2,
-    kernel_1x1: int = 1,
+    kernel_1x1: Kernel = 1,
     head: Literal["gap", "dense"] = "gap",
-    dropout: float = 0.5,
+    dropout: Dropout = 0.5,
     init: Init = "xavier",
 ):
     """NiN blocks from ``arch``, dropout, a last NiN block with one channel per class, then the

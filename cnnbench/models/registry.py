@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -24,6 +25,33 @@ DATA_ARGS = ("num_classes", "in_channels", "image_size")
 
 class ModelError(ValueError):
     """A model name or knob that cannot be built; the message says what is allowed."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a knob (or a config key) allows: ``lo`` to ``hi``, each end open or closed.
+    A builder declares one as ``Annotated[float, Range(0, 1, open_hi=True)]``; a numeric knob
+    without one must be finite and at least 0 (ints: at most 2**31)."""
+
+    lo: float
+    hi: float
+    open_lo: bool = False
+    open_hi: bool = False
+
+    def __contains__(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = value > self.lo if self.open_lo else value >= self.lo
+        below = value < self.hi if self.open_hi else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        def show(x) -> str:
+            return str(int(x)) if math.isfinite(x) and float(x).is_integer() else f"{x:g}"
+        return f"{'(' if self.open_lo else '['}{show(self.lo)}, {show(self.hi)}{')' if self.open_hi else ']'}"
+
+
+DEFAULT_RANGES = {int: Range(0, 2**31), float: Range(0, math.inf, open_hi=True)}
 
 
 @dataclass(frozen=True)
@@ -99,7 +127,7 @@ def check_knobs(name: str, knobs: dict[str, Any], prefix: str = "model") -> dict
     """
     spec = get_spec(name)
     allowed = spec.knobs
-    hints = typing.get_type_hints(spec.builder)
+    hints = typing.get_type_hints(spec.builder, include_extras=True)
     out = {}
     for key, value in knobs.items():
         if key not in allowed:
@@ -112,6 +140,8 @@ def check_knobs(name: str, knobs: dict[str, Any], prefix: str = "model") -> dict
 
 
 def _check_type(key: str, value: Any, default: Any, hint: Any) -> Any:
+    bounds = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)), None)
+    hint = typing.get_args(hint)[0] if bounds else hint
     choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
     if choices:
         if value not in choices:
@@ -134,6 +164,10 @@ def _check_type(key: str, value: Any, default: Any, hint: Any) -> Any:
         ok = True
     if not ok:
         raise ModelError(f"{key}={value!r} has the wrong type: expected {type(default).__name__}")
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        bounds = bounds or DEFAULT_RANGES[type(default)]
+        if value not in bounds:
+            raise ModelError(f"{key}={value!r} is not allowed; it must be in {bounds}")
     return value
 
 

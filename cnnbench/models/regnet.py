@@ -7,7 +7,7 @@ from typing import Literal
 
 from torch import nn
 
-from .layers import Classifier, Init, init_weights
+from .layers import Channels, Classifier, Init, init_weights
 from .registry import ModelError, add_model
 from .resnet import ResidualBlock, pooled_head
 
@@ -28,7 +28,7 @@ VIONET = {
 def anynet(
     num_classes=10,
     in_channels=1,
-    stem_channels: int = 32,
+    stem_channels: Channels = 32,
     stages: list = REGNETX32,
     block: Literal["resnext", "resnet"] = "resnext",
     init: Init = "default",

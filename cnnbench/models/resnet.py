@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Classifier, Init, init_weights
+from .layers import Channels, Classifier, Init, Ratio, init_weights
 from .registry import ModelError, add_model
 
 BlockKind = Literal["basic", "bottleneck"]
@@ -91,8 +91,8 @@ def resnet(
     in_channels=1,
     arch: list = RESNET["resnet18"],
     block: BlockKind = "basic",
-    bottleneck_ratio: float = 1.0,
-    groups: int = 1,
+    bottleneck_ratio: Ratio = 1.0,
+    groups: Channels = 1,
     preact: bool = False,
     bias: bool = True,
     shortcut_norm: bool = False,

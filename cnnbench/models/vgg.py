@@ -5,6 +5,8 @@ from __future__ import annotations
 from torch import nn
 
 from .layers import (
+    Dropout,
+    Ratio,
     Classifier,
     Init,
     Norm,
@@ -42,9 +44,9 @@ def vgg(
     in_channels=1,
     image_size=224,
     arch: list = VGG["vgg11"],
-    width: float = 1.0,
+    width: Ratio = 1.0,
     hidden: list = [4096, 4096],
-    dropout: float = 0.5,
+    dropout: Dropout = 0.5,
     norm: Norm = "none",
     init: Init = "xavier",
 ):

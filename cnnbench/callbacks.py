@@ -1,0 +1,87 @@
+"""Hydra callbacks (conf/config.yaml, ``hydra.callbacks``): guard the output dirs before Hydra
+writes into them, and write a sweep's results.csv and report when it ends."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+from .metrics import collect_results, write_results
+from .rundir import DirBusy, hold
+
+
+def refuse(message: str) -> None:
+    """Bad input found before anything ran: one line on stderr, exit status 2."""
+    print(f"cnnbench: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Exit with a clear message (status 2) when the output folder cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".cnnbench-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        refuse(f"{key}={folder} cannot be written ({err.strerror or err}); choose another with {key}=DIR")
+
+
+def completed_run(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "summary.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class OutputCheck(Callback):
+    """Before Hydra writes a run or sweep dir: it must be writable and have no other writer (an
+    OS lock held for the process's life, see ``rundir``), and a run dir holding a completed run
+    is only written again to resume it (``trainer.resume``)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        run_dir = Path(config.hydra.run.dir)
+        check_writable(run_dir, "hydra.run.dir")
+        try:
+            hold(run_dir, "hydra.run.dir")
+        except DirBusy as err:
+            refuse(str(err))
+        if completed_run(run_dir) and not config.trainer.get("resume"):
+            refuse(f"hydra.run.dir={run_dir} holds a completed run (summary.json), which a new run would overwrite; "
+                   f"choose another dir, or continue that run with trainer.resume={run_dir} and more trainer.max_epochs")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        check_writable(sweep_dir, "hydra.sweep.dir")
+        try:
+            hold(sweep_dir, "hydra.sweep.dir")
+        except DirBusy as err:
+            refuse(str(err))
+
+
+class SweepResults(Callback):
+    """results.csv and the report at the end of a multirun; the sweep exits 1 when any job did
+    not complete (after every job ran)."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = getattr(self, "sweep_dir", Path(config.hydra.sweep.dir))
+        path = write_results(sweep_dir)
+        if path:
+            print(f"cnnbench: sweep results in {path}", file=sys.stderr)
+            try:
+                from .report import report
+
+                report(sweep_dir)
+            except Exception as err:  # a report must never cost the sweep its results
+                print(f"cnnbench: could not write the sweep report: {err}", file=sys.stderr)
+        unfinished = [r for r in collect_results(sweep_dir) if r.get("status") != "completed"]
+        if unfinished:
+            jobs = ", ".join(f"{r['job']} ({r.get('status')})" for r in unfinished)
+            print(f"cnnbench: {len(unfinished)} job(s) did not complete: {jobs}", file=sys.stderr)
+            sys.exit(1)

@@ -1,0 +1,61 @@
+"""Run and sweep dirs: one writer at a time, writable, and named only from safe values.
+
+A dir is locked with an OS lock (``flock``) on ``.cnnbench.lock`` inside it for as long as the
+process that writes it lives: a second run or sweep started into the same dir is refused with
+the holder's PID, and a process that dies (even by SIGKILL) leaves no stale lock, since the OS
+drops its locks. Locks are re-entrant within a process (a sweep's process holds its sweep dir
+and each job's dir in turn).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+from pathlib import Path
+
+LOCK_NAME = ".cnnbench.lock"
+_held: dict[Path, tuple[int, int]] = {}  # dir -> (file descriptor, how many holds)
+
+
+class DirBusy(RuntimeError):
+    """Another process writes this dir."""
+
+
+def hold(folder: Path, key: str = "hydra.run.dir") -> None:
+    """Lock ``folder`` for this process (created if needed); raise DirBusy when another process
+    holds it. Each ``hold`` is matched by a ``release`` (process exit releases everything)."""
+    folder = Path(folder).resolve()
+    if folder in _held:
+        fd, count = _held[folder]
+        _held[folder] = (fd, count + 1)
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise DirBusy(f"{key}={folder} is being written by another cnnbench process (PID {holder}); "
+                      f"wait for it to finish, or choose another dir with {key}=DIR") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[folder] = (fd, 1)
+
+
+def release(folder: Path) -> None:
+    folder = Path(folder).resolve()
+    if folder not in _held:
+        return
+    fd, count = _held.pop(folder)
+    if count > 1:
+        _held[folder] = (fd, count - 1)
+    else:
+        os.close(fd)  # closing the descriptor drops the lock
+
+
+def safe_name(value: object) -> str:
+    """``value`` as one path component that cannot leave its folder: anything but letters,
+    digits, ``._-`` becomes ``_`` and leading dots go (so ``x/../../etc`` is ``x_.._.._etc``)."""
+    text = re.sub(r"[^A-Za-z0-9._-]", "_", str(value)).lstrip(".")
+    return text[:80] or "_"

@@ -1,0 +1,291 @@
+"""Trust: no code runs from a checkpoint, no run overwrites another, caches and data that cannot
+lie, and every fault ends with a status and no debris."""
+from __future__ import annotations
+
+import errno
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import write_idx
+
+from cnnbench import data, engine, metrics
+from cnnbench.train import run
+
+
+def cnnbench(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cnnbench", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+class Payload:
+    """What a crafted checkpoint could hold: unpickling it would create a file (run a command)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def plant_malicious_checkpoint(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"meta": {"model": "bn_lenet"}, "exploit": Payload(marker)}, path)
+
+
+def test_a_malicious_checkpoint_is_refused_and_runs_nothing(make_cfg, tiny_data, tmp_path):
+    marker = tmp_path / "pwned"
+    plant_malicious_checkpoint(tmp_path / "evil" / "last.pt", marker)
+    summary = run(make_cfg(f"data.root={tiny_data}", f"trainer.resume={tmp_path / 'evil'}"), tmp_path / "run")
+    assert summary["status"] == "failed" and summary["bad_input"]
+    assert "holds objects other than tensors and plain values, which cnnbench refuses to load" in summary["error"]
+    assert not marker.exists()
+    with pytest.raises(engine.CheckpointError):
+        engine.load_checkpoint(tmp_path / "evil" / "last.pt")
+    assert not marker.exists()
+
+
+def test_a_planted_checkpoint_in_an_interrupted_sweep_job_runs_nothing(tiny_data, tmp_path):
+    """Re-running a sweep resumes its interrupted jobs from their last.pt: a planted file there
+    must be refused like any other."""
+    args = ["-m", "trainer=smoke", f"data.root={tiny_data}", "seed=0", f"hydra.sweep.dir={tmp_path}"]
+    first = cnnbench(*args)
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    summary = json.loads((tmp_path / "0" / "summary.json").read_text())
+    summary["status"] = "interrupted"  # as if the job had been preempted
+    (tmp_path / "0" / "summary.json").write_text(json.dumps(summary))
+    marker = tmp_path / "pwned"
+    plant_malicious_checkpoint(tmp_path / "0" / "last.pt", marker)
+    again = cnnbench(*args)
+    assert again.wait(timeout=300) == 1  # the job failed, the sweep says so
+    assert not marker.exists()
+    assert "refuses to load" in json.loads((tmp_path / "0" / "summary.json").read_text())["error"]
+
+
+def test_checkpoints_load_weights_only(make_cfg, tiny_data, tmp_path, monkeypatch):
+    calls = []
+    load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k.get("weights_only")) or load(*a, **k))
+    run(make_cfg(f"data.root={tiny_data}", "trainer=smoke", "trainer.checkpoint=true", "scheduler=onecycle",
+                 "optimizer=adamw"), tmp_path)
+    assert engine.load_checkpoint(tmp_path / "last.pt")["epoch"] == 2 and calls == [True]
+
+
+def test_a_model_name_cannot_move_the_run_dir_out_of_outputs(tmp_path):
+    proc = cnnbench("trainer=smoke", "model.name=x/../../../../../tmp/elsewhere", cwd=tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "is not a registered model" in err
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and all(p.is_relative_to(tmp_path / "outputs" / "runs") for p in written), written
+    assert not any(".." in p.relative_to(tmp_path).parts for p in written)
+
+
+def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(real_data, tmp_path):
+    run_dir = tmp_path / "run"
+    first = cnnbench("model=lenet", "data.subset=8192", "data.test_subset=1000", "trainer.max_epochs=2",
+                     f"hydra.run.dir={run_dir}")
+    deadline = time.time() + 120
+    while not (run_dir / ".cnnbench.lock").exists():
+        assert first.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    second = subprocess.run([sys.executable, "-m", "cnnbench", "trainer=smoke", f"hydra.run.dir={run_dir}"],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2
+    assert f"is being written by another cnnbench process (PID {first.pid})" in second.stderr
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [1, 2]
+    assert json.loads((run_dir / "summary.json").read_text())["overrides"][0] == "model=lenet"
+    # a completed run is not overwritten by a new one; only an explicit resume continues it
+    third = subprocess.run([sys.executable, "-m", "cnnbench", "trainer=smoke", f"hydra.run.dir={run_dir}"],
+                           capture_output=True, text=True, timeout=120)
+    assert third.returncode == 2 and "holds a completed run" in third.stderr
+    assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [1, 2]
+
+
+def test_a_killed_run_leaves_no_stale_lock(tiny_data, tmp_path):
+    run_dir = tmp_path / "run"
+    proc = cnnbench("model=lenet", f"data.root={tiny_data}", "trainer.max_epochs=1000", f"hydra.run.dir={run_dir}")
+    deadline = time.time() + 120
+    while not (run_dir / "metrics.csv").exists():
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=60)
+    again = subprocess.run([sys.executable, "-m", "cnnbench", "trainer=smoke", f"data.root={tiny_data}",
+                            f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+
+
+def test_two_sweeps_into_one_sweep_dir_are_refused(tiny_data, tmp_path):
+    from cnnbench import rundir
+
+    rundir.hold(tmp_path)  # this process stands for a sweep under way
+    try:
+        proc = subprocess.run([sys.executable, "-m", "cnnbench", "-m", "trainer=smoke", f"data.root={tiny_data}",
+                               f"hydra.sweep.dir={tmp_path}"], capture_output=True, text=True, timeout=300)
+    finally:
+        rundir.release(tmp_path)
+    assert proc.returncode == 2 and f"(PID {os.getpid()})" in proc.stderr
+    assert not (tmp_path / "0").exists()
+
+
+# --- caches and data ----------------------------------------------------------------------
+
+
+def test_the_cache_is_keyed_on_content_not_modification_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNBENCH_CACHE", str(tmp_path / "cache"))
+    good = write_idx(tmp_path / "good", gz=True)
+    src = tmp_path / "src"
+    shutil.copytree(good, src)
+    name = "train-labels-idx1-ubyte.gz"
+    (src / name).write_bytes(gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x60" + bytes(10)))  # truncated labels
+    stamp = os.stat(good / name).st_mtime
+    os.utime(src / name, (stamp, stamp))
+    with pytest.raises(data.DataError, match="truncated or corrupt"):
+        data.load(str(src), download=False)
+    shutil.copy2(good / name, src / name)  # the good copy, with its old modification time (cp -p)
+    os.utime(src / name, (stamp, stamp))
+    train, _ = data.load(str(src), download=False)
+    assert len(train) == 96
+    # a cache file damaged on disk fails its check and is rebuilt
+    cached = next((tmp_path / "cache").rglob("train-images-idx3-ubyte"))
+    blob = bytearray(cached.read_bytes())
+    blob[-1] ^= 0xFF
+    cached.write_bytes(bytes(blob))
+    data._read.cache_clear()
+    assert torch.equal(data.load(str(src), download=False)[0].images, train.images)
+
+
+def test_a_full_disk_while_caching_names_the_cache_and_the_way_out(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNBENCH_CACHE", str(tmp_path / "cache"))
+    src = write_idx(tmp_path / "src", gz=True)
+    real = metrics.atomic_write
+
+    def full_disk(path, write, binary=False):
+        def write_some(f):
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, write_some, binary)
+
+    monkeypatch.setattr(data, "atomic_write", full_disk)
+    with pytest.raises(data.DataError, match=r"no space left on the device to write the dataset cache .*CNNBENCH_CACHE"):
+        data.load(str(src), download=False)
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no debris
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("labels", r"holds 1 labels outside 0..9 \(the first, at index 3, is 12\)"),
+    ("size", r"holds 20x20 images; Fashion-MNIST's are 28x28"),
+    ("directory", r"is a directory where the data file train-images-idx3-ubyte should be"),
+    ("dangling", r"is a broken symbolic link"),
+])
+def test_damaged_data_is_a_clear_error_and_leaves_nothing_behind(make_cfg, tmp_path, monkeypatch, damage, message):
+    import struct
+
+    monkeypatch.setenv("CNNBENCH_CACHE", str(tmp_path / "cache"))
+    root = write_idx(tmp_path / "d")
+    if damage == "labels":
+        path = root / "train-labels-idx1-ubyte"
+        blob = bytearray(path.read_bytes())
+        blob[8 + 3] = 12
+        path.write_bytes(bytes(blob))
+    elif damage == "size":
+        (root / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">iiii", 2051, 32, 20, 20) + bytes(32 * 400))
+    elif damage == "directory":
+        (root / "train-images-idx3-ubyte").unlink()
+        (root / "train-images-idx3-ubyte").mkdir()
+    else:
+        (root / "train-images-idx3-ubyte").unlink()
+        (root / "train-images-idx3-ubyte").symlink_to(tmp_path / "gone")
+    before = sorted(p.name for p in root.iterdir())
+    summary = run(make_cfg(f"data.root={root}", "trainer=smoke"), tmp_path / "run")
+    assert summary["status"] == "failed" and summary["bad_input"]
+    assert __import__("re").search(message, summary["error"]), summary["error"]
+    assert sorted(p.name for p in root.iterdir()) == before  # no download attempt, no empty folder
+
+
+# --- every fault ends with a status and no debris ------------------------------------------
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_leaves_no_debris(make_cfg, tiny_data, tmp_path, monkeypatch):
+    args = [f"data.root={tiny_data}", "data.batch_size=16", "trainer.checkpoint=true"]
+    assert run(make_cfg(*args, "trainer.max_epochs=1"), tmp_path)["status"] == "completed"
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def disk_full(obj, f, *a, **k):
+        f.write(b"\x80\x02 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(engine.torch, "save", disk_full)
+    summary = run(make_cfg(*args, "trainer.max_epochs=2", f"trainer.resume={tmp_path}"), tmp_path)
+    assert summary["status"] == "failed"
+    assert summary["error"] == f"[Errno 28] no space left on the device to write {tmp_path / 'last.pt'} (its previous version is intact)"
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_full_disk_while_writing_metrics_keeps_whole_rows(make_cfg, tiny_data, tmp_path, monkeypatch):
+    append, rows = metrics.MetricsWriter._append, []
+
+    def full_on_the_second_row(self, line):
+        rows.append(line)
+        if len(rows) == 2:  # half the row reaches the disk, then it is full
+            append(self, line[: len(line) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(self, line)
+
+    monkeypatch.setattr(metrics.MetricsWriter, "_append", full_on_the_second_row)
+    summary = run(make_cfg(f"data.root={tiny_data}", "data.batch_size=16", "trainer.max_epochs=3", "trainer.plot=false"), tmp_path)
+    monkeypatch.undo()
+    assert summary["status"] == "failed" and "no space left on the device to write" in summary["error"]
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1]
+
+
+@pytest.mark.parametrize("task", ["train", "summary", "bench", "min_size"])
+def test_a_stop_signal_before_training_or_in_any_task_is_recorded(make_cfg, tiny_data, tmp_path, monkeypatch, task):
+    from cnnbench import analysis, config
+
+    target = {"train": (data, "load"), "summary": (analysis, "layer_table"), "bench": (analysis, "_bench_one"),
+              "min_size": (analysis, "min_size_report")}[task]
+    monkeypatch.setattr(*target, lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(5))
+    monkeypatch.setattr(config, "accepts_input", lambda *a, **k: True)
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        run(make_cfg(f"task={task}", f"data.root={tiny_data}", "trainer=smoke"), tmp_path)
+    assert stopped.value.signum == signal.SIGTERM  # main() exits 128 + 15 = 143
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    where = "before training" if task == "train" else f"during task={task}"
+    assert summary["status"] == "interrupted"
+    assert summary["error"] == f"stopped by SIGTERM {where}; nothing was trained yet: run the same command again to start over"
+
+
+def test_the_cpu_running_out_of_memory_is_oom(make_cfg, tiny_data, tmp_path, monkeypatch):
+    def no_memory(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 160000000000 bytes.")
+
+    monkeypatch.setattr(engine.Trainer, "step", no_memory)
+    summary = run(make_cfg(f"data.root={tiny_data}", "trainer=smoke"), tmp_path)
+    assert summary["status"] == "oom" and "can't allocate memory" in summary["error"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.resize=2048", r"data.resize=2048 \(2048x2048\) with data.test_batch_size=1000 needs 15.6 GiB for one fp32 input batch"),
+    ("data.crop_padding=100000", r"data.crop_padding=100000 is not allowed; it must be in \[0, 28\]"),
+])
+def test_absurd_sizes_are_refused_before_allocating(make_cfg, tmp_path, monkeypatch, override, message):
+    from cnnbench import config
+
+    monkeypatch.setattr(config, "total_memory", lambda device: 8 * 2**30)
+    summary = run(make_cfg(override, "data.root=/nonexistent"), tmp_path)
+    assert summary["status"] == "failed" and summary["bad_input"]
+    assert __import__("re").search(message, summary["error"]), summary["error"]
