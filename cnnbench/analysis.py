@@ -275,9 +275,10 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
             r = results.get(mode, {"images_per_s": math.nan, "step_time_ms": math.nan, "peak_mem_mb": math.nan})
             rows.append({"batch_size": batch_size, "mode": mode, **r, "status": status,
                          "estimated_mem_mb": estimate[f"{mode}_memory_mb"]})
-            log.info("batch %4d %-5s %s: %8.1f img/s  %8.2f ms/step  %8.1f MB", batch_size, mode, status,
-                     r["images_per_s"], r["step_time_ms"], r["peak_mem_mb"])
-    write_csv(out_dir / "bench.csv", rows)
+            memory = ("peak", r["peak_mem_mb"]) if device.type == "cuda" else ("estimated", estimate[f"{mode}_memory_mb"])
+            log.info("batch %4d %-5s %s: %8.1f img/s  %8.2f ms/step  %8.1f MB (%s)", batch_size, mode, status,
+                     r["images_per_s"], r["step_time_ms"], memory[1], memory[0])
+        write_csv(out_dir / "bench.csv", rows)  # after every batch size: an interrupted bench keeps what it measured
     plot_bench(rows, out_dir / "bench.png", f"{cfg.model.name} at {size[0]}x{size[1]} px on {summary['device_name']}")
     best = max((r for r in rows if r["mode"] == "train" and r["status"] == "completed"), key=lambda r: r["images_per_s"], default=None)
     if best:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from .config import ConfigError, validate_sweep
 from .metrics import collect_results, write_results
 from .rundir import DirBusy, hold
 
@@ -55,6 +56,11 @@ class OutputCheck(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        if "BasicSweeper" in str(config.hydra.sweeper.get("_target_", "")):  # the jobs are known up front
+            try:
+                validate_sweep(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
+            except ConfigError as err:
+                refuse(str(err))
         check_writable(sweep_dir, "hydra.sweep.dir")
         try:
             hold(sweep_dir, "hydra.sweep.dir")

@@ -7,9 +7,12 @@ Every error names the key, the bad value and what is allowed.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import inspect
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -18,7 +21,7 @@ from typing import Any, Optional
 import torch
 from hydra.core.config_store import ConfigStore
 from hydra.utils import get_class, instantiate
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from . import distributed
 from .rundir import safe_name
@@ -51,10 +54,18 @@ class SchedulerName(str, Enum):
 
 
 class Task(str, Enum):
-    train = "train"  # train and evaluate: metrics.csv, curves.png
-    summary = "summary"  # layer table, parameter/FLOP split, memory: layers.csv
-    bench = "bench"  # training and inference throughput and memory per batch size: bench.csv
-    min_size = "min_size"  # the smallest input the model accepts: stages.csv
+    train = "train"
+    summary = "summary"
+    bench = "bench"
+    min_size = "min_size"
+
+
+TASK_HELP = {
+    "train": "train and evaluate every epoch: metrics.csv, summary.json, curves.png",
+    "summary": "layers, parameter and FLOP split, memory at the batch size (no training): layers.csv",
+    "bench": "training and prediction throughput and memory per batch size: bench.csv, bench.png",
+    "min_size": "the smallest input the model accepts, and each stage's shape there: stages.csv",
+}
 
 
 @dataclass
@@ -159,10 +170,24 @@ MAX_SIDE = 4096  # data.resize: the largest side in pixels
 
 
 def register_configs() -> None:
-    """The schema, and the ``${safe:...}`` resolver that keeps a value out of a path's structure
-    (the default run dir holds the model's name)."""
+    """The schema; the ``${safe:...}`` resolver that keeps a value out of a path's structure
+    (the default run dir holds the model's name); ``${catalog:tasks|recipes}`` for --help."""
     ConfigStore.instance().store(name="base_config", node=Config)
     OmegaConf.register_new_resolver("safe", safe_name, replace=True)
+    OmegaConf.register_new_resolver("catalog", catalog, replace=True)
+
+
+def catalog(what: str) -> str:
+    """One line per task or per recipe (its file's first comment sentence), for --help."""
+    if what == "tasks":
+        return "\n".join(f"  {name:10} {text}" for name, text in TASK_HELP.items())
+    lines = []
+    for name in group_options("experiment"):
+        comment = " ".join(line.lstrip("# ").strip() for line in (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()[1:4]
+                           if line.startswith("#"))
+        first = re.split(r"(?<=[.?])\s", comment.split("(Dive into")[0])[0].rstrip(" .:")
+        lines.append(f"  {name:30} {first if len(first) <= 90 else first[:89] + '…'}")
+    return "\n".join(lines)
 
 
 def _conf_dir() -> Path:
@@ -182,7 +207,16 @@ def compose(*overrides: str, hydra: bool = False) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
     register_configs()
+    if GlobalHydra.instance().is_initialized():  # inside the running command (a sweep checking its jobs)
+        cfg = GlobalHydra.instance().hydra.compose_config("config", list(overrides), run_mode=RunMode.RUN)
+        if not hydra:
+            with open_dict(cfg):
+                del cfg["hydra"]
+        return cfg
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=hydra)
 
@@ -226,8 +260,112 @@ def optimizer_class(cfg: DictConfig) -> type[torch.optim.Optimizer]:
     return cls
 
 
+# The schema's sections: a key the schema does not know is refused, with or without `+`.
+SECTIONS = {"data": DataConfig, "trainer": TrainerConfig, "scheduler": SchedulerConfig, "bench": BenchConfig}
+# Config groups whose options are files in conf/GROUP/ (checked before Hydra composes).
+GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "experiment", "hparams_search", "hydra/launcher")
+
+
+def _nearest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """The command line's overrides, checked before Hydra composes anything: every group option
+    must exist (``model=resnet``, ``experiment=nosuch``) and every key of the schema's sections
+    must be one (``trainer.max_epoch=3``, with or without ``+``). Raises ConfigError naming the
+    nearest real option or key."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # Hydra's own parse error names the override; let it speak
+        return
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for override in parsed:
+        key = override.key_or_group
+        if key.startswith("hydra.") or override.is_delete():
+            continue
+        if key in GROUPS:
+            if key == "hydra/launcher" and not (CONF_DIR / "hydra" / "launcher").is_dir():
+                continue
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+            options = group_options(key)
+            for value in values:
+                for option in (value if isinstance(value, list) else [value]):
+                    if option is not None and str(option) not in options:
+                        raise ConfigError(f"{key}={option} is not an option of {key}{_nearest(str(option), options)}; "
+                                          f"choose one of: {', '.join(options)}")
+            continue
+        section, _, name = key.partition(".")
+        if section in SECTIONS and name:
+            known = [f.name for f in dataclasses.fields(SECTIONS[section])]
+            if name.split(".")[0] not in known:
+                raise ConfigError(f"{key} is not a key of {section}{_nearest(name, known).replace('mean ', f'mean {section}.')}; "
+                                  f"its keys are: {', '.join(known)}")
+        elif not name and key not in fields and key not in GROUPS:
+            raise ConfigError(f"{key} is not a top-level key{_nearest(key, fields)}; the keys are: {', '.join(sorted(fields))}")
+
+
+def sweep_jobs(overrides: list[str], params: dict | None) -> list[list[str]]:
+    """The jobs (override lists) Hydra's basic sweeper makes of a multirun's command-line
+    overrides and ``hydra.sweeper.params`` (the command line wins for a key in both)."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    given = parser.parse_overrides(list(overrides))
+    keys = {o.get_key_element() for o in given}
+    from_params = parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()])
+    axes = []
+    for o in [p for p in from_params if p.get_key_element() not in keys] + given:
+        element = o.get_key_element()
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        axes.append([f"{element}={v}" for v in values])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def validate_sweep(overrides: list[str], params: dict | None) -> None:
+    """Compose and check every job of a sweep before any is launched; one ConfigError lists
+    every bad job."""
+    bad = []
+    jobs = sweep_jobs(overrides, params)
+    for number, job in enumerate(jobs):
+        try:
+            validate(compose(*job))
+        except ConfigError as err:
+            bad.append(f"job {number} ({' '.join(job)}): {err}")
+        except Exception as err:  # Hydra's composition errors name the key
+            bad.append(f"job {number} ({' '.join(job)}): {str(err).splitlines()[0]}")
+    if bad:
+        raise ConfigError(f"{len(bad)} of the sweep's {len(jobs)} jobs are not valid, so none was started:\n  "
+                          + "\n  ".join(bad))
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """No key outside the schema in its sections or at the top level (an experiment or a `+`
+    override could add one)."""
+    fields = {f.name for f in dataclasses.fields(Config)}
+    for key in cfg:
+        if key not in fields:
+            raise ConfigError(f"{key} is not a top-level key{_nearest(str(key), fields)}; the keys are: {', '.join(sorted(fields))}")
+    for section, schema in SECTIONS.items():
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in cfg.get(section, {}):
+            if key not in known:
+                raise ConfigError(f"{section}.{key} is not a key of {section}{_nearest(str(key), known).replace('mean ', f'mean {section}.')}; "
+                                  f"its keys are: {', '.join(known)}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Everything that can be checked without data: raises ConfigError naming key and value."""
+    check_known_keys(cfg)
     if "name" not in cfg.model:
         raise ConfigError("model.name is missing; choose a model with model=NAME")
     name = cfg.model.name

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import STARTED, data, distributed
 from .analysis import TASKS, describe
-from .config import CONF_DIR, ConfigError, register_configs, validate
+from .config import CONF_DIR, ConfigError, check_overrides, register_configs, validate
 from .data import build_loaders
 from .engine import (
     CheckpointError,
@@ -255,13 +255,29 @@ def main() -> None:
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null",
                      "hydra.job_logging.root.level=WARNING", "hydra/hydra_logging=disabled"]
     try:
+        check_overrides([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
+    except ConfigError as err:
+        print(f"cnnbench: {err}", file=sys.stderr)
+        sys.exit(BAD_INPUT_EXIT)
+    try:
         hydra_main()
+    except SystemExit as stop:
+        # Hydra's own errors (a value of the wrong type, a malformed override) exit 1 before any
+        # job starts: bad input, like every other, is status 2.
+        if stop.code == 1 and not _job_started:
+            sys.exit(BAD_INPUT_EXIT)
+        raise
     finally:
         distributed.shutdown()
 
 
+_job_started = False
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def hydra_main(cfg: DictConfig) -> float:
+    global _job_started
+    _job_started = True
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     out_dir = Path(hydra_cfg.runtime.output_dir)
@@ -285,6 +301,9 @@ def hydra_main(cfg: DictConfig) -> float:
             handler(signum, None)  # submitit's: requeue this job (it resumes from last.pt) and exit
         sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
+    if not multirun:
+        files = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        print(f"cnnbench: run {status} in {out_dir}: {', '.join(files)}", file=sys.stderr)
     if status != "completed":  # run() has logged why
         # A sweep goes on with its other jobs; a single run exits non-zero.
         if not multirun:

@@ -1,7 +1,6 @@
 """Sweeps: results.csv, re-runs that skip finished jobs, reports, and the shipped recipes."""
 from __future__ import annotations
 
-import itertools
 import json
 import subprocess
 import sys
@@ -32,14 +31,9 @@ EXERCISES = [e for e in EXPERIMENTS if e.startswith("ex_")]
 
 def sweep_jobs(name: str) -> list[list[str]]:
     """The jobs (override lists) of a recipe's own sweep, as Hydra's basic sweeper expands them."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from cnnbench import config
 
-    from cnnbench.config import compose
-
-    params = compose(f"experiment={name}", hydra=True).hydra.sweeper.params
-    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (params or {}).items()])
-    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] for o in parsed]
-    return [list(job) for job in itertools.product(*axes)]
+    return config.sweep_jobs([], config.compose(f"experiment={name}", hydra=True).hydra.sweeper.params)
 
 
 @pytest.mark.parametrize("name", EXERCISES)
@@ -66,16 +60,40 @@ def test_an_exercise_recipe_runs_as_a_sweep_by_itself(tiny_data, tmp_path):
     assert (tmp_path / "report_vs_model.norm_at.png").stat().st_size > 10_000
 
 
-def test_the_readme_answers_every_exercise_recipe():
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+# What the exercise page says these recipes build (a recipe-wide knob reaches every job's model).
+DOCUMENTED_PARAMS = {
+    "ex_vgg_resolution": {("model=vgg11_quarter", "data.resize=56"): "17.9M", ("model=vgg11_quarter", "data.resize=84"): "19.5M",
+                          ("model=vgg11_quarter", "data.resize=224"): "43.1M", ("model=vgg_lowres", "data.resize=56"): "22.0M",
+                          ("model=vgg_lowres", "data.resize=84"): "30.4M", ("model=vgg_lowres", "data.resize=224"): "120.1M"},
+    "ex_vgg_family": {("model=vgg11",): "43.1M", ("model=vgg19",): "43.8M"},
+}
+
+
+@pytest.mark.parametrize("name", DOCUMENTED_PARAMS)
+def test_recipes_build_the_models_the_exercise_page_says(make_cfg, name):
+    from cnnbench.analysis import count_params, meta_model
+    from cnnbench.config import model_knobs, resolution
+
+    page = (Path(__file__).parents[1] / "docs" / "exercises.md").read_text()
+    row = next(line for line in page.splitlines() if f"experiment={name}`" in line)
+    jobs = {tuple(job) for job in sweep_jobs(name)}
+    for job, documented in DOCUMENTED_PARAMS[name].items():
+        assert job in jobs and documented in row, (job, documented)
+        cfg = make_cfg(f"experiment={name}", *job)
+        params = count_params(meta_model(cfg.model.name, resolution(cfg), **model_knobs(cfg)))
+        assert f"{params / 1e6:.1f}M" == documented, (job, params)
+
+
+def test_the_exercise_page_answers_every_exercise_recipe():
+    page = (Path(__file__).parents[1] / "docs" / "exercises.md").read_text()
     for name in EXERCISES:
-        assert f"experiment={name}`" in readme, f"README's exercise table lacks {name}"
+        assert f"experiment={name}`" in page, f"docs/exercises.md's table lacks {name}"
 
 
 @pytest.mark.parametrize("name", [e for e in EXPERIMENTS if not e.startswith("ex_")])
 def test_every_recipe_composes_and_runs_smoke(make_cfg, tiny_data, tmp_path, name):
     cfg = make_cfg(f"experiment={name}", "trainer=smoke", "trainer.max_epochs=1", "data.batch_size=8", f"data.root={tiny_data}",
-                   "trainer.compile=false")  # compiling on a CPU takes minutes: tests/test_train.py covers it, marked slow
+                   "trainer.compile=false")  # compiling takes a minute on a CPU: tests/test_train.py covers it
     if name.startswith("d2l_"):  # the book's settings
         assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0
         assert cfg.scheduler.name == "none" and not cfg.data.normalize

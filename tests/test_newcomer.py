@@ -1,0 +1,117 @@
+"""What a newcomer trips over: every mistake is an error that names the key, the value and the
+nearest real option, before anything runs; a run says where its files went."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+
+def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cnnbench", *args], capture_output=True, text=True, timeout=300, cwd=cwd)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["experiment=nosuch", "trainer=smoke"], "experiment=nosuch is not an option of experiment; choose one of: d2l_alexnet"),
+    (["--cfg", "job", "experiment=ex_bn_lrr"], "experiment=ex_bn_lrr is not an option of experiment (did you mean ex_bn_lr?)"),
+    (["experiment=ex_bn_lrr"], "(did you mean ex_bn_lr?)"),
+    (["model=resnet"], "model=resnet is not an option of model (did you mean resnet50?)"),
+    (["optimizer=sgdd"], "optimizer=sgdd is not an option of optimizer (did you mean sgd?); choose one of: adam, adamw, sgd"),
+    (["trainer.max_epoch=3"], "trainer.max_epoch is not a key of trainer (did you mean trainer.max_epochs?)"),
+    (["+trainer.max_epoch=3"], "trainer.max_epoch is not a key of trainer (did you mean trainer.max_epochs?)"),
+    (["+data.batchsize=3"], "data.batchsize is not a key of data (did you mean data.batch_size?)"),
+    (["+bench.step=3"], "bench.step is not a key of bench (did you mean bench.steps?)"),
+    (["+scheduler.gama=0.5"], "scheduler.gama is not a key of scheduler (did you mean scheduler.gamma?)"),
+    (["+sed=3"], "sed is not a top-level key (did you mean seed?)"),
+    (["-m", "model=resnet18,resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
+])
+def test_mistakes_are_refused_with_the_nearest_real_name(tmp_path, args, message):
+    proc = cnnbench(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists()  # refused before anything ran
+
+
+def test_hydras_own_errors_exit_2_like_every_bad_input(tmp_path):
+    proc = cnnbench("trainer.max_epochs=abc", cwd=tmp_path)
+    assert proc.returncode == 2 and "max_epochs" in proc.stderr
+
+
+def test_an_unknown_key_added_by_any_route_is_refused(make_cfg):
+    from omegaconf import open_dict
+
+    from cnnbench.config import ConfigError, validate
+
+    cfg = make_cfg()
+    with open_dict(cfg.trainer):
+        cfg.trainer.max_epoch = 3  # as a recipe or a `+` override could
+    with pytest.raises(ConfigError, match=r"trainer.max_epoch is not a key of trainer \(did you mean trainer.max_epochs\?\)"):
+        validate(cfg)
+
+
+def test_a_sweep_checks_every_job_before_launching_any(tiny_data, tmp_path):
+    proc = cnnbench("-m", "optimizer.lr=0.1,abc,-1", "trainer=smoke", f"data.root={tiny_data}", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 2
+    assert "2 of the sweep's 3 jobs are not valid, so none was started" in proc.stderr
+    assert "job 1 (optimizer.lr=abc" in proc.stderr and "job 2 (optimizer.lr=-1" in proc.stderr
+    assert not (tmp_path / "0").exists()
+
+
+def test_a_run_ends_by_naming_its_dir_and_files(tiny_data, tmp_path):
+    proc = cnnbench("trainer=smoke", f"data.root={tiny_data}", f"hydra.run.dir={tmp_path}", "trainer.checkpoint=true")
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"cnnbench: run completed in {tmp_path}: cnnbench.log, curves.png, last.pt, metrics.csv, summary.json"
+
+
+def test_the_smoke_preset_shortens_bench_recipes_and_bench_writes_every_row(make_cfg, tiny_data, tmp_path, monkeypatch):
+    from cnnbench import analysis
+    from cnnbench.train import run
+
+    cfg = make_cfg("experiment=ex_alexnet_bench", "trainer=smoke", f"data.root={tiny_data}", "data.resize=65")
+    assert list(cfg.bench.batch_sizes) == [2, 4] and cfg.bench.steps == 2
+    written = []
+    real = analysis.write_csv
+    monkeypatch.setattr(analysis, "write_csv", lambda path, rows: written.append(len(rows)) or real(path, rows))
+    assert run(cfg, tmp_path)["status"] == "completed"
+    assert written == [2, 4]  # bench.csv after each batch size
+    assert pd.read_csv(tmp_path / "bench.csv")["batch_size"].tolist() == [2, 2, 4, 4]
+
+
+def test_help_lists_the_tasks_and_every_recipe_once(tmp_path):
+    from cnnbench.config import TASK_HELP, group_options
+
+    proc = cnnbench("--help", cwd=tmp_path)
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    for task, text in TASK_HELP.items():
+        assert f"  {task:10} {text}" in lines
+    for recipe in group_options("experiment"):
+        assert sum(line.startswith(f"  {recipe} ") for line in lines) == 1, recipe
+
+
+def test_interrupted_advice_is_a_command_to_paste(make_cfg, tiny_data, tmp_path, monkeypatch):
+    import os
+    import shlex
+    import signal
+
+    from cnnbench import engine
+    from cnnbench.train import run
+
+    step, calls = engine.Trainer.step, []
+
+    def step_then_sigint(self, x, y):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, x, y)
+
+    monkeypatch.setattr(engine.Trainer, "step", step_then_sigint)
+    overrides = [f"data.root={tiny_data}", "data.batch_size=16", "model.padding=1"]
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(*overrides), tmp_path / "my run", overrides)
+    error = __import__("json").loads((tmp_path / "my run" / "summary.json").read_text())["error"]
+    command = shlex.split(error.split("resume with: ", 1)[1])
+    assert command == ["cnnbench", *overrides, f"hydra.run.dir={tmp_path / 'my run'}", f"trainer.resume={tmp_path / 'my run'}"]
