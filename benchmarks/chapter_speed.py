@@ -48,7 +48,13 @@ from torchvision import datasets, transforms
 from cnnbench import data
 from cnnbench.analysis import count_flops
 from cnnbench.config import compose, model_knobs, resolution
-from cnnbench.engine import Trainer, autocast_dtype, build_trainer, resolve_device, synchronize
+from cnnbench.engine import (
+    Trainer,
+    autocast_dtype,
+    build_trainer,
+    resolve_device,
+    synchronize,
+)
 from cnnbench.models import create_model
 
 BOOK_RUNS = ["alexnet", "vgg11", "nin", "googlenet", "bn_lenet_scratch", "bn_lenet", "resnet18", "densenet", "regnetx32"]

@@ -6,24 +6,16 @@ and the GPU's peak memory are measured for real on the run's device.
 """
 from __future__ import annotations
 
-import gc
 import logging
-import math
-import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import model_knobs, resolution
-from .data import DeviceLoader, Split, load
-from .engine import Trainer, build_trainer, peak_memory_mb, resolve_device, synchronize
-from .metrics import environment, plot_bench, write_csv
+from .engine import Trainer, peak_memory_mb, synchronize
 from .models import create_model, min_input_size
 from .models.layers import ScratchBatchNorm
 from .models.registry import accepts_input
@@ -54,20 +46,6 @@ def count_flops(name: str, size: tuple[int, int], in_channels: int = 1, **knobs:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.empty(1, in_channels, *size, device="meta"))
     return counter.get_total_flops()
-
-
-def describe(cfg: DictConfig, summary: dict[str, Any]) -> tuple[torch.device, tuple[int, int], dict[str, Any]]:
-    """Resolve the device, input size and knobs, and record the model and environment."""
-    device = resolve_device(cfg.trainer.device)
-    size = resolution(cfg)
-    knobs = model_knobs(cfg)
-    summary |= {
-        "resolution": list(size),
-        "params": count_params(meta_model(cfg.model.name, size, **knobs)),
-        "flops": count_flops(cfg.model.name, size, **knobs),
-        **environment(device),
-    }
-    return device, size, knobs
 
 
 def kind_of(module: nn.Module) -> str:
@@ -234,101 +212,3 @@ def min_size_report(name: str, in_channels: int = 1, **knobs: Any) -> tuple[dict
     return {"min_size": smallest, "no_collapse_size": hi}, rows
 
 
-# --- tasks: each fills the run's summary and writes its own table ------------------------
-
-
-def summary_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
-    """task=summary: layers.csv, totals and their split by layer kind, memory at the batch size."""
-    device, size, knobs = describe(cfg, summary)
-    rows = layer_table(cfg.model.name, size, **knobs)
-    write_csv(out_dir / "layers.csv", rows)
-    summary |= split_by_kind(rows)
-    summary |= memory_estimate(cfg.model.name, size, cfg.data.batch_size, cfg.optimizer, **knobs)
-    summary["batch_size"] = cfg.data.batch_size
-    if device.type == "cuda":  # the real thing, next to the estimate
-        train_split, _ = load(cfg.data.root, cfg.data.download)
-        measured = _bench_one(cfg, device, size, knobs, train_split, cfg.data.batch_size, warmup=1, steps=2)
-        summary["train_peak_mb_measured"] = measured["train"]["peak_mem_mb"]
-        summary["infer_peak_mb_measured"] = measured["infer"]["peak_mem_mb"]
-    print(format_layers(rows, summary))
-
-
-def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
-    """task=bench: training and inference throughput and peak memory per batch size.
-    A batch size that runs out of memory is recorded as such and the others go on.
-    ``peak_mem_mb`` is measured (CUDA's peak allocation; on the CPU the process's peak
-    resident memory, which only grows); ``estimated_mem_mb`` is ``memory_estimate``'s."""
-    device, size, knobs = describe(cfg, summary)
-    train_split, _ = load(cfg.data.root, cfg.data.download)
-    rows = []
-    for batch_size in cfg.bench.batch_sizes:
-        try:
-            results = _bench_one(cfg, device, size, knobs, train_split, batch_size, cfg.bench.warmup_steps, cfg.bench.steps)
-            status = "completed"
-        except torch.OutOfMemoryError:
-            results, status = {}, "oom"
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        estimate = memory_estimate(cfg.model.name, size, batch_size, cfg.optimizer, **knobs)
-        for mode in ("train", "infer"):
-            r = results.get(mode, {"images_per_s": math.nan, "step_time_ms": math.nan, "peak_mem_mb": math.nan})
-            rows.append({"batch_size": batch_size, "mode": mode, **r, "status": status,
-                         "estimated_mem_mb": estimate[f"{mode}_memory_mb"]})
-            memory = ("peak", r["peak_mem_mb"]) if device.type == "cuda" else ("estimated", estimate[f"{mode}_memory_mb"])
-            log.info("batch %4d %-5s %s: %8.1f img/s  %8.2f ms/step  %8.1f MB (%s)", batch_size, mode, status,
-                     r["images_per_s"], r["step_time_ms"], memory[1], memory[0])
-        write_csv(out_dir / "bench.csv", rows)  # after every batch size: an interrupted bench keeps what it measured
-    plot_bench(rows, out_dir / "bench.png", f"{cfg.model.name} at {size[0]}x{size[1]} px on {summary['device_name']}")
-    best = max((r for r in rows if r["mode"] == "train" and r["status"] == "completed"), key=lambda r: r["images_per_s"], default=None)
-    if best:
-        summary |= {"best_train_images_per_s": best["images_per_s"], "best_train_batch_size": best["batch_size"]}
-
-
-def _bench_one(cfg, device, size, knobs, train_split, batch_size, warmup, steps) -> dict[str, dict[str, float]]:
-    """Training then inference steps of a fresh model at one batch size, on real batches."""
-    idx = torch.arange(batch_size * (warmup + steps)) % len(train_split)  # wraps round a small split
-    split = Split(train_split.images[idx], train_split.labels[idx]).to(device)
-    loader = DeviceLoader(split, batch_size, size, shuffle=True, drop_last=True, seed=cfg.seed)
-    trainer = build_trainer(cfg, device, size, knobs, len(loader))
-    return {
-        "train": measure_steps(trainer, loader, steps, warmup, train=True),
-        "infer": measure_steps(trainer, loader, steps, warmup, train=False),
-    }
-
-
-def min_size_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
-    """task=min_size: the smallest square input, and the shape each stage gives it (stages.csv)."""
-    knobs = model_knobs(cfg)
-    sizes, rows = min_size_report(cfg.model.name, **knobs)
-    summary |= sizes
-    write_csv(out_dir / "stages.csv", rows)
-    print(f"{cfg.model.name}: smallest input {sizes['min_size']}x{sizes['min_size']}; "
-          f"every stage keeps more than 1x1 from {sizes['no_collapse_size']}x{sizes['no_collapse_size']}")
-    width = max(len(r["stage"]) for r in rows)
-    print(f"{'stage':{width}}  {'at ' + str(sizes['min_size']):>14}  {'at ' + str(sizes['no_collapse_size']):>14}")
-    for r in rows:
-        print(f"{r['stage']:{width}}  {r['shape_at_min_size']:>14}  {r['shape_at_no_collapse_size']:>14}")
-
-
-TASKS = {"summary": summary_task, "bench": bench_task, "min_size": min_size_task}
-
-
-def format_layers(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
-    """The layer table and its totals, as printed by task=summary."""
-    lines = [f"{'layer':28} {'type':18} {'output':>14} {'params':>12} {'MFLOPs':>10} {'act KB':>9}"]
-    for r in rows:
-        lines.append(f"{r['layer']:28} {r['type']:18} {r['output_shape']:>14} {r['params']:>12,} "
-                     f"{r['flops'] / 1e6:>10.2f} {r['activation_kb']:>9.1f}")
-    total_p, total_f = s["params"], s["flops"]
-    for kind in (*KINDS, "other"):
-        p, f = s[f"params_{kind}"], s[f"flops_{kind}"]
-        if p or f:
-            lines.append(f"{kind:>8}: {p:>12,} params ({p / total_p:6.1%})  {f / 1e6:10.1f} MFLOPs ({f / max(total_f, 1):6.1%})")
-    lines.append(f"   total: {total_p:>12,} params           {total_f / 1e6:10.1f} MFLOPs per image")
-    lines.append(
-        f"memory at batch {s['batch_size']} (MB): training {s['train_memory_mb']:.1f} = params {s['params_mb']:.1f} "
-        f"+ grads {s['grads_mb']:.1f} + optimizer {s['optimizer_state_mb']:.1f} + activations {s['activations_mb']:.1f}; "
-        f"prediction {s['infer_memory_mb']:.1f} = params {s['params_mb']:.1f} + activations {s['infer_activations_mb']:.1f}"
-    )
-    return "\n".join(lines)

@@ -24,13 +24,24 @@ from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from . import distributed
-from .rundir import safe_name
 from .models import ModelError, get_spec, min_input_size
 from .models.registry import Range, accepts_input, check_knobs
+from .rundir import safe_name
 
 
 class ConfigError(ValueError):
     """A bad setting, caught before training starts."""
+
+
+def enum_value(option: Any) -> Any:
+    """A config value as plain Python: the value of an Enum (``Task.train`` -> "train"), else itself."""
+    return getattr(option, "value", option)
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message, first line (its type's name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 class Precision(str, Enum):
@@ -206,7 +217,6 @@ def compose(*overrides: str, hydra: bool = False) -> DictConfig:
     notebooks); ``hydra=True`` keeps the ``hydra`` node (sweeper params, run dir, ...)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
@@ -393,7 +403,7 @@ def validate(cfg: DictConfig) -> None:
     world = distributed.from_env()
     if world.distributed:
         if cfg.task != Task.train:
-            raise ConfigError(f"task={getattr(cfg.task, 'value', cfg.task)} runs in one process; only task=train runs under torchrun")
+            raise ConfigError(f"task={enum_value(cfg.task)} runs in one process; only task=train runs under torchrun")
         if str(device).startswith("cuda:"):
             raise ConfigError(f"trainer.device={device!r} is not allowed under torchrun: each rank takes the GPU of its "
                               "local rank; use trainer.device=auto or cuda (and CUDA_VISIBLE_DEVICES to choose the GPUs)")

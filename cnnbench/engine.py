@@ -27,6 +27,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
+from .config import ConfigError, enum_value, first_line
 from .data import DeviceLoader
 from .metrics import atomic_write
 from .models import create_model
@@ -113,7 +114,7 @@ def resolve_device(name: str) -> torch.device:
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``trainer.precision`` (None: plain fp32)."""
-    precision = getattr(precision, "value", precision)
+    precision = enum_value(precision)
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
@@ -370,7 +371,7 @@ def fit(
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int):
     """The learning-rate schedule for ``scheduler.name``; returns (scheduler, steps per batch?)."""
-    name = getattr(cfg.name, "value", cfg.name)
+    name = enum_value(cfg.name)
     total = epochs * steps_per_epoch
     if name == "none":
         return None, False
@@ -386,7 +387,7 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, epochs: int, steps_pe
 
 def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_epoch: int) -> Trainer:
     """The model (seeded), optimizer and schedule on ``device``, ready to train."""
-    set_backends(cfg.trainer.deterministic, _value(cfg.trainer.matmul_precision))
+    set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision))
     torch.manual_seed(cfg.seed)
     channels_last = on_cuda(cfg.trainer.channels_last, device)
     model = create_model(cfg.model.name, image_size=size, **knobs).to(device)
@@ -424,10 +425,6 @@ def fused_if_possible(optimizer_cfg: DictConfig, device: torch.device) -> dict:
 
     takes = "fused" in inspect.signature(get_class(optimizer_cfg._target_).__init__).parameters
     return {"fused": True} if takes else {}
-
-
-def _value(option):
-    return getattr(option, "value", option)
 
 
 # --- checkpoints ------------------------------------------------------------------------
@@ -474,14 +471,32 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path} holds objects other than tensors and plain values, which cnnbench "
-                              f"refuses to load (unpickling them could run code): {_first_line(err)}") from None
+                              f"refuses to load (unpickling them could run code): {first_line(err)}") from None
     except Exception as err:  # truncated, not a zip/pickle, ...
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {_first_line(err)})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
+    """The checkpoint ``trainer.resume`` names (a run dir or a .pt file) and its state, checked
+    against this run's model before anything is trained."""
+    path = Path(resume).expanduser()
+    path = path / "last.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with last.pt, or a .pt file)")
+    try:
+        state = load_checkpoint(path)
+        theirs = state["meta"]
+    except CheckpointError as err:
+        raise ConfigError(f"trainer.resume={resume!r}: {err}") from None
+    except (KeyError, TypeError):
+        raise ConfigError(f"trainer.resume={resume!r}: {path} is not a cnnbench checkpoint (it has no meta record)") from None
+    for key in ("model", "knobs", "resolution", "batch_size"):
+        if theirs.get(key) != meta[key]:
+            raise ConfigError(
+                f"trainer.resume={resume!r}: the checkpoint is of {key}={theirs.get(key)!r}, this run has "
+                f"{key}={meta[key]!r}; resume with the overrides of the run that wrote it"
+            )
+    return path, state
 
 
 def restore(state: dict, trainer: Trainer, loader: DeviceLoader) -> None:

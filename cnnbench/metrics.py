@@ -8,7 +8,6 @@ import json
 import math
 import os
 import platform
-import sys
 from pathlib import Path
 from typing import IO, Any, Callable
 

@@ -27,7 +27,7 @@ def swept_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:
     return [k for k in overrides if k in results and results[k].astype(str).nunique() > 1]
 
 
-def load(path: Path) -> tuple[pd.DataFrame, list[str]]:
+def load_runs(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """The jobs under ``path`` (a sweep dir, or a single run dir) and their override keys."""
     if (path / "summary.json").is_file():
         summary = json.loads((path / "summary.json").read_text())
@@ -60,7 +60,7 @@ def job_tables(path: Path, results: pd.DataFrame, name: str) -> list[tuple[pd.Se
     return [(row, pd.read_csv(f)) for row, f in files if f.is_file()]
 
 
-def plot_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
+def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
     runs = job_tables(path, results, "metrics.csv")
     if not runs:
         return None
@@ -102,7 +102,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 
 
-def plot_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
+def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
     runs = job_tables(path, results, "bench.csv")
     if not runs:
         return None
@@ -133,12 +133,12 @@ def report(path: str | Path) -> tuple[pd.DataFrame, list[Path]]:
     """Print the table of the run(s) under ``path`` and write the report's PNGs there."""
     plt = pyplot()
     path = Path(path)
-    results, keys = load(path)
+    results, keys = load_runs(path)
     swept = swept_keys(results, keys)
     columns = ["job", *swept, *[c for c in TABLE if c in results and results[c].notna().any()]]
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
         print(results[columns].to_string(index=False))
-    written = [plot_curves(path, results, swept, plt), plot_bench(path, results, swept, plt)]
+    written = [plot_sweep_curves(path, results, swept, plt), plot_sweep_bench(path, results, swept, plt)]
     metric = next((m for m in ("final_test_acc", "best_train_images_per_s", "params") if m in results and results[m].notna().any()), None)
     if metric and len(results) > 1:
         for key in swept:

@@ -90,6 +90,20 @@ def test_summary_task_writes_layers_csv(make_cfg, tmp_path):
     assert not (tmp_path / "metrics.csv").exists()
 
 
+def test_bench_times_the_training_step_that_train_runs(make_cfg, tiny_data, tmp_path, monkeypatch):
+    """task=bench calls Trainer.step, the step task=train runs (clipping and the per-step
+    schedule included), once per warm-up and timed step."""
+    from cnnbench import engine
+
+    calls = []
+    step = engine.Trainer.step
+    monkeypatch.setattr(engine.Trainer, "step", lambda self, x, y: calls.append((self.grad_clip, len(y))) or step(self, x, y))
+    cfg = make_cfg("task=bench", "model=lenet", f"data.root={tiny_data}", "bench.batch_sizes=[4,8]", "bench.steps=2",
+                   "bench.warmup_steps=1", "trainer.grad_clip=0.5", "scheduler=cosine")
+    assert run(cfg, tmp_path)["status"] == "completed"
+    assert calls == [(0.5, 4)] * 3 + [(0.5, 8)] * 3
+
+
 def test_bench_task_writes_a_row_per_batch_size_and_mode(make_cfg, tiny_data, tmp_path):
     cfg = make_cfg("task=bench", "model=lenet", f"data.root={tiny_data}", "bench.batch_sizes=[4,16]", "bench.steps=2", "bench.warmup_steps=1")
     summary = run(cfg, tmp_path)
@@ -106,14 +120,16 @@ def test_bench_task_writes_a_row_per_batch_size_and_mode(make_cfg, tiny_data, tm
 
 
 def test_bench_records_out_of_memory_and_goes_on(make_cfg, tiny_data, tmp_path, monkeypatch):
-    real = analysis._bench_one
+    from cnnbench import tasks
+
+    real = tasks._bench_one
 
     def fake(cfg, device, size, knobs, split, batch_size, *args):
         if batch_size == 8:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(cfg, device, size, knobs, split, batch_size, *args)
 
-    monkeypatch.setattr(analysis, "_bench_one", fake)
+    monkeypatch.setattr(tasks, "_bench_one", fake)
     cfg = make_cfg("task=bench", "model=lenet", f"data.root={tiny_data}", "bench.batch_sizes=[4,8,16]", "bench.steps=1", "bench.warmup_steps=0")
     assert run(cfg, tmp_path)["status"] == "completed"
     bench = pd.read_csv(tmp_path / "bench.csv")

@@ -44,7 +44,9 @@ def test_a_preempted_job_is_requeued_and_resumes(tiny_data, tmp_path):
                     f"trainer.max_epochs={epochs}", "trainer.plot=false", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
     metrics = tmp_path / "0" / "metrics.csv"
     deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) > 10):
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) > 10):
+        assert time.time() < deadline, "the job wrote no 10 epochs in 120 s: it could not be preempted mid-run"
+        assert proc.poll() is None, proc.communicate()[1]
         time.sleep(0.2)
     # The job is the child of submitit's controller process; SLURM would signal it the same way.
     controller = subprocess.run(["pgrep", "-f", f"submitit.local._local {tmp_path}"], capture_output=True, text=True, check=True)

@@ -90,13 +90,17 @@ EXPECTED_PARAMS = {
 EXPECTED_PARAMS["bn_lenet_scratch"] = EXPECTED_PARAMS["bn_lenet"]
 
 
-def test_expected_counts_match_published_figures():
-    # Figures quoted widely for these networks (one input channel, ten classes).
-    assert EXPECTED_PARAMS["lenet"] == 61_706
-    assert EXPECTED_PARAMS["alexnet"] == 46_764_746
-    assert EXPECTED_PARAMS["resnet18"] == 11_178_378
-    # torchvision's VGG-11 (3 channels, 1000 classes) has 132,863,336 parameters.
-    assert EXPECTED_PARAMS["vgg11"] == 132_863_336 - (dense(4096, 1000) - dense(4096, 10)) - 2 * 64 * 9
+@pytest.mark.parametrize("name, published", [
+    ("lenet", 61_706), ("alexnet", 46_764_746), ("resnet18", 11_178_378),
+    # torchvision's VGG-11 (3 channels, 1000 classes) has 132,863,336 parameters: less the
+    # wider output layer and the two extra input channels of the first convolution.
+    ("vgg11", 132_863_336 - (dense(4096, 1000) - dense(4096, 10)) - 2 * 64 * 9),
+])
+def test_models_have_the_published_parameter_counts(name, published):
+    """Figures quoted widely for these networks (one input channel, ten classes), against what
+    cnnbench builds."""
+    with torch.device("meta"):
+        assert sum(p.numel() for p in create_model(name).parameters()) == published
 
 
 BOOK_MODELS = sorted(EXPECTED_PARAMS)
@@ -263,8 +267,11 @@ def test_every_model_yaml_composes_and_matches_its_builder(make_cfg):
         assert set(knobs) == set(spec.knobs), f"conf/model/{option}.yaml and the builder disagree"
         if option == cfg.model.name:  # the YAML's values are the builder's defaults
             assert knobs == {k: (list(p.default) if isinstance(p.default, tuple) else p.default) for k, p in spec.knobs.items()}
-        with torch.device("meta"):
-            assert sum(p.numel() for p in create_model(cfg.model.name, **knobs).parameters()) > 0
+        with torch.device("meta"):  # the config builds the model its builder builds with those knobs
+            from_config = create_model(cfg.model.name, **knobs)
+            direct = spec.builder(num_classes=10, in_channels=1, **({"image_size": spec.resolution} if spec.takes_image_size else {}),
+                                  **(spec.defaults | knobs))
+        assert [tuple(p.shape) for p in from_config.parameters()] == [tuple(p.shape) for p in direct.parameters()]
 
 
 # --- the paper settings, against torchvision's own builders -------------------------------
@@ -376,10 +383,15 @@ def test_nin_vgg_family_grows_in_depth():
 
 
 def test_googlenet_block_versions():
-    kernels = {b: {c.kernel_size for c in layers_of(create_model("googlenet", block=b), nn.Conv2d)} for b in ("v1", "v2", "v3")}
-    assert (5, 5) in kernels["v1"] and (5, 5) not in kernels["v2"] | kernels["v3"]
-    assert (3, 3) in kernels["v2"] and {(1, 3), (3, 1)} <= kernels["v3"]
-    assert (3, 3) not in kernels["v3"] - {(3, 3)}  # only the stem keeps a 3x3 in v3
+    """Per Inception block, v1 has a 3x3 on path 2 and a 5x5 on path 3; v2 turns the 5x5 into two
+    3x3; v3 splits every 3x3 of the blocks into a 1x3 and a 3x1. Nine blocks; the stem keeps one 3x3."""
+    def count(block):
+        kinds = [c.kernel_size for c in layers_of(create_model("googlenet", block=block), nn.Conv2d)]
+        return {k: kinds.count(k) for k in [(5, 5), (3, 3), (1, 3), (3, 1)]}
+
+    assert count("v1") == {(5, 5): 9, (3, 3): 1 + 9, (1, 3): 0, (3, 1): 0}
+    assert count("v2") == {(5, 5): 0, (3, 3): 1 + 9 * 3, (1, 3): 0, (3, 1): 0}
+    assert count("v3") == {(5, 5): 0, (3, 3): 1, (1, 3): 9 * 3, (3, 1): 9 * 3}
     with pytest.raises(ModelError, match="model.kernel5=3 applies to block=v1 only"):
         create_model("googlenet", block="v2", kernel5=3)
 

@@ -67,14 +67,14 @@ def test_a_run_ends_by_naming_its_dir_and_files(tiny_data, tmp_path):
 
 
 def test_the_smoke_preset_shortens_bench_recipes_and_bench_writes_every_row(make_cfg, tiny_data, tmp_path, monkeypatch):
-    from cnnbench import analysis
+    from cnnbench import tasks
     from cnnbench.train import run
 
     cfg = make_cfg("experiment=ex_alexnet_bench", "trainer=smoke", f"data.root={tiny_data}", "data.resize=65")
     assert list(cfg.bench.batch_sizes) == [2, 4] and cfg.bench.steps == 2
     written = []
-    real = analysis.write_csv
-    monkeypatch.setattr(analysis, "write_csv", lambda path, rows: written.append(len(rows)) or real(path, rows))
+    real = tasks.write_csv
+    monkeypatch.setattr(tasks, "write_csv", lambda path, rows: written.append(len(rows)) or real(path, rows))
     assert run(cfg, tmp_path)["status"] == "completed"
     assert written == [2, 4]  # bench.csv after each batch size
     assert pd.read_csv(tmp_path / "bench.csv")["batch_size"].tolist() == [2, 2, 4, 4]

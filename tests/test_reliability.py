@@ -218,7 +218,13 @@ def test_every_numeric_key_is_checked_against_its_range(make_cfg, data):
 def test_every_numeric_schema_key_has_a_range():
     import typing
 
-    from cnnbench.config import RANGES, BenchConfig, DataConfig, SchedulerConfig, TrainerConfig
+    from cnnbench.config import (
+        RANGES,
+        BenchConfig,
+        DataConfig,
+        SchedulerConfig,
+        TrainerConfig,
+    )
 
     keys = {"seed"} | {f"{section}.{k}" for section, cls in (("data", DataConfig), ("scheduler", SchedulerConfig),
                                                                ("trainer", TrainerConfig), ("bench", BenchConfig))

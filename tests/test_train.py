@@ -10,10 +10,9 @@ import pytest
 import torch
 from variants import KNOB_VARIANTS
 
-from cnnbench.config import model_knobs
+from cnnbench.config import CONF_DIR, model_knobs
 from cnnbench.metrics import COLUMNS
 from cnnbench.models import list_models, min_input_size
-from cnnbench.config import CONF_DIR
 from cnnbench.train import run
 
 

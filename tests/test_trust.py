@@ -253,10 +253,10 @@ def test_a_full_disk_while_writing_metrics_keeps_whole_rows(make_cfg, tiny_data,
 
 @pytest.mark.parametrize("task", ["train", "summary", "bench", "min_size"])
 def test_a_stop_signal_before_training_or_in_any_task_is_recorded(make_cfg, tiny_data, tmp_path, monkeypatch, task):
-    from cnnbench import analysis, config
+    from cnnbench import config, tasks
 
-    target = {"train": (data, "load"), "summary": (analysis, "layer_table"), "bench": (analysis, "_bench_one"),
-              "min_size": (analysis, "min_size_report")}[task]
+    target = {"train": (data, "load"), "summary": (tasks, "layer_table"), "bench": (tasks, "_bench_one"),
+              "min_size": (tasks, "min_size_report")}[task]
     monkeypatch.setattr(*target, lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(5))
     monkeypatch.setattr(config, "accepts_input", lambda *a, **k: True)
     with pytest.raises(KeyboardInterrupt) as stopped:

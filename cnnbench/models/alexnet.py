@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from .layers import Classifier, Dropout, Init, conv_plan, dense_head, flat_features, init_weights
+from .layers import (
+    Classifier,
+    Dropout,
+    Init,
+    conv_plan,
+    dense_head,
+    flat_features,
+    init_weights,
+)
 from .registry import ModelError, add_model
 
 # Rows are [channels, kernel, stride, padding] convolutions (each followed by ReLU), "M" a max-pool.

@@ -7,9 +7,9 @@ from typing import Annotated
 from torch import nn
 
 from .layers import (
-    Dropout,
     Act,
     Classifier,
+    Dropout,
     Init,
     Norm,
     NormAt,

@@ -6,7 +6,15 @@ from typing import Literal
 
 from torch import nn
 
-from .layers import Classifier, Dropout, Init, Kernel, conv_plan, flat_features, init_weights
+from .layers import (
+    Classifier,
+    Dropout,
+    Init,
+    Kernel,
+    conv_plan,
+    flat_features,
+    init_weights,
+)
 from .registry import ModelError, add_model
 from .vgg import VGG
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from torch import nn
 
 from .layers import (
-    Dropout,
-    Ratio,
     Classifier,
+    Dropout,
     Init,
     Norm,
+    Ratio,
     dense_head,
     flat_features,
     init_weights,

@@ -1,0 +1,59 @@
+"""What a sweep does with each job before running it: give it a GPU of its own when jobs run
+side by side, skip it when it already completed with the same config, resume it when it was
+interrupted (a requeued SLURM job, or a sweep run again into its dir)."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+log = logging.getLogger("cnnbench")
+
+
+def prepare_job(cfg: DictConfig, hydra_cfg, out_dir: Path) -> dict | None:
+    """Apply the sweep policy to one job of a multirun: returns the earlier summary when the
+    job completed already (skip it), else None after setting what the job needs (a GPU, a resume)."""
+    if "LocalLauncher" in str(hydra_cfg.launcher.get("_target_", "")):
+        one_gpu_per_job(cfg, hydra_cfg.job.num)  # first: an earlier run's summary records the device
+    before = previous_run(cfg, out_dir)
+    if before and before["status"] == "completed":  # re-running a sweep into its dir: kept, not run again
+        log.info("job %s already completed in %s: skipped", hydra_cfg.job.num, out_dir)
+        return before
+    if before and before["status"] == "interrupted" and (out_dir / "last.pt").is_file():
+        # a requeued (preempted, timed-out) or re-run job continues from its checkpoint
+        log.info("job %s was interrupted in %s: resuming from its last.pt", hydra_cfg.job.num, out_dir)
+        with open_dict(cfg):
+            cfg.trainer.resume = str(out_dir)
+    return None
+
+
+def one_gpu_per_job(cfg: DictConfig, job_num: int) -> None:
+    """Jobs running side by side on one machine (hydra/launcher=local_parallel): with
+    trainer.device=auto, job N takes GPU N mod the number of GPUs."""
+    count = torch.cuda.device_count()
+    if cfg.trainer.device == "auto" and count > 1:
+        with open_dict(cfg):
+            cfg.trainer.device = f"cuda:{job_num % count}"
+
+
+def previous_run(cfg: DictConfig, out_dir: Path) -> dict | None:
+    """The summary of an earlier run of this very config in ``out_dir``, if there is one
+    (``trainer.resume``, which a resumed run sets, does not count as a difference)."""
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    ours = OmegaConf.to_container(cfg, resolve=True)
+    theirs = summary.get("config") or {}
+    for config in (ours, theirs):
+        config.get("trainer", {}).pop("resume", None)
+    return summary if ours == theirs else None
+
+
+def metric(summary: dict, objective: str) -> float:
+    """What a sweeper optimises: the summary's ``objective`` field (NaN when it has none)."""
+    value = summary.get(objective)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")

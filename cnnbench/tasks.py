@@ -1,0 +1,250 @@
+"""The tasks: what ``task=NAME`` does, one function each, in one table.
+
+Every task takes the composed config, its run dir and the run's summary (a dict that becomes
+summary.json), fills the summary and writes its own files; ``train.run`` dispatches, records the
+status and writes summary.json. ``describe`` is the set-up every task shares.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+
+from . import data, distributed
+from .analysis import (
+    KINDS,
+    count_flops,
+    count_params,
+    layer_table,
+    measure_steps,
+    memory_estimate,
+    meta_model,
+    min_size_report,
+    split_by_kind,
+)
+from .config import model_knobs, resolution
+from .data import DeviceLoader, Split, build_loaders
+from .engine import (
+    StopFlag,
+    build_trainer,
+    find_checkpoint,
+    fit,
+    resolve_device,
+    restore,
+    save_checkpoint,
+    save_weights,
+)
+from .metrics import (
+    MetricsWriter,
+    environment,
+    plot_bench,
+    plot_curves,
+    write_csv,
+    write_json,
+)
+
+log = logging.getLogger("cnnbench")
+
+
+def describe(cfg: DictConfig, summary: dict[str, Any]) -> tuple[torch.device, tuple[int, int], dict[str, Any]]:
+    """Resolve the device, input size and knobs, and record the model and environment."""
+    device = resolve_device(cfg.trainer.device)
+    size = resolution(cfg)
+    knobs = model_knobs(cfg)
+    summary |= {
+        "resolution": list(size),
+        "params": count_params(meta_model(cfg.model.name, size, **knobs)),
+        "flops": count_flops(cfg.model.name, size, **knobs),
+        **environment(device),
+    }
+    return device, size, knobs
+
+
+def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
+    """task=train: fit, evaluating every epoch; metrics.csv, curves.png, checkpoints."""
+    distributed.init(cfg.trainer.device)  # under torchrun: join the other ranks
+    device, size, knobs = describe(cfg, summary)
+    meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size}
+    resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
+    write_json(out_dir / "summary.json", summary)
+    train_split, test_split = data.load(cfg.data.root, cfg.data.download)
+    train_loader, test_loader = build_loaders(cfg, train_split, test_split, size, device)
+    trainer = build_trainer(cfg, device, size, knobs, len(train_loader))
+    start_epoch, partial = 1, None
+    if resume:
+        restore(state, trainer, train_loader)
+        start_epoch, partial = state["epoch"] + 1, state["partial"]
+        summary["resumed_from"] = {"checkpoint": str(resume), "epochs_done": state["epoch"],
+                                   "steps_into_next_epoch": partial["batches_done"] if partial else 0}
+        log.info("resuming from %s: %d epochs done%s", resume, state["epoch"],
+                 f", {partial['batches_done']} steps into the next" if partial else "")
+    log.info(
+        "%s: %s params, %.3g GFLOPs/image at %dx%d, %d training images, batch %d, on %s",
+        cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size,
+        train_loader.num_samples, cfg.data.batch_size, device,
+    )
+    # A resumed run continues its metrics.csv from the checkpoint's epoch (later rows dropped).
+    writer = MetricsWriter(out_dir / "metrics.csv", keep_epochs=start_epoch - 1 if resume else None)
+    stop = StopFlag()
+
+    def on_epoch(row: dict[str, float]) -> None:
+        best_before = summary.get("best_test_acc")
+        writer.write(row)
+        summary.update(_results(writer.rows))
+        log.info(
+            "epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f  lr %.3g  %.1fs  %.0f img/s",
+            row["epoch"], cfg.trainer.max_epochs, row["train_loss"], row["train_acc"], row["test_loss"],
+            row["test_acc"], row["lr"], row["epoch_time_s"], row["train_images_per_s"],
+        )
+        if cfg.trainer.save_best and summary["best_test_acc"] != best_before:
+            save_weights(out_dir / "best.pt", trainer, meta | {"epoch": row["epoch"], "test_acc": row["test_acc"]})
+
+    def checkpoint(epochs_done: int, cut: dict | None) -> None:
+        # every epoch when asked to; always when a signal stops the run, so it can resume
+        if cfg.trainer.checkpoint or cut is not None or stop:
+            save_checkpoint(out_dir / "last.pt", trainer, train_loader, epochs_done, cut, meta)
+
+    summary.update(_results(writer.rows))
+    summary["_epochs_started"] = time.perf_counter()
+    try:
+        with stop.installed():
+            fit(trainer, train_loader, test_loader, cfg.trainer.max_epochs, on_epoch, checkpoint,
+                start_epoch=start_epoch, partial=partial, stop=stop, diverge_loss=cfg.trainer.diverge_loss)
+    finally:
+        summary["_epochs_ended"] = time.perf_counter()
+        summary["training_s"] = summary["_epochs_ended"] - summary["_epochs_started"]
+        summary["compile_s"] = trainer.compile_s
+        writer.close()
+        if writer.rows and cfg.trainer.plot:
+            try:
+                h, w = size
+                title = (f"{cfg.model.name}, {h}x{w} px, batch {cfg.data.batch_size}, "
+                         f"{cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr:g}, seed {cfg.seed}")
+                plot_curves(writer.rows, out_dir / "curves.png", title)
+            except Exception as err:  # a plot must never cost the run its status
+                log.warning("could not plot the learning curves: %s", err)
+
+
+def _results(rows: list[dict[str, float]]) -> dict[str, Any]:
+    accs = [r["test_acc"] for r in rows if not math.isnan(r["test_acc"])]
+    # The first epoch pays warm-up (allocator, cuDNN autotuning, compilation): the steady-state
+    # epoch time is the median of the others (the first one's when there is no other).
+    times = [r["epoch_time_s"] for r in rows]
+    return {
+        "steady_epoch_time_s": statistics.median(times[1:] or times) if rows else None,
+        "epochs_completed": len(rows),
+        "final_test_acc": rows[-1]["test_acc"] if rows else None,
+        "best_test_acc": max(accs) if accs else None,
+        "final_train_loss": rows[-1]["train_loss"] if rows else None,
+        "peak_mem_mb": max(r["peak_mem_mb"] for r in rows) if rows else None,
+    }
+
+
+def summary_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
+    """task=summary: layers.csv, totals and their split by layer kind, memory at the batch size."""
+    device, size, knobs = describe(cfg, summary)
+    rows = layer_table(cfg.model.name, size, **knobs)
+    write_csv(out_dir / "layers.csv", rows)
+    summary |= split_by_kind(rows)
+    summary |= memory_estimate(cfg.model.name, size, cfg.data.batch_size, cfg.optimizer, **knobs)
+    summary["batch_size"] = cfg.data.batch_size
+    if device.type == "cuda":  # the real thing, next to the estimate
+        train_split, _ = data.load(cfg.data.root, cfg.data.download)
+        measured = _bench_one(cfg, device, size, knobs, train_split, cfg.data.batch_size, warmup=1, steps=2)
+        summary["train_peak_mb_measured"] = measured["train"]["peak_mem_mb"]
+        summary["infer_peak_mb_measured"] = measured["infer"]["peak_mem_mb"]
+    print(format_layers(rows, summary))
+
+
+def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
+    """task=bench: training and inference throughput and peak memory per batch size.
+    A batch size that runs out of memory is recorded as such and the others go on.
+    ``peak_mem_mb`` is measured (CUDA's peak allocation; on the CPU the process's peak
+    resident memory, which only grows); ``estimated_mem_mb`` is ``memory_estimate``'s."""
+    device, size, knobs = describe(cfg, summary)
+    train_split, _ = data.load(cfg.data.root, cfg.data.download)
+    rows = []
+    for batch_size in cfg.bench.batch_sizes:
+        try:
+            results = _bench_one(cfg, device, size, knobs, train_split, batch_size, cfg.bench.warmup_steps, cfg.bench.steps)
+            status = "completed"
+        except torch.OutOfMemoryError:
+            results, status = {}, "oom"
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        estimate = memory_estimate(cfg.model.name, size, batch_size, cfg.optimizer, **knobs)
+        for mode in ("train", "infer"):
+            r = results.get(mode, {"images_per_s": math.nan, "step_time_ms": math.nan, "peak_mem_mb": math.nan})
+            rows.append({"batch_size": batch_size, "mode": mode, **r, "status": status,
+                         "estimated_mem_mb": estimate[f"{mode}_memory_mb"]})
+            memory = ("peak", r["peak_mem_mb"]) if device.type == "cuda" else ("estimated", estimate[f"{mode}_memory_mb"])
+            log.info("batch %4d %-5s %s: %8.1f img/s  %8.2f ms/step  %8.1f MB (%s)", batch_size, mode, status,
+                     r["images_per_s"], r["step_time_ms"], memory[1], memory[0])
+        write_csv(out_dir / "bench.csv", rows)  # after every batch size: an interrupted bench keeps what it measured
+    plot_bench(rows, out_dir / "bench.png", f"{cfg.model.name} at {size[0]}x{size[1]} px on {summary['device_name']}")
+    best = max((r for r in rows if r["mode"] == "train" and r["status"] == "completed"), key=lambda r: r["images_per_s"], default=None)
+    if best:
+        summary |= {"best_train_images_per_s": best["images_per_s"], "best_train_batch_size": best["batch_size"]}
+
+
+def _bench_one(cfg, device, size, knobs, train_split, batch_size, warmup, steps) -> dict[str, dict[str, float]]:
+    """Training then inference steps of a fresh model at one batch size, on real batches."""
+    idx = torch.arange(batch_size * (warmup + steps)) % len(train_split)  # wraps round a small split
+    split = Split(train_split.images[idx], train_split.labels[idx]).to(device)
+    loader = DeviceLoader(split, batch_size, size, shuffle=True, drop_last=True, seed=cfg.seed)
+    trainer = build_trainer(cfg, device, size, knobs, len(loader))
+    return {
+        "train": measure_steps(trainer, loader, steps, warmup, train=True),
+        "infer": measure_steps(trainer, loader, steps, warmup, train=False),
+    }
+
+
+def min_size_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
+    """task=min_size: the smallest square input, and the shape each stage gives it (stages.csv)."""
+    knobs = model_knobs(cfg)
+    sizes, rows = min_size_report(cfg.model.name, **knobs)
+    summary |= sizes
+    write_csv(out_dir / "stages.csv", rows)
+    print(f"{cfg.model.name}: smallest input {sizes['min_size']}x{sizes['min_size']}; "
+          f"every stage keeps more than 1x1 from {sizes['no_collapse_size']}x{sizes['no_collapse_size']}")
+    width = max(len(r["stage"]) for r in rows)
+    print(f"{'stage':{width}}  {'at ' + str(sizes['min_size']):>14}  {'at ' + str(sizes['no_collapse_size']):>14}")
+    for r in rows:
+        print(f"{r['stage']:{width}}  {r['shape_at_min_size']:>14}  {r['shape_at_no_collapse_size']:>14}")
+
+
+def format_layers(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
+    """The layer table and its totals, as printed by task=summary."""
+    lines = [f"{'layer':28} {'type':18} {'output':>14} {'params':>12} {'MFLOPs':>10} {'act KB':>9}"]
+    for r in rows:
+        lines.append(f"{r['layer']:28} {r['type']:18} {r['output_shape']:>14} {r['params']:>12,} "
+                     f"{r['flops'] / 1e6:>10.2f} {r['activation_kb']:>9.1f}")
+    total_p, total_f = s["params"], s["flops"]
+    for kind in (*KINDS, "other"):
+        p, f = s[f"params_{kind}"], s[f"flops_{kind}"]
+        if p or f:
+            lines.append(f"{kind:>8}: {p:>12,} params ({p / total_p:6.1%})  {f / 1e6:10.1f} MFLOPs ({f / max(total_f, 1):6.1%})")
+    lines.append(f"   total: {total_p:>12,} params           {total_f / 1e6:10.1f} MFLOPs per image")
+    lines.append(
+        f"memory at batch {s['batch_size']} (MB): training {s['train_memory_mb']:.1f} = params {s['params_mb']:.1f} "
+        f"+ grads {s['grads_mb']:.1f} + optimizer {s['optimizer_state_mb']:.1f} + activations {s['activations_mb']:.1f}; "
+        f"prediction {s['infer_memory_mb']:.1f} = params {s['params_mb']:.1f} + activations {s['infer_activations_mb']:.1f}"
+    )
+    return "\n".join(lines)
+
+
+# task name -> what it does (config.TASK_HELP says it in one line for --help)
+TASKS: dict[str, Callable[[DictConfig, Path, dict[str, Any]], None]] = {
+    "train": train_task,
+    "summary": summary_task,
+    "bench": bench_task,
+    "min_size": min_size_task,
+}
