@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import model_knobs, resolution
+from .confusion import evaluate_task
 from .data import DeviceLoader, Split, load
 from .engine import Trainer, build_trainer, peak_memory_mb, resolve_device, synchronize
 from .metrics import environment, plot_bench
@@ -313,7 +314,7 @@ def min_size_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
         print(f"{r['stage']:{width}}  {r['shape_at_min_size']:>14}  {r['shape_at_no_collapse_size']:>14}")
 
 
-TASKS = {"summary": summary_task, "bench": bench_task, "min_size": min_size_task}
+TASKS = {"summary": summary_task, "bench": bench_task, "min_size": min_size_task, "evaluate": evaluate_task}
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

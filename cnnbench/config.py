@@ -11,7 +11,7 @@ import inspect
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -46,6 +46,7 @@ class Task(str, Enum):
     summary = "summary"  # layer table, parameter/FLOP split, memory: layers.csv
     bench = "bench"  # training and inference throughput and memory per batch size: bench.csv
     min_size = "min_size"  # the smallest input the model accepts: stages.csv
+    evaluate = "evaluate"  # a checkpoint (trainer.resume=RUN_OR_PT) on the test set: per_class.csv, confusion.png
 
 
 @dataclass
@@ -110,6 +111,7 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)  # task=bench
     seed: int = 0  # seeds weights, data order and augmentation
     objective: str = "best_test_acc"  # the summary.json field a run returns to a sweeper (e.g. Optuna)
+    logger: Dict[str, Any] = field(default_factory=dict)  # trackers by name (conf/logger/; cnnbench/loggers.py)
 
 
 def register_configs() -> None:
@@ -194,6 +196,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.device={device!r}: CUDA is not available on this machine; use auto or cpu")
 
     _validate_optimizer(cfg)
+    from .loggers import config_problem
+    if problem := config_problem(cfg.get("logger")):
+        raise ConfigError(problem)
 
     world = distributed.from_env()
     if world.distributed:

@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from . import data, distributed
+from . import confusion, data, distributed, loggers
 from .analysis import TASKS, describe
 from .config import ConfigError, register_configs, validate
 from .data import build_loaders
@@ -93,6 +93,7 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
     finally:
         summary["wall_time_s"] = time.perf_counter() - started
         write_json(out_dir / "summary.json", summary)
+        loggers.finish(out_dir, summary["status"])  # the trackers get the final summary.json and status
         if summary["status"] != "completed":
             log.error("run %s: %s", summary["status"], summary.get("error", ""))
         # Free the device before the next job of a sweep (after an OOM above all).
@@ -127,11 +128,13 @@ def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     )
     # A resumed run continues its metrics.csv from the checkpoint's epoch (later rows dropped).
     writer = MetricsWriter(out_dir / "metrics.csv", keep_epochs=start_epoch - 1 if resume else None)
+    trackers = loggers.start(cfg, out_dir, resumed=resume is not None)  # logger=...: finished by run()
     stop = StopFlag()
 
     def on_epoch(row: dict[str, float]) -> None:
         best_before = summary.get("best_test_acc")
         writer.write(row)
+        trackers.log_epoch(row)
         summary.update(_results(writer.rows))
         log.info(
             "epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f  lr %.3g  %.1fs  %.0f img/s",
@@ -151,6 +154,7 @@ def train(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
         with stop.installed():
             fit(trainer, train_loader, test_loader, cfg.trainer.max_epochs, on_epoch, checkpoint,
                 start_epoch=start_epoch, partial=partial, stop=stop, diverge_loss=cfg.trainer.diverge_loss)
+        confusion.after_training(trainer, test_loader, out_dir, summary, cfg.model.name)  # per_class.csv, confusion.png, ...
     finally:
         writer.close()
         if writer.rows and cfg.trainer.plot:
