@@ -49,11 +49,24 @@ class Sweep:
 
     dir: Path
     job: str
-    overrides: list[str]
+    overrides: list[str]  # this job's, those the sweep varies first
 
     @property
     def label(self) -> str:
         return f"{self.job}_{','.join(self.overrides)}" if self.overrides else self.job
+
+
+def _swept_first(sweep_dir: Path, overrides: list[str]) -> list[str]:
+    """``overrides`` with the keys the sweep varies (per its multirun.yaml) alone, else all."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        task = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
+        swept = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(task)) if o.is_sweep_override()}
+        mine = [o for o in overrides if o.lstrip("+~").partition("=")[0] in swept]
+        return mine or overrides
+    except Exception:  # no multirun.yaml (another launcher's layout): every override
+        return overrides
 
 
 def sweep_info() -> Sweep | None:
@@ -67,7 +80,8 @@ def sweep_info() -> Sweep | None:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return None
-        return Sweep(Path(hydra_cfg.sweep.dir), str(hydra_cfg.job.num), list(hydra_cfg.overrides.task))
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        return Sweep(sweep_dir, str(hydra_cfg.job.num), _swept_first(sweep_dir, list(hydra_cfg.overrides.task)))
     except Exception:  # outside a Hydra app, or a Hydra without these fields
         return None
 
