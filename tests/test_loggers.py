@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -18,6 +19,24 @@ from cnnbench.metrics import COLUMNS
 from cnnbench.train import run
 
 METRICS = [c for c in COLUMNS if c != "epoch"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """An empty MLflow SQLite store, created once: creating one runs MLflow's ~100 schema
+    migrations (seconds). ``store(folder)`` puts a copy where a run or sweep expects its own."""
+    pytest.importorskip("tensorboard", reason="needs the [tracking] extra")
+    from mlflow import MlflowClient
+
+    template = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{template}").search_experiments()
+
+    def put(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(template, folder / "mlflow.db")
+        return folder
+
+    return put
 
 
 def tensorboard_scalars(log_dir) -> dict[str, list[tuple[int, float]]]:
@@ -60,9 +79,8 @@ def test_a_missing_tracker_package_names_the_extra(make_cfg, tmp_path, monkeypat
     assert summary["error"] == "logger=mlflow needs the mlflow package, which is not installed: pip install 'cnnbench[tracking]'"
 
 
-def test_tensorboard_and_mlflow_get_what_metrics_csv_holds(make_cfg, tiny_data, tmp_path):
-    pytest.importorskip("tensorboard", reason="needs the [tracking] extra")
-    pytest.importorskip("mlflow", reason="needs the [tracking] extra")
+def test_tensorboard_and_mlflow_get_what_metrics_csv_holds(make_cfg, tiny_data, tmp_path, store):
+    store(tmp_path)
     summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "logger=[tensorboard,mlflow]", "optimizer.lr=0.05"), tmp_path)
     assert summary["status"] == "completed", summary.get("error")
     metrics = pd.read_csv(tmp_path / "metrics.csv")
@@ -89,8 +107,8 @@ def test_tensorboard_and_mlflow_get_what_metrics_csv_holds(make_cfg, tiny_data, 
     assert logged["status"] == "completed" and logged["per_class_acc"] == summary["per_class_acc"]  # the final file
 
 
-def test_a_resumed_run_continues_its_tracker_runs_without_repeating_epochs(make_cfg, tiny_data, tmp_path, monkeypatch):
-    pytest.importorskip("mlflow", reason="needs the [tracking] extra")
+def test_a_resumed_run_continues_its_tracker_runs_without_repeating_epochs(make_cfg, tiny_data, tmp_path, monkeypatch, store):
+    store(tmp_path)
     args = [f"data.root={tiny_data}", "data.batch_size=16", "trainer.checkpoint=true", "logger=[tensorboard,mlflow]"]
     assert run(make_cfg(*args, "trainer.max_epochs=2"), tmp_path)["status"] == "completed"
     _, first = mlflow_run(tmp_path)
@@ -119,9 +137,7 @@ def test_a_resumed_run_continues_its_tracker_runs_without_repeating_epochs(make_
     assert [v for _, v in scalars["test_acc"]] == pytest.approx(metrics["test_acc"].tolist(), rel=1e-6)
 
 
-def test_a_failing_tracker_never_costs_the_run(make_cfg, tiny_data, tmp_path, monkeypatch, caplog):
-    pytest.importorskip("tensorboard", reason="needs the [tracking] extra")
-    pytest.importorskip("mlflow", reason="needs the [tracking] extra")
+def test_a_failing_tracker_never_costs_the_run(make_cfg, tiny_data, tmp_path, monkeypatch, caplog, store):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     log_epoch = loggers.TensorBoard.log_epoch
@@ -154,15 +170,13 @@ def test_only_rank_0_logs(make_cfg, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_sweep_lands_in_one_experiment_and_one_log_dir(tiny_data, tmp_path):
-    pytest.importorskip("tensorboard", reason="needs the [tracking] extra")
-    pytest.importorskip("mlflow", reason="needs the [tracking] extra")
-    proc = subprocess.run([sys.executable, "-m", "cnnbench", "-m", "trainer=smoke", f"data.root={tiny_data}",
-                           "optimizer.lr=0.01,0.1", "logger=[tensorboard,mlflow]", f"hydra.sweep.dir={tmp_path}"],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
-    assert proc.returncode == 0, proc.stderr
-    assert f"tensorboard --logdir {tmp_path}/tensorboard" in proc.stderr
-    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in proc.stderr
+def test_a_sweeps_jobs_land_in_one_experiment_and_one_log_dir(make_cfg, tiny_data, tmp_path, monkeypatch, store):
+    store(tmp_path)
+    for job, lr in (("0", "0.01"), ("1", "0.1")):  # as Hydra's multirun runs them (the command: test below)
+        monkeypatch.setattr(loggers, "sweep_info", lambda: loggers.Sweep(tmp_path, job, [f"optimizer.lr={lr}"]))
+        summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", f"optimizer.lr={lr}", "logger=[tensorboard,mlflow]"),
+                      tmp_path / job)
+        assert summary["status"] == "completed", summary.get("error")
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
@@ -178,6 +192,26 @@ def test_a_sweep_lands_in_one_experiment_and_one_log_dir(tiny_data, tmp_path):
         assert_same_as_metrics_csv(history, metrics)
         _, scalars = tensorboard_scalars(tmp_path / "tensorboard" / f"{job}_optimizer.lr={lr}")
         assert_same_as_metrics_csv(scalars, metrics, rel=1e-6)
+
+
+@pytest.mark.slow  # a whole sweep in a subprocess: about 30 s on 2 busy cores
+def test_the_multi_select_sweep_command(tiny_data, tmp_path):
+    pytest.importorskip("tensorboard", reason="needs the [tracking] extra")
+    pytest.importorskip("mlflow", reason="needs the [tracking] extra")
+    proc = subprocess.run([sys.executable, "-m", "cnnbench", "-m", "trainer=smoke", f"data.root={tiny_data}",
+                           "optimizer.lr=0.01,0.1", "logger=[tensorboard,mlflow]", f"hydra.sweep.dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"tensorboard --logdir {tmp_path}/tensorboard" in proc.stderr
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in proc.stderr
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name(f"cnnbench sweep {tmp_path}")
+    # named by what the sweep varies (read from its multirun.yaml), not by every override
+    assert sorted(r.info.run_name for r in client.search_runs([experiment.experiment_id])) == \
+        ["0: optimizer.lr=0.01", "1: optimizer.lr=0.1"]
+    assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ["0_optimizer.lr=0.01", "1_optimizer.lr=0.1"]
     results = pd.read_csv(tmp_path / "results.csv")  # the sweep's table gains the worst class
     assert results["worst_class"].notna().all() and results["worst_class_acc"].between(0, 1).all()
     assert (tmp_path / "report.html").stat().st_size > 50_000
