@@ -87,7 +87,8 @@ def sweep_info() -> Sweep | None:
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as ``{"optimizer.lr": 0.1, ...}``, values int/float/str/bool."""
+    """The resolved config as ``{"optimizer.lr": 0.1, ...}``, values int/float/str/bool; the
+    ``logger`` keys left out (where to log is not a parameter, and a URI may hold a password)."""
     out: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -99,7 +100,9 @@ def flat_config(cfg: DictConfig) -> dict[str, Any]:
         else:  # None, lists
             out[prefix[:-1]] = json.dumps(node)
 
-    walk(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True), "")
+    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    config.pop("logger", None)
+    walk(config, "")
     return out
 
 

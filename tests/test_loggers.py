@@ -100,6 +100,7 @@ def test_tensorboard_and_mlflow_get_what_metrics_csv_holds(make_cfg, tiny_data, 
     assert_same_as_metrics_csv(history, metrics)
     assert tracked.info.status == "FINISHED" and tracked.data.tags["cnnbench.status"] == "completed"
     assert tracked.data.params["optimizer.lr"] == "0.05" and tracked.data.params["trainer.max_epochs"] == "2"
+    assert not any(key.startswith("logger.") for key in tracked.data.params)  # where to log (a URI may hold a password)
     assert tracked.data.tags["worst_class"] == summary["worst_class"]
     artifacts = {a.path for a in client.list_artifacts(tracked.info.run_id)}
     assert {"summary.json", "metrics.csv", "curves.png", "per_class.csv", "confusion.csv", "confusion.png", "mistakes.png"} <= artifacts
