@@ -25,6 +25,7 @@ import logging
 import math
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -213,21 +214,24 @@ class MLflow(Tracker):
         root = sweep.dir if sweep else run_dir
         uri = self.options.get("tracking_uri") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
         self.uri, self.local = uri, not self.options.get("tracking_uri")
-        self.client = client = MlflowClient(tracking_uri=uri)
-        if state.get("run_id") and state.get("tracking_uri") == uri:
-            self.run_id, self.continued = state["run_id"], True
-            client.update_run(self.run_id, status="RUNNING")
-            return state
-        experiment = self.options.get("experiment") or (f"cnnbench sweep {sweep.dir}" if sweep else "cnnbench")
-        artifacts = (root / "mlartifacts").resolve().as_uri() if self.local else None
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            try:
-                experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
-            except Exception:  # another job of the sweep created it first
-                experiment_id = client.get_experiment_by_name(experiment).experiment_id
-        else:
-            experiment_id = found.experiment_id
+        # Jobs running side by side (hydra/launcher=local_parallel) share the sweep's store: one
+        # at a time creates its tables (the first MlflowClient call) and the sweep's experiment.
+        with _file_lock(root / ".mlflow.lock" if self.local else None):
+            self.client = client = MlflowClient(tracking_uri=uri)
+            if state.get("run_id") and state.get("tracking_uri") == uri:
+                self.run_id, self.continued = state["run_id"], True
+                client.update_run(self.run_id, status="RUNNING")
+                return state
+            experiment = self.options.get("experiment") or (f"cnnbench sweep {sweep.dir}" if sweep else "cnnbench")
+            artifacts = (root / "mlartifacts").resolve().as_uri() if self.local else None
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                try:
+                    experiment_id = client.create_experiment(experiment, artifact_location=artifacts)
+                except Exception:  # another process created it first (a shared server or store)
+                    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+            else:
+                experiment_id = found.experiment_id
         name = f"{sweep.job}: {', '.join(sweep.overrides)}" if sweep else run_dir.name
         tags = {"cnnbench.run_dir": str(run_dir.resolve()), "cnnbench.model": str(cfg.model.get("name"))}
         if sweep:
@@ -268,6 +272,23 @@ class MLflow(Tracker):
 
 
 TRACKERS: dict[str, type[Tracker]] = {t.name: t for t in (Csv, TensorBoard, MLflow)}
+
+
+@contextmanager
+def _file_lock(path: Path | None):
+    """Hold an exclusive lock on ``path`` (created if need be) while the block runs; None: no lock."""
+    if path is None:
+        yield
+        return
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _safe(text: str) -> str:

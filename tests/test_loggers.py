@@ -71,6 +71,12 @@ def test_the_logger_group_and_its_multi_select(make_cfg):
     assert "logger=wandb is not a tracker" in loggers.config_problem({"wandb": {}})
 
 
+def test_the_trackers_are_imported_only_when_chosen():
+    code = "import sys, cnnbench.train; print(sorted(m for m in ('mlflow', 'tensorboard') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"  # importing MLflow takes seconds
+
+
 def test_a_missing_tracker_package_names_the_extra(make_cfg, tmp_path, monkeypatch):
     real = loggers.importlib.util.find_spec
     monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
