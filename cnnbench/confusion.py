@@ -235,6 +235,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     """task=evaluate trainer.resume=RUN_OR_PT: the per-class files of a checkpoint's model on
     the test set. The model, its knobs and resolution come from the checkpoint; data.*
     (root, test_subset, test_batch_size, normalize) and trainer.device/precision from the config."""
+    from . import loggers
     from .config import ConfigError
     from .models import create_model
 
@@ -253,6 +254,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
                 "resolution": list(size), **environment(device)}
     train_split, test_split = load(cfg.data.root, cfg.data.download)
     _, loader = build_loaders(cfg, train_split, test_split, size, device)
+    loggers.start(cfg, out_dir)  # logger=...: the tracker run gets the files below (run() finishes it)
     errors = analyse(model, full_test_loader(loader), autocast_dtype(cfg.trainer.precision, device))
     write_outputs(errors, out_dir, summary, f"{meta['model']} ({path.name})")
     summary["test_acc"] = summary["eval_test_acc"]

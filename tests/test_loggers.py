@@ -144,6 +144,39 @@ def test_a_resumed_run_continues_its_tracker_runs_without_repeating_epochs(make_
     assert [v for _, v in scalars["test_acc"]] == pytest.approx(metrics["test_acc"].tolist(), rel=1e-6)
 
 
+def test_an_interrupted_run_resumes_its_mlflow_run(make_cfg, tiny_data, tmp_path, monkeypatch, store):
+    import signal
+
+    from cnnbench.metrics import MetricsWriter
+
+    store(tmp_path)
+    args = [f"data.root={tiny_data}", "data.batch_size=16", "trainer.max_epochs=2", "logger=mlflow"]
+    write = MetricsWriter.write
+
+    def write_then_sigterm(self, row):  # SIGTERM arrives as epoch 1's row is written
+        write(self, row)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(MetricsWriter, "write", write_then_sigterm)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(*args), tmp_path)
+    monkeypatch.undo()
+    client, cut = mlflow_run(tmp_path)
+    assert cut.info.status == "KILLED" and cut.data.tags["cnnbench.status"] == "interrupted"
+    assert run(make_cfg(*args, f"trainer.resume={tmp_path}"), tmp_path)["status"] == "completed"
+    client, resumed = mlflow_run(tmp_path)
+    assert resumed.info.run_id == cut.info.run_id and resumed.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(resumed.info.run_id, "test_acc")] == [1, 2]
+    # task=evaluate of the same checkpoint: a tracker run of its own, with the per-class files
+    store(tmp_path / "eval")
+    summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path}", f"data.root={tiny_data}", "logger=mlflow"),
+                  tmp_path / "eval")
+    client, evaluated = mlflow_run(tmp_path / "eval")
+    assert evaluated.info.status == "FINISHED" and evaluated.info.run_id != resumed.info.run_id
+    assert {"per_class.csv", "confusion.png", "summary.json"} <= {a.path for a in client.list_artifacts(evaluated.info.run_id)}
+    assert evaluated.data.metrics["worst_class_acc"] == pytest.approx(summary["worst_class_acc"])
+
+
 def test_a_failing_tracker_never_costs_the_run(make_cfg, tiny_data, tmp_path, monkeypatch, caplog, store):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
