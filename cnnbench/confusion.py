@@ -233,10 +233,11 @@ def checkpoint_path(resume: str | None) -> Path:
 
 def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     """task=evaluate trainer.resume=RUN_OR_PT: the per-class files of a checkpoint's model on
-    the test set. The model, its knobs and resolution come from the checkpoint; data.*
-    (root, test_subset, test_batch_size, normalize) and trainer.device/precision from the config."""
+    the test set. The model and its knobs come from the checkpoint, and so does the resolution
+    unless data.resize sets another (a test of how the model copes); data.* (root, test_subset,
+    test_batch_size, normalize) and trainer.device/precision come from the config."""
     from . import loggers
-    from .config import ConfigError
+    from .config import ConfigError, resolution
     from .models import create_model
 
     path = checkpoint_path(cfg.trainer.resume)
@@ -246,9 +247,14 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     except Exception as err:
         raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: {path} is not a readable cnnbench checkpoint ({err})") from None
     device = resolve_device(cfg.trainer.device)
-    size = tuple(meta["resolution"])
+    size = resolution(cfg) if cfg.data.resize is not None else tuple(meta["resolution"])
     model = create_model(meta["model"], image_size=size, **meta["knobs"])
-    model.load_state_dict(state["model"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:  # layer shapes follow the input size (e.g. a dense head after flattening)
+        raise ConfigError(f"data.resize={cfg.data.resize}: {meta['model']} from {path} was trained at "
+                          f"{meta['resolution'][0]}x{meta['resolution'][1]} and its layers do not fit {size[0]}x{size[1]}; "
+                          "leave data.resize unset to evaluate at its own size") from None
     model.to(device)
     summary |= {"model": meta["model"], "checkpoint": str(path), "checkpoint_epoch": state.get("epoch", meta.get("epoch")),
                 "resolution": list(size), **environment(device)}

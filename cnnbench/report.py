@@ -20,8 +20,8 @@ import pandas as pd
 from .metrics import collect_results, pyplot, save_figure
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
-TABLE = ["status", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops", "train_memory_mb", "infer_memory_mb",
-         "min_size", "best_train_images_per_s", "wall_time_s"]
+TABLE = ["status", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
+         "train_memory_mb", "infer_memory_mb", "min_size", "best_train_images_per_s", "wall_time_s"]
 
 
 def swept_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:

@@ -78,6 +78,11 @@ def test_evaluate_a_checkpoint(make_cfg, tiny_data, tmp_path):
     best = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run' / 'best.pt'}", f"data.root={tiny_data}"), tmp_path / "best")
     assert best["status"] == "completed" and best["eval_images"] == 32  # the whole (tiny) test set
     assert (tmp_path / "best" / "mistakes.png").is_file() and (tmp_path / "best" / "per_class.csv").is_file()
+    assert best["resolution"] == [28, 28]
+    larger = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}", "data.resize=36"),
+                 tmp_path / "36")
+    # BN-LeNet's dense head is sized by its input: another size is refused, with the reason
+    assert larger["bad_input"] and "was trained at 28x28 and its layers do not fit 36x36" in larger["error"]
 
 
 def test_evaluate_needs_a_checkpoint(make_cfg, tmp_path):
