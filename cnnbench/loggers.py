@@ -384,7 +384,8 @@ def start(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> Trackers:
         except (OSError, ValueError):
             before = {}
     sweep = sweep_info()
-    trackers = Trackers(run_dir)
+    # a tracker that cannot start now keeps its earlier run in tracker.json, for a later resume
+    trackers = Trackers(run_dir, state={name: before[name] for name in chosen if name in before})
     for name in chosen:
         tracker = TRACKERS[name](OmegaConf.to_container(cfg.logger[name], resolve=True) or {})
         earlier = before.get(name, {})
