@@ -178,19 +178,20 @@ class TensorBoard(Tracker):
     def log_artifacts(self, paths):
         from matplotlib.image import imread
 
+        summary = next((json.loads(p.read_text()) for p in paths if p.name == "summary.json"), {})
+        step = int(summary.get("epochs_completed") or 0)  # the files describe the model of the last epoch
         for path in paths:
             if path.suffix == ".png":
-                self.writer.add_image(path.stem, imread(path)[..., :3], dataformats="HWC")
+                self.writer.add_image(path.stem, imread(path)[..., :3], step, dataformats="HWC")
             elif path.name == "summary.json":
-                summary = json.loads(path.read_text())
-                self.writer.add_text(path.stem, "```\n" + json.dumps(summary, indent=2, default=str) + "\n```")
-                for key in ("final_test_acc", "best_test_acc", "worst_class_acc"):
-                    if isinstance(summary.get(key), (int, float)):  # the hparams view's metrics
-                        self.writer.add_scalar(f"hparams/{key}", summary[key], summary.get("epochs_completed", 0))
-                for name, acc in (summary.get("per_class_acc") or {}).items():
-                    self.writer.add_scalar(f"per_class_acc/{name}", acc, summary.get("epochs_completed", 0))
+                self.writer.add_text(path.stem, "```\n" + json.dumps(summary, indent=2, default=str) + "\n```", step)
             elif path.suffix == ".csv" and path.name != "metrics.csv":  # a table, readable in the Text tab
-                self.writer.add_text(path.stem, "```\n" + path.read_text() + "```")
+                self.writer.add_text(path.stem, "```\n" + path.read_text() + "```", step)
+        for key in ("final_test_acc", "best_test_acc", "worst_class_acc"):  # the hparams view's metrics
+            if isinstance(summary.get(key), (int, float)):
+                self.writer.add_scalar(f"hparams/{key}", summary[key], step)
+        for name, acc in (summary.get("per_class_acc") or {}).items():
+            self.writer.add_scalar(f"per_class_acc/{name}", acc, step)
         self.writer.flush()
 
     def finish(self, status):

@@ -94,6 +94,7 @@ def test_tensorboard_and_mlflow_get_what_metrics_csv_holds(make_cfg, tiny_data, 
     events, scalars = tensorboard_scalars(tmp_path / "tensorboard")
     assert_same_as_metrics_csv(scalars, metrics, rel=1e-6)  # event files hold float32
     assert set(events.Tags()["images"]) == {"curves", "confusion", "mistakes"}
+    assert [image.step for image in events.Images("confusion")] == [2]  # the model of the last epoch
     assert scalars["per_class_acc/Shirt"][0][1] == pytest.approx(summary["per_class_acc"]["Shirt"])
     from tensorboard.plugins.hparams import plugin_data_pb2
 
