@@ -83,7 +83,7 @@ class SweepResults(Callback):
             try:
                 from .report import report
 
-                report(sweep_dir)
+                report(sweep_dir, html=True)  # report.html too
             except Exception as err:  # a report must never cost the sweep its results
                 print(f"cnnbench: could not write the sweep report: {err}", file=sys.stderr)
         unfinished = [r for r in collect_results(sweep_dir) if r.get("status") != "completed"]

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
@@ -24,6 +24,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 from . import distributed
+from .loggers import config_problem
 from .models import ModelError, get_spec, min_input_size
 from .models.registry import Range, accepts_input, check_knobs
 from .rundir import safe_name
@@ -69,6 +70,7 @@ class Task(str, Enum):
     summary = "summary"
     bench = "bench"
     min_size = "min_size"
+    evaluate = "evaluate"
 
 
 TASK_HELP = {
@@ -76,6 +78,7 @@ TASK_HELP = {
     "summary": "layers, parameter and FLOP split, memory at the batch size (no training): layers.csv",
     "bench": "training and prediction throughput and memory per batch size: bench.csv, bench.png",
     "min_size": "the smallest input the model accepts, and each stage's shape there: stages.csv",
+    "evaluate": "a checkpoint (trainer.resume=RUN_OR_PT) on the test set: per_class.csv, confusion.png, mistakes.png",
 }
 
 
@@ -145,6 +148,7 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)  # task=bench
     seed: int = 0  # seeds weights, data order and augmentation
     objective: str = "best_test_acc"  # the summary.json field a run returns to a sweeper (e.g. Optuna)
+    logger: Dict[str, Any] = field(default_factory=dict)  # trackers by name (conf/logger/; cnnbench/loggers.py)
 
 
 # The range of every numeric key of the schema (ends included unless marked open), checked
@@ -273,7 +277,7 @@ def optimizer_class(cfg: DictConfig) -> type[torch.optim.Optimizer]:
 # The schema's sections: a key the schema does not know is refused, with or without `+`.
 SECTIONS = {"data": DataConfig, "trainer": TrainerConfig, "scheduler": SchedulerConfig, "bench": BenchConfig}
 # Config groups whose options are files in conf/GROUP/ (checked before Hydra composes).
-GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "experiment", "hparams_search", "hydra/launcher")
+GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "experiment", "logger", "hparams_search", "hydra/launcher")
 
 
 def _nearest(word: str, options) -> str:
@@ -399,6 +403,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
 
     _validate_optimizer(cfg)
+    if problem := config_problem(cfg.get("logger")):
+        raise ConfigError(problem)
 
     world = distributed.from_env()
     if world.distributed:

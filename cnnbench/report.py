@@ -4,7 +4,9 @@ For a sweep it prints results.csv's essentials and writes, into the sweep dir:
 ``report_curves.png`` (every job's learning curves overlaid), ``report_vs_<key>.png`` (the
 final metric against each swept key, one line per setting of the other swept keys) and,
 when jobs ran ``task=bench``, ``report_bench.png``. For one run it prints its summary and
-writes ``report_curves.png``. The same report is written at the end of every sweep.
+writes ``report_curves.png``. With ``--html``, ``report.html`` too: the table (sortable),
+these plots and every job's curves and confusion matrix in one self-contained page. The
+same report, report.html included, is written at the end of every sweep.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ import pandas as pd
 from .metrics import collect_results, pyplot, save_figure
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
-TABLE = ["status", "final_test_acc", "best_test_acc", "params", "flops", "train_memory_mb", "infer_memory_mb",
-         "min_size", "best_train_images_per_s", "wall_time_s"]
+TABLE = ["status", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
+         "train_memory_mb", "infer_memory_mb", "min_size", "best_train_images_per_s", "wall_time_s"]
 
 
 def swept_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:
@@ -129,8 +131,9 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) ->
     return save_figure(fig, path / "report_bench.png")
 
 
-def report(path: str | Path) -> tuple[pd.DataFrame, list[Path]]:
-    """Print the table of the run(s) under ``path`` and write the report's PNGs there."""
+def report(path: str | Path, html: bool = False) -> tuple[pd.DataFrame, list[Path]]:
+    """Print the table of the run(s) under ``path`` and write the report's PNGs there (and,
+    with ``html``, report.html: everything in one self-contained page)."""
     plt = pyplot()
     path = Path(path)
     results, keys = load_runs(path)
@@ -144,6 +147,10 @@ def report(path: str | Path) -> tuple[pd.DataFrame, list[Path]]:
         for key in swept:
             written.append(plot_against(path, results, key, [k for k in swept if k != key], metric, plt))
     written = [w for w in written if w]
+    if html:
+        from .html_report import write_html
+
+        written.append(write_html(path, results, swept, written))
     for w in written:
         print(f"wrote {w}")
     return results, written
@@ -152,9 +159,11 @@ def report(path: str | Path) -> tuple[pd.DataFrame, list[Path]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cnnbench-report", description=__doc__.split("\n")[0])
     parser.add_argument("path", type=Path, help="a run dir (with summary.json) or a sweep dir (with numbered job dirs)")
+    parser.add_argument("--html", action="store_true", help="also write report.html: table, plots, every job's curves and "
+                        "confusion matrix in one self-contained page")
     args = parser.parse_args(argv)
     try:
-        report(args.path)
+        report(args.path, html=args.html)
     except FileNotFoundError as err:
         print(f"cnnbench-report: {err}", file=sys.stderr)
         return 2

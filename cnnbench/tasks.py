@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig
 
-from . import data, distributed
+from . import confusion, data, distributed, loggers
 from .analysis import (
     KINDS,
     count_flops,
@@ -92,11 +92,13 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     )
     # A resumed run continues its metrics.csv from the checkpoint's epoch (later rows dropped).
     writer = MetricsWriter(out_dir / "metrics.csv", keep_epochs=start_epoch - 1 if resume else None)
+    trackers = loggers.start(cfg, out_dir, resumed=resume is not None)  # logger=...: finished by run()
     stop = StopFlag()
 
     def on_epoch(row: dict[str, float]) -> None:
         best_before = summary.get("best_test_acc")
         writer.write(row)
+        trackers.log_epoch(row)
         summary.update(_results(writer.rows))
         log.info(
             "epoch %d/%d  train_loss %.4f  train_acc %.4f  test_loss %.4f  test_acc %.4f  lr %.3g  %.1fs  %.0f img/s",
@@ -130,6 +132,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                 plot_curves(writer.rows, out_dir / "curves.png", title)
             except Exception as err:  # a plot must never cost the run its status
                 log.warning("could not plot the learning curves: %s", err)
+    confusion.after_training(trainer, test_loader, out_dir, summary, cfg.model.name)  # per_class.csv, confusion.png, ...
 
 
 def _results(rows: list[dict[str, float]]) -> dict[str, Any]:
@@ -247,4 +250,5 @@ TASKS: dict[str, Callable[[DictConfig, Path, dict[str, Any]], None]] = {
     "summary": summary_task,
     "bench": bench_task,
     "min_size": min_size_task,
+    "evaluate": confusion.evaluate_task,
 }

@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import STARTED, data, distributed
+from . import STARTED, data, distributed, loggers
 from .config import (
     CONF_DIR,
     ConfigError,
@@ -108,6 +108,7 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
             write_json(out_dir / "summary.json", summary)
         except OSError as err:  # a full disk: the run's other files stay as they were
             log.error("could not write %s: %s", out_dir / "summary.json", err)
+        loggers.finish(out_dir, summary["status"])  # the trackers get the final summary.json and status
         if summary["status"] != "completed":
             log.error("run %s: %s", summary["status"], summary.get("error", ""))
         if summary["status"] == "oom":

@@ -50,6 +50,8 @@ def test_two_process_torchrun_matches_one_process(tiny_data, tmp_path):
     a, b = pd.read_csv(one / "metrics.csv"), pd.read_csv(two / "metrics.csv")
     for col in ("train_loss", "train_acc", "test_loss", "test_acc"):
         assert b[col].tolist() == pytest.approx(a[col].tolist(), rel=1e-5, abs=1e-6), col
+    # the final model's confusion matrix, counted by rank 0 over the whole test set
+    pd.testing.assert_frame_equal(pd.read_csv(two / "confusion.csv"), pd.read_csv(one / "confusion.csv"))
 
 
 INJECT = '''

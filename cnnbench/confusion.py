@@ -1,0 +1,271 @@
+"""What the network gets wrong: per-class accuracy, the confusion matrix and its most
+confident mistakes on the test set.
+
+One pass over the test set on the device, in batches like training: the confusion matrix is
+counted there (``bincount(true * C + pred)``) and the most confidently misclassified images
+are kept as a running top-k; both are read back once, at the end. A training run writes
+these files when it ends; ``task=evaluate trainer.resume=RUN_OR_PT`` writes them for any
+checkpoint:
+
+- ``per_class.csv``: count, correct, accuracy and the class most often predicted instead;
+- ``confusion.csv``: counts, rows the true class, columns the predicted one;
+- ``confusion.png``: the matrix with rows normalised (colour) and counts (numbers);
+- ``mistakes.png``: the most confidently misclassified test images, true and predicted labels.
+
+summary.json gains ``per_class_acc``, ``worst_class`` and ``worst_class_acc``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from . import distributed
+from .data import DeviceLoader, build_loaders, load
+from .engine import autocast_dtype, load_checkpoint, resolve_device, unwrap
+from .metrics import environment, pyplot, save_figure
+
+log = logging.getLogger(__name__)
+
+MISTAKES_SHOWN = 24  # images in mistakes.png (4 rows of 6)
+FILES = ("per_class.csv", "confusion.csv", "confusion.png", "mistakes.png")
+
+
+def class_names() -> list[str]:
+    """Fashion-MNIST's class names, from torchvision's dataset class."""
+    from torchvision.datasets import FashionMNIST
+
+    return list(FashionMNIST.classes)
+
+
+@dataclass
+class Errors:
+    """The outcome of one pass: ``confusion[t, p]`` counts test images of class t predicted
+    as p; ``mistakes`` are the most confident wrong predictions, most confident first."""
+
+    confusion: torch.Tensor  # int64 [C, C], on the CPU
+    mistake_images: torch.Tensor  # uint8 [K, 28, 28]: the images as stored, before resizing
+    mistake_true: list[int]
+    mistake_pred: list[int]
+    mistake_confidence: list[float]  # the softmax probability of the wrong prediction
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.confusion.sum(dim=1)
+
+    @property
+    def per_class_acc(self) -> torch.Tensor:
+        return self.confusion.diag().double() / self.counts.clamp(min=1).double()
+
+    @property
+    def accuracy(self) -> float:
+        return self.confusion.diag().sum().item() / max(self.confusion.sum().item(), 1)
+
+
+@torch.no_grad()
+def analyse(model: torch.nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | None = None,
+            channels_last: bool = False, num_classes: int = 10, top: int = MISTAKES_SHOWN) -> Errors:
+    """Count the confusion matrix and keep the ``top`` most confident mistakes of ``model`` on
+    ``loader`` (unshuffled, one process), all on the device; one host sync at the end."""
+    model.eval()
+    images = loader.split.images
+    device = images.device
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+    best_conf = torch.empty(0, device=device)  # the running top-k of wrong predictions
+    best_idx = torch.empty(0, dtype=torch.long, device=device)
+    best_pred = torch.empty(0, dtype=torch.long, device=device)
+    offset = 0
+    for x, y in loader:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        confidence, pred = logits.float().softmax(dim=1).max(dim=1)
+        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
+        wrong = pred != y
+        idx = torch.arange(offset, offset + len(y), device=device)
+        best_conf = torch.cat([best_conf, confidence[wrong]])
+        best_idx = torch.cat([best_idx, idx[wrong]])
+        best_pred = torch.cat([best_pred, pred[wrong]])
+        keep = best_conf.topk(min(top, len(best_conf))).indices
+        best_conf, best_idx, best_pred = best_conf[keep], best_idx[keep], best_pred[keep]
+        offset += len(y)
+    # the one host sync
+    confusion, best_conf, best_idx, best_pred = (t.cpu() for t in (confusion, best_conf, best_idx, best_pred))
+    return Errors(
+        confusion=confusion.view(num_classes, num_classes),
+        mistake_images=images[best_idx.to(device)].cpu(),
+        mistake_true=loader.split.labels[best_idx.to(device)].cpu().tolist(),
+        mistake_pred=best_pred.tolist(),
+        mistake_confidence=best_conf.tolist(),
+    )
+
+
+def per_class_rows(errors: Errors, names: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for k, name in enumerate(names):
+        off_diagonal = errors.confusion[k].clone()
+        off_diagonal[k] = -1
+        other = int(off_diagonal.argmax())
+        rows.append({
+            "class_index": k, "class": name, "count": int(errors.counts[k]), "correct": int(errors.confusion[k, k]),
+            "accuracy": float(errors.per_class_acc[k]),
+            "most_confused_with": names[other] if off_diagonal[other] > 0 else "",
+            "confused_count": max(int(off_diagonal[other]), 0),
+        })
+    return rows
+
+
+def write_outputs(errors: Errors, out_dir: Path, summary: dict[str, Any], title: str = "") -> list[Path]:
+    """per_class.csv, confusion.csv, confusion.png, mistakes.png; the per-class accuracies in
+    ``summary``. A plot that fails is logged and skipped (the tables are written first)."""
+    import pandas as pd
+
+    names = class_names()
+    rows = per_class_rows(errors, names)
+    _write_csv(pd.DataFrame(rows), out_dir / "per_class.csv")
+    table = pd.DataFrame(errors.confusion.numpy(), index=pd.Index(names, name="true \\ predicted"), columns=names)
+    _write_csv(table, out_dir / "confusion.csv", index=True)
+    present = [r for r in rows if r["count"]]
+    worst = min(present, key=lambda r: r["accuracy"]) if present else None
+    summary |= {
+        "eval_images": int(errors.confusion.sum()),
+        "eval_test_acc": errors.accuracy,
+        "per_class_acc": {r["class"]: r["accuracy"] for r in present},
+        "worst_class": worst["class"] if worst else None,
+        "worst_class_acc": worst["accuracy"] if worst else None,
+    }
+    written = [out_dir / "per_class.csv", out_dir / "confusion.csv"]
+    for plot, name in ((plot_confusion, "confusion.png"), (plot_mistakes, "mistakes.png")):
+        try:
+            written.append(plot(errors, names, out_dir / name, title))
+        except Exception as err:  # a plot must never cost the run its status
+            log.warning("could not plot %s: %s", name, err)
+    return written
+
+
+def _write_csv(frame, path: Path, index: bool = False) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_csv(tmp, index=index)
+    os.replace(tmp, path)
+
+
+def plot_confusion(errors: Errors, names: list[str], path: Path, title: str = "") -> Path:
+    """Rows normalised to the share of each true class (colour), with the counts written in."""
+    plt = pyplot()
+    counts = errors.confusion.numpy()
+    shares = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(9, 8), constrained_layout=True)
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for t in range(n):
+        for p in range(n):
+            if counts[t, p]:
+                ax.text(p, t, f"{counts[t, p]}", ha="center", va="center", fontsize=9,
+                        color="white" if shares[t, p] > 0.6 else "black")
+    ax.set_xticks(range(n), names, rotation=40, ha="right")
+    ax.set_yticks(range(n), [f"{name} ({c})" for name, c in zip(names, counts.sum(axis=1))])
+    ax.set(xlabel="predicted class", ylabel="true class (test images)")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class's images")
+    total = counts.sum()
+    ax.set_title(f"{title + ': ' if title else ''}confusion matrix, {errors.accuracy:.1%} of {total} test images correct\n"
+                 "colour: share of each row; numbers: image counts")
+    return save_figure(fig, path)
+
+
+def plot_mistakes(errors: Errors, names: list[str], path: Path, title: str = "") -> Path:
+    """The most confidently misclassified test images, as stored (28x28), with their labels."""
+    plt = pyplot()
+    shown = len(errors.mistake_true)
+    cols = 6
+    rows = max(1, -(-shown // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.3 + 0.6), squeeze=False, constrained_layout=True)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < shown:
+            ax.imshow(errors.mistake_images[i].numpy(), cmap="gray_r", vmin=0, vmax=255)
+            ax.set_title(f"true: {names[errors.mistake_true[i]]}\npred: {names[errors.mistake_pred[i]]} "
+                         f"({errors.mistake_confidence[i]:.0%})", fontsize=8.5)
+    if not shown:
+        axes[0, 0].text(0, 0.5, "no test image was misclassified", fontsize=11)
+    fig.suptitle(f"{title + ': ' if title else ''}the {shown} most confidently misclassified test images")
+    return save_figure(fig, path)
+
+
+def full_test_loader(loader: DeviceLoader) -> DeviceLoader:
+    """The same test images and transform in one process: under torchrun a rank's loader
+    holds only its share of each batch."""
+    if loader.world_size == 1:
+        return loader
+    return DeviceLoader(loader.split, loader.batch_size, loader.size, mean=loader.mean, std=loader.std,
+                        limit_batches=loader.limit_batches)
+
+
+def after_training(trainer, test_loader: DeviceLoader, out_dir: Path, summary: dict[str, Any], title: str = "") -> None:
+    """The end of a training run (rank 0): the per-class files of the final model."""
+    if not distributed.from_env().main:
+        return
+    errors = analyse(unwrap(trainer.model), full_test_loader(test_loader), trainer.amp_dtype, trainer.channels_last)
+    write_outputs(errors, out_dir, summary, title)
+    log.info("per-class test accuracy: %s", ", ".join(f"{k} {v:.3f}" for k, v in summary["per_class_acc"].items()))
+
+
+# --- task=evaluate ------------------------------------------------------------------------
+
+
+def checkpoint_path(resume: str | None) -> Path:
+    from .config import ConfigError
+
+    if not resume:
+        raise ConfigError("task=evaluate needs a checkpoint: trainer.resume=RUN_DIR (its last.pt, else best.pt) or a .pt file")
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = next((p for p in (path / "last.pt", path / "best.pt") if p.is_file()), path / "last.pt")
+    if not path.is_file():
+        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with last.pt or best.pt, or a .pt file)")
+    return path
+
+
+def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
+    """task=evaluate trainer.resume=RUN_OR_PT: the per-class files of a checkpoint's model on
+    the test set. The model and its knobs come from the checkpoint, and so does the resolution
+    unless data.resize sets another (a test of how the model copes); data.* (root, test_subset,
+    test_batch_size, normalize) and trainer.device/precision come from the config."""
+    from . import loggers
+    from .config import ConfigError, resolution
+    from .models import create_model
+
+    path = checkpoint_path(cfg.trainer.resume)
+    try:
+        state = load_checkpoint(path)
+        meta = state["meta"]
+    except Exception as err:
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: {path} is not a readable cnnbench checkpoint ({err})") from None
+    device = resolve_device(cfg.trainer.device)
+    size = resolution(cfg) if cfg.data.resize is not None else tuple(meta["resolution"])
+    model = create_model(meta["model"], image_size=size, **meta["knobs"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:  # layer shapes follow the input size (e.g. a dense head after flattening)
+        raise ConfigError(f"data.resize={cfg.data.resize}: {meta['model']} from {path} was trained at "
+                          f"{meta['resolution'][0]}x{meta['resolution'][1]} and its layers do not fit {size[0]}x{size[1]}; "
+                          "leave data.resize unset to evaluate at its own size") from None
+    model.to(device)
+    summary |= {"model": meta["model"], "checkpoint": str(path), "checkpoint_epoch": state.get("epoch", meta.get("epoch")),
+                "resolution": list(size), **environment(device)}
+    train_split, test_split = load(cfg.data.root, cfg.data.download)
+    _, loader = build_loaders(cfg, train_split, test_split, size, device)
+    loggers.start(cfg, out_dir)  # logger=...: the tracker run gets the files below (run() finishes it)
+    errors = analyse(model, full_test_loader(loader), autocast_dtype(cfg.trainer.precision, device))
+    write_outputs(errors, out_dir, summary, f"{meta['model']} ({path.name})")
+    summary["test_acc"] = summary["eval_test_acc"]
+    print(f"{meta['model']} from {path}: test accuracy {errors.accuracy:.4f} on {summary['eval_images']} images; "
+          f"worst class {summary['worst_class']} ({summary['worst_class_acc']:.3f})")
+    for row in per_class_rows(errors, class_names()):
+        print(f"  {row['class']:12} {row['accuracy']:.3f}  ({row['correct']}/{row['count']})"
+              + (f"  most often taken for {row['most_confused_with']} ({row['confused_count']})" if row["confused_count"] else ""))

@@ -1,0 +1,92 @@
+"""Per-class accuracy, the confusion matrix and the most confident mistakes: counted on the
+device, checked against plain counts; written at the end of training and by task=evaluate."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from cnnbench.confusion import analyse, class_names
+from cnnbench.data import DeviceLoader, Split, load
+from cnnbench.train import run
+
+
+def test_class_names_come_from_the_dataset():
+    from torchvision.datasets import FashionMNIST
+
+    assert class_names() == FashionMNIST.classes and class_names()[6] == "Shirt"
+
+
+def test_analyse_matches_a_plain_count_across_batches():
+    g = torch.Generator().manual_seed(0)
+    split = Split(torch.randint(0, 256, (53, 28, 28), dtype=torch.uint8, generator=g), torch.randint(0, 10, (53,), generator=g))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+    loader = DeviceLoader(split, batch_size=8)  # 7 batches, the last one partial
+    errors = analyse(model, loader, top=5)
+
+    with torch.no_grad():
+        logits = model(split.images.float().div(255).unsqueeze(1))
+    prob, pred = logits.softmax(1).max(1)
+    expected = torch.zeros(10, 10, dtype=torch.long)
+    for t, p in zip(split.labels.tolist(), pred.tolist()):
+        expected[t, p] += 1
+    assert torch.equal(errors.confusion, expected)
+    assert torch.equal(errors.counts, torch.bincount(split.labels, minlength=10))  # rows sum to the class counts
+    assert errors.accuracy == pytest.approx((pred == split.labels).float().mean().item())
+    wrong = (pred != split.labels).nonzero().squeeze(1)
+    top = wrong[prob[wrong].argsort(descending=True)[:5]]
+    assert errors.mistake_confidence == pytest.approx(prob[top].tolist(), abs=1e-6)
+    assert errors.mistake_true == split.labels[top].tolist() and errors.mistake_pred == pred[top].tolist()
+    assert torch.equal(errors.mistake_images, split.images[top])
+
+
+def test_a_training_run_writes_per_class_results(make_cfg, tiny_data, tmp_path):
+    summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}"), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    _, test = load(str(tiny_data))
+    evaluated = test.labels[:16]  # trainer=smoke: two test batches of 8
+    confusion = pd.read_csv(tmp_path / "confusion.csv", index_col=0)
+    assert list(confusion.columns) == class_names() and list(confusion.index) == class_names()
+    assert confusion.sum(axis=1).tolist() == torch.bincount(evaluated, minlength=10).tolist()
+    per_class = pd.read_csv(tmp_path / "per_class.csv")
+    assert per_class["count"].tolist() == confusion.sum(axis=1).tolist()
+    assert per_class["correct"].tolist() == [confusion.iloc[k, k] for k in range(10)]
+    # the final pass agrees with the last epoch's evaluation (same weights, same images)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    trace = sum(confusion.iloc[k, k] for k in range(10))
+    assert trace / 16 == pytest.approx(saved["final_test_acc"]) == pytest.approx(saved["eval_test_acc"])
+    assert saved["per_class_acc"] == pytest.approx(dict(zip(per_class["class"], per_class["accuracy"])))
+    assert saved["worst_class_acc"] == per_class["accuracy"].min()
+    assert saved["per_class_acc"][saved["worst_class"]] == saved["worst_class_acc"]
+    for png in ("confusion.png", "mistakes.png"):
+        assert (tmp_path / png).stat().st_size > 10_000, png
+
+
+def test_evaluate_a_checkpoint(make_cfg, tiny_data, tmp_path):
+    train = ["trainer=smoke", f"data.root={tiny_data}", "trainer.checkpoint=true", "trainer.save_best=true"]
+    assert run(make_cfg(*train), tmp_path / "run")["status"] == "completed"
+    # the model comes from the checkpoint: no model= override needed
+    summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}",
+                           "trainer.limit_test_batches=2", "data.batch_size=8"), tmp_path / "dir")
+    assert summary["status"] == "completed", summary.get("error")
+    assert summary["model"] == "bn_lenet" and summary["eval_images"] == 16 and summary["checkpoint"].endswith("last.pt")
+    trained = pd.read_csv(tmp_path / "run" / "confusion.csv", index_col=0)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "dir" / "confusion.csv", index_col=0), trained)
+    best = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run' / 'best.pt'}", f"data.root={tiny_data}"), tmp_path / "best")
+    assert best["status"] == "completed" and best["eval_images"] == 32  # the whole (tiny) test set
+    assert (tmp_path / "best" / "mistakes.png").is_file() and (tmp_path / "best" / "per_class.csv").is_file()
+    assert best["resolution"] == [28, 28]
+    larger = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}", "data.resize=36"),
+                 tmp_path / "36")
+    # BN-LeNet's dense head is sized by its input: another size is refused, with the reason
+    assert larger["bad_input"] and "was trained at 28x28 and its layers do not fit 36x36" in larger["error"]
+
+
+def test_evaluate_needs_a_checkpoint(make_cfg, tmp_path):
+    summary = run(make_cfg("task=evaluate"), tmp_path / "a")
+    assert summary["status"] == "failed" and summary["bad_input"] and "trainer.resume=RUN_DIR" in summary["error"]
+    summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path}"), tmp_path / "b")
+    assert summary["bad_input"] and "no checkpoint at" in summary["error"]
