@@ -104,9 +104,25 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """A table, atomically; whole numbers stay integers even in a column with gaps."""
     import pandas as pd
 
-    return atomic_write(path, lambda f: pd.DataFrame(rows).to_csv(f, index=False))
+    table = whole_numbers(pd.DataFrame(rows))
+    return atomic_write(path, lambda f: table.to_csv(f, index=False))
+
+
+def whole_numbers(table):
+    """Float columns that hold only whole numbers (and gaps, e.g. a failed job's) as integers,
+    so tables read 61706, not 61706.0."""
+    import pandas as pd
+
+    for column in table.columns:
+        values = table[column]
+        if pd.api.types.is_float_dtype(values) and values.notna().any():
+            present = values.dropna()
+            if (present == present.round()).all() and present.abs().max() < 2**53:
+                table[column] = values.astype("Int64")
+    return table
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -177,18 +193,24 @@ def plot_bench(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def collect_results(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job of a sweep, failed ones included: the job, its overrides as columns,
-    then the scalar fields of its summary.json (status, accuracies, params, FLOPs, ...)."""
+def collect_results(folder: Path, recursive: bool = False) -> list[dict[str, Any]]:
+    """One row per run, failed ones included: the job (its dir, relative to ``folder``), its
+    overrides as columns, then the scalar fields of its summary.json (status, accuracies,
+    params, FLOPs, ...). A sweep's jobs are ``folder``'s numbered subdirs, in job order;
+    ``recursive`` finds runs at any depth (``cnnbench-report outputs``)."""
+    def order(path: Path):
+        parts = path.parent.relative_to(folder).parts
+        return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
+
     rows = []
-    paths = sorted(sweep_dir.glob("*/summary.json"), key=lambda p: (not p.parent.name.isdigit(), int(p.parent.name) if p.parent.name.isdigit() else 0, p.parent.name))
-    for path in paths:
+    for path in sorted(folder.glob("**/summary.json" if recursive else "*/summary.json"), key=order):
+        job = path.parent.relative_to(folder).as_posix()
         try:
             summary = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as err:
-            rows.append({"job": path.parent.name, "status": "failed", "error": f"unreadable summary.json: {err}"})
+            rows.append({"job": job, "status": "failed", "error": f"unreadable summary.json: {err}"})
             continue
-        row: dict[str, Any] = {"job": path.parent.name}
+        row: dict[str, Any] = {"job": job}
         for override in summary.get("overrides", []):
             key, _, value = override.lstrip("+~").partition("=")
             row[key] = value

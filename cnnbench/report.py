@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import collect_results, pyplot, save_figure
+from .metrics import collect_results, pyplot, save_figure, whole_numbers
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
 TABLE = ["status", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
@@ -30,16 +30,17 @@ def swept_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:
 
 
 def load_runs(path: Path) -> tuple[pd.DataFrame, list[str]]:
-    """The jobs under ``path`` (a sweep dir, or a single run dir) and their override keys."""
+    """The runs under ``path`` (a run dir, a sweep dir, or any folder holding runs and sweeps at
+    any depth) and their override keys, in the order the jobs ran."""
     if (path / "summary.json").is_file():
         summary = json.loads((path / "summary.json").read_text())
         keys = [o.lstrip("+~").partition("=")[0] for o in summary.get("overrides", [])]
         row = {"job": path.name, **{k: v for k, v in summary.items() if not isinstance(v, (dict, list))}}
         row |= {o.lstrip("+~").partition("=")[0]: o.partition("=")[2] for o in summary.get("overrides", [])}
         return pd.DataFrame([row]), keys
-    rows = collect_results(path)
+    rows = collect_results(path, recursive=True)
     if not rows:
-        raise FileNotFoundError(f"{path} holds no run (no summary.json in it or in its subfolders)")
+        raise FileNotFoundError(f"{path} holds no run (no summary.json in it or below it)")
     keys: list[str] = []
     for row in rows:
         summary = path / str(row["job"]) / "summary.json"
@@ -56,6 +57,21 @@ def label(row: pd.Series, keys: list[str]) -> str:
     return ", ".join(f"{k}={row[k]}" for k in keys) or str(row["job"])
 
 
+def style(i: int) -> dict:
+    """A look of its own for the i-th line: ten colours, then each again with another dash
+    pattern and marker (so 16 or 40 jobs stay apart)."""
+    return {"color": f"C{i % 10}", "linestyle": ["-", "--", "-.", ":"][i // 10 % 4], "marker": "os^Dv<>p*h"[i // 10 % 10],
+            "markersize": 4}
+
+
+def title(path: Path, results: pd.DataFrame, keys: list[str], what: str) -> str:
+    """``what`` for the sweep: its models and what it sweeps, not the folder's time stamp."""
+    models = list(dict.fromkeys(str(m) for m in results.get("model", pd.Series(dtype=str)).dropna()))
+    shown = ", ".join(models[:4]) + (f" and {len(models) - 4} more" if len(models) > 4 else "")
+    swept = " x ".join(keys) or "one run"
+    return f"{what}: {shown or path.name}, {len(results)} run{'s' if len(results) != 1 else ''} ({swept})"
+
+
 def job_tables(path: Path, results: pd.DataFrame, name: str) -> list[tuple[pd.Series, pd.DataFrame]]:
     """(job row, its ``name`` table) for every job that wrote one."""
     files = [(row, job_dir(path, row["job"]) / name) for _, row in results.iterrows()]
@@ -66,41 +82,56 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -
     runs = job_tables(path, results, "metrics.csv")
     if not runs:
         return None
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for row, m in runs:
-        line, = ax_loss.plot(m["epoch"], m["train_loss"], marker=".", label=label(row, keys))
-        ax_acc.plot(m["epoch"], m["test_acc"], marker=".", color=line.get_color(), label=label(row, keys))
-        ax_acc.plot(m["epoch"], m["train_acc"], linestyle="--", alpha=0.5, color=line.get_color())
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    for i, (row, m) in enumerate(runs):
+        look = style(i)
+        ax_loss.plot(m["epoch"], m["train_loss"], label=label(row, keys), **look)
+        ax_acc.plot(m["epoch"], m["test_acc"], **look)
+        ax_acc.plot(m["epoch"], m["train_acc"], color=look["color"], linestyle=look["linestyle"], linewidth=0.8, alpha=0.35)
     ax_loss.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (fraction correct)",
-               title="test accuracy (solid) and training accuracy (dashed)")
+               title="test accuracy (bold), training accuracy (faint)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
-    ax_acc.legend(fontsize="small", loc="best")
-    fig.suptitle(f"learning curves: {path.name}")
+    fig.legend(loc="outside right upper", fontsize="small", title=" x ".join(keys) or None)
+    fig.suptitle(title(path, results, keys, "learning curves"))
     return save_figure(fig, path / "report_curves.png")
 
 
 def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str, plt) -> Path:
-    """``metric`` against ``key``, one line per setting of the ``others``."""
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    """``metric`` against ``key``, one series per setting of the ``others``. A numeric key is a
+    line (on a log axis when its values span a decade or more); a categorical one (norm_at,
+    model, block) is points in the order the sweep ran them, not sorted by name."""
+    fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
     x_num = pd.to_numeric(results[key], errors="coerce")
-    numeric = x_num.notna().all()
-    groups = results.groupby(others, dropna=False) if others else [((), results)]
-    for values, group in groups:
+    numeric = bool(x_num.notna().all())
+    categories = list(dict.fromkeys(results[key].astype(str)))  # first appearance: the sweep's order
+    groups = list(results.groupby(others, dropna=False, sort=False)) if others else [((), results)]
+    width = 0.6 / max(len(groups), 1)
+    for i, (values, group) in enumerate(groups):
         values = values if isinstance(values, tuple) else (values,)
-        group = group.assign(_x=x_num[group.index] if numeric else group[key].astype(str)).sort_values("_x")
-        name = ", ".join(f"{k}={v}" for k, v in zip(others, values)) or metric
-        ax.plot(group["_x"], pd.to_numeric(group[metric], errors="coerce"), marker="o", label=name)
+        name = ", ".join(f"{k}={v}" for k, v in zip(others, values)) or metric.replace("_", " ")
+        y = pd.to_numeric(group[metric], errors="coerce")
+        look = style(i)
+        if numeric:
+            order = x_num[group.index].argsort()
+            ax.plot(x_num[group.index].iloc[order], y.iloc[order], label=name, **look)
+        else:
+            x = [categories.index(v) + (i - (len(groups) - 1) / 2) * width for v in group[key].astype(str)]
+            ax.plot(x, y, label=name, **(look | {"linestyle": "none", "markersize": 8}))
     if numeric and x_num.min() > 0 and x_num.max() / x_num.min() >= 10:
         ax.set_xscale("log")
         ticks = sorted(x_num.unique())
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
+    if not numeric:
+        ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
+        ax.set_xlim(-0.6, len(categories) - 0.4)
     ax.set(xlabel=key, ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} against {key}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    fig.legend(loc="outside right upper", fontsize="small", title=" x ".join(others) or None)
+    fig.suptitle(title(path, results, [key, *others], "sweep"))
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 
 
@@ -139,8 +170,9 @@ def report(path: str | Path, html: bool = False) -> tuple[pd.DataFrame, list[Pat
     results, keys = load_runs(path)
     swept = swept_keys(results, keys)
     columns = ["job", *swept, *[c for c in TABLE if c in results and results[c].notna().any()]]
+    table = whole_numbers(results[columns].copy())
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
-        print(results[columns].to_string(index=False))
+        print(table.to_string(index=False))  # whole numbers as integers, even beside a failed job's gap
     written = [plot_sweep_curves(path, results, swept, plt), plot_sweep_bench(path, results, swept, plt)]
     metric = next((m for m in ("final_test_acc", "best_train_images_per_s", "params") if m in results and results[m].notna().any()), None)
     if metric and len(results) > 1:
@@ -158,7 +190,7 @@ def report(path: str | Path, html: bool = False) -> tuple[pd.DataFrame, list[Pat
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cnnbench-report", description=__doc__.split("\n")[0])
-    parser.add_argument("path", type=Path, help="a run dir (with summary.json) or a sweep dir (with numbered job dirs)")
+    parser.add_argument("path", type=Path, help="a run dir, a sweep dir, or any folder holding runs and sweeps (e.g. outputs)")
     parser.add_argument("--html", action="store_true", help="also write report.html: table, plots, every job's curves and "
                         "confusion matrix in one self-contained page")
     args = parser.parse_args(argv)

@@ -1,0 +1,79 @@
+"""Reports a person can read: distinct lines, legends outside, sweep titles, categorical keys in
+the sweep's order, every run at any depth, integers as integers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cnnbench import report
+from cnnbench.metrics import write_results
+
+
+def fake_run(folder: Path, overrides: list[str], status="completed", acc=0.5, params=61706, epochs=2) -> None:
+    folder.mkdir(parents=True)
+    summary = {"task": "train", "model": "lenet", "status": status, "overrides": overrides, "final_test_acc": acc}
+    if status == "completed":
+        summary["params"] = params
+        rows = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": acc * e / epochs, "test_loss": 2.1 / e,
+                 "test_acc": acc * e / epochs} for e in range(1, epochs + 1)]
+        pd.DataFrame(rows).to_csv(folder / "metrics.csv", index=False)
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the report draws, kept open to inspect (and still saved)."""
+    kept = {}
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: kept.__setitem__(path.name, fig) or path)
+    return kept
+
+
+def test_sixteen_jobs_get_sixteen_looks_and_the_legend_sits_outside(tmp_path, figures):
+    places = ["none", "conv", "dense", "all"]
+    for i in range(16):
+        fake_run(tmp_path / str(i), [f"model.norm_at={places[i // 4]}", f"optimizer.lr={[0.01, 0.03, 0.1, 0.3][i % 4]}"], acc=i / 20)
+    report.report(tmp_path)
+    fig = figures["report_curves.png"]
+    lines = [line for line in fig.axes[0].get_lines()]
+    looks = {(line.get_color(), line.get_linestyle(), line.get_marker()) for line in lines}
+    assert len(lines) == 16 and len(looks) == 16
+    legend = fig.legends[0]
+    assert len(legend.get_texts()) == 16 and legend.get_title().get_text() == "model.norm_at x optimizer.lr"
+    assert fig._suptitle.get_text() == "learning curves: lenet, 16 runs (model.norm_at x optimizer.lr)"
+    assert len({(s["color"], s["linestyle"], s["marker"]) for s in map(report.style, range(40))}) == 40
+
+
+def test_a_categorical_key_keeps_the_sweeps_order_and_a_numeric_one_gets_a_log_axis(tmp_path, figures):
+    places = ["none", "conv", "dense", "all"]  # the recipe's order, not the alphabet's
+    for i, place in enumerate(places * 2):
+        fake_run(tmp_path / str(i), [f"model.norm_at={place}", f"optimizer.lr={0.01 if i < 4 else 1.0}"], acc=0.1 * i)
+    report.report(tmp_path)
+    by_place = figures["report_vs_model.norm_at.png"].axes[0]
+    assert [t.get_text() for t in by_place.get_xticklabels()] == places
+    assert all(line.get_linestyle() == "None" for line in by_place.get_lines())  # points, not a line across categories
+    by_lr = figures["report_vs_optimizer.lr.png"].axes[0]
+    assert by_lr.get_xscale() == "log"
+    assert sorted(t.get_text() for t in figures["report_vs_optimizer.lr.png"].legends[0].get_texts()) == \
+        sorted(f"model.norm_at={p}" for p in places)
+
+
+def test_the_report_finds_runs_and_sweeps_at_any_depth(tmp_path, figures):
+    fake_run(tmp_path / "runs" / "2026-11-23" / "10-00-00_lenet", ["model=lenet"])
+    for i in range(3):
+        fake_run(tmp_path / "sweeps" / "2026-11-23" / "11-00-00" / str(i), [f"optimizer.lr={i}"])
+    results, _ = report.report(tmp_path)
+    assert sorted(results["job"]) == ["runs/2026-11-23/10-00-00_lenet", "sweeps/2026-11-23/11-00-00/0",
+                                      "sweeps/2026-11-23/11-00-00/1", "sweeps/2026-11-23/11-00-00/2"]
+
+
+def test_tables_show_integers_as_integers(tmp_path, capsys, figures):
+    fake_run(tmp_path / "0", ["optimizer.lr=0.1"], params=61706)
+    fake_run(tmp_path / "1", ["optimizer.lr=1e9"], status="failed")  # no params: a gap in the column
+    report.report(tmp_path)
+    printed = capsys.readouterr().out
+    assert "61706" in printed and "61706.0" not in printed
+    write_results(tmp_path)
+    assert "61706.0" not in (tmp_path / "results.csv").read_text() and "61706" in (tmp_path / "results.csv").read_text()
