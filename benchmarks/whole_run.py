@@ -24,8 +24,8 @@ from pathlib import Path
 BATCH, LR = 128, 0.1
 
 
-def book_run() -> None:
-    """d2l's pipeline and loop, one epoch, then the test accuracy."""
+def book_run(limit: int | None = None) -> None:
+    """d2l's pipeline and loop, one epoch (``limit`` steps of it), then the test accuracy."""
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
@@ -42,7 +42,9 @@ def book_run() -> None:
     model = create_model("bn_lenet")
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
     model.train()
-    for x, y in train:
+    for step, (x, y) in enumerate(train):
+        if step == limit:
+            break
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -64,9 +66,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--book", action="store_true", help="run the book-style script (what the comparison times)")
+    parser.add_argument("--limit", type=int, default=None, help="with --book: training steps (a quick check)")
     args = parser.parse_args()
     if args.book:
-        return book_run()
+        return book_run(args.limit)
     times: dict[str, list[float]] = {"book": [], "cnnbench": []}
     with tempfile.TemporaryDirectory() as out:
         for repeat in range(args.repeats):
