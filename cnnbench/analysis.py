@@ -24,6 +24,7 @@ from .data import DeviceLoader, Split, load
 from .engine import Trainer, build_trainer, peak_memory_mb, resolve_device, synchronize
 from .metrics import environment, plot_bench
 from .models import create_model, min_input_size
+from .models.design_space import summary_fields as drawn_fields
 from .models.layers import ScratchBatchNorm
 from .models.registry import accepts_input
 
@@ -64,6 +65,7 @@ def describe(cfg: DictConfig, summary: dict[str, Any]) -> tuple[torch.device, tu
         "resolution": list(size),
         "params": count_params(meta_model(cfg.model.name, size, **knobs)),
         "flops": count_flops(cfg.model.name, size, **knobs),
+        **drawn_fields(cfg.model.name, size, **knobs),  # anynet_sample: the drawn architecture, ds_* columns
         **environment(device),
     }
     return device, size, knobs
