@@ -45,7 +45,7 @@ def check_constraints(name: str, table: list[list]) -> None:
     assert ("depths_grow" not in rules) or list(depths) == sorted(depths)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(name=st.sampled_from(space.SPACES), seed=st.integers(0, 10**9))
 def test_every_proposal_keeps_its_spaces_constraints(name, seed):
     rng = random.Random(seed)
@@ -206,7 +206,7 @@ def test_a_tiny_study_runs_end_to_end(tiny_data, tmp_path):
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = pd.read_csv(tmp_path / "results.csv")
-    assert results["model.space"].tolist() == ["anynetx_a"] * 2 + ["regnetx"] * 2
+    assert results["model.space"].tolist() == ["anynetx_a", "regnetx"] * 2  # index by index through the spaces
     assert (results["status"] == "completed").all()
     assert results[["ds_depth", "ds_max_width", "ds_group_width", "ds_bottleneck_ratio"]].notna().all().all()
     assert results["flops"].between(2e6, 6e6).all()
