@@ -147,6 +147,7 @@ def plot_scatter(done: pd.DataFrame, path: Path, plt) -> Path | None:
                 ax.plot(10**grid if q in LOG_SCALE else grid, slope * grid + intercept, color=color, linewidth=1.5)
         if q in LOG_SCALE:
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())  # labels on the decades only: no overlap
         ax.set(xlabel=QUANTITIES[q], ylabel="final test error (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(quantities):]:
@@ -175,7 +176,7 @@ def study_report(path: str | Path, results: pd.DataFrame | None = None, plt=None
         frame.to_csv(tmp, index=False)
         tmp.replace(path / name)
         written.append(path / name)
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 3):
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         print("design study: final test error (%) per space, area between EDFs (percentage points)")
         print(table.to_string(index=False))
         if not region.empty:
