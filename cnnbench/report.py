@@ -178,6 +178,9 @@ def report(path: str | Path, html: bool = False) -> tuple[pd.DataFrame, list[Pat
     if metric and len(results) > 1:
         for key in swept:
             written.append(plot_against(path, results, key, [k for k in swept if k != key], metric, plt))
+    if "model.space" in results:  # a design-space study (experiment=ds_anynet): EDFs, trends, good regions
+        from .design_study import study_report
+        written += study_report(path, results, plt)
     written = [w for w in written if w]
     if html:
         from .html_report import write_html

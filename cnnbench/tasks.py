@@ -49,6 +49,7 @@ from .metrics import (
     write_csv,
     write_json,
 )
+from .models.design_space import summary_fields as drawn_fields
 
 log = logging.getLogger("cnnbench")
 
@@ -62,6 +63,7 @@ def describe(cfg: DictConfig, summary: dict[str, Any]) -> tuple[torch.device, tu
         "resolution": list(size),
         "params": count_params(meta_model(cfg.model.name, size, **knobs)),
         "flops": count_flops(cfg.model.name, size, **knobs),
+        **drawn_fields(cfg.model.name, size, **knobs),  # anynet_sample: the drawn architecture, ds_* columns
         **environment(device),
     }
     return device, size, knobs

@@ -1,5 +1,15 @@
 """The model zoo. Importing this package registers every model family."""
-from . import alexnet, densenet, googlenet, lenet, nin, regnet, resnet, vgg  # noqa: F401  (registration)
+from . import (  # noqa: F401  (registration)
+    alexnet,
+    densenet,
+    design_space,
+    googlenet,
+    lenet,
+    nin,
+    regnet,
+    resnet,
+    vgg,
+)
 from .registry import (
     ModelError,
     ModelSpec,

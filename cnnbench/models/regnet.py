@@ -32,6 +32,8 @@ def anynet(
     stages: list = REGNETX32,
     block: Literal["resnext", "resnet"] = "resnext",
     init: Init = "default",
+    stem_stride: int = 2,  # 1: a stem that keeps the resolution (pycls's CIFAR stem), for 28 px inputs
+    bias: bool = True,  # the book's convolutions keep their bias; torchvision's and pycls's RegNets have none
 ):
     """AnyNet: every stage starts with a block that halves the resolution. ``block=resnext``
     is the book's ResNeXt block (1x1 -> grouped 3x3 -> 1x1, ``width * bottleneck_ratio`` inner
@@ -40,7 +42,7 @@ def anynet(
     group_width and bottleneck_ratio then go unused. ``init=default``: the book's runs never
     apply Xavier init to these networks."""
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, stem_channels, kernel_size=3, stride=2, padding=1),
+        nn.Conv2d(in_channels, stem_channels, kernel_size=3, stride=stem_stride, padding=1, bias=bias),
         nn.BatchNorm2d(stem_channels), nn.ReLU(),
     ]
     channels = stem_channels
@@ -56,6 +58,7 @@ def anynet(
             kw = dict(kind="bottleneck", groups=mid // group_width, bottleneck_ratio=ratio, shortcut_norm=True)
         else:
             kw = dict(kind="basic")
+        kw["bias"] = bias
         layers.append(nn.Sequential(*(
             ResidualBlock(channels if j == 0 else width, width, stride=2 if j == 0 else 1, **kw) for j in range(depth)
         )))
