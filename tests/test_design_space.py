@@ -93,7 +93,7 @@ def test_the_model_counts_its_flops_like_the_project_and_records_the_draw():
     assert fields["ds_depth"] == sum(fields["drawn"]["depths"]) and fields["ds_max_width"] == max(fields["drawn"]["widths"])
     assert all(not isinstance(v, (dict, list)) for k, v in fields.items() if k != "drawn")  # they reach results.csv
     # the summary rebuilds the run: the chapter's AnyNet with the drawn stage table
-    rebuilt = create_model("regnetx32", stages=fields["drawn"]["stages"], stem_channels=16, stem_stride=1)
+    rebuilt = create_model("regnetx32", arch=fields["drawn"]["stages"], stem_channels=16, stem_stride=1)
     assert n_params(rebuilt) == n_params(model)
     assert space.summary_fields("regnetx32", (96, 96)) == {}
     assert space.draw("anynetx_e", 4, (28, 28), 1, 10, 2.0, 6.0).stages != space.draw("anynetx_e", 3, (28, 28), 1, 10, 2.0, 6.0).stages

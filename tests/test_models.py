@@ -17,11 +17,15 @@ from cnnbench.models import (
     list_models,
     min_input_size,
 )
-from cnnbench.models.googlenet import Inception
-from cnnbench.models.layers import ScratchBatchNorm, norm_layer, output_shape
+from cnnbench.models.googlenet import InceptionBlock
+from cnnbench.models.layers import (
+    ResidualBlock,
+    ScratchBatchNorm,
+    norm_layer,
+    output_shape,
+)
 from cnnbench.models.registry import accepts_input
 from cnnbench.models.regnet import REGNETX32, REGNETX_200MF
-from cnnbench.models.resnet import ResidualBlock
 
 
 def conv(cin, cout, k, bias=True, groups=1):
@@ -210,7 +214,7 @@ def test_init_schemes():
     torch.manual_seed(0)
     xavier = create_model("alexnet", init="xavier").head[0].weight
     torch.manual_seed(0)
-    default = create_model("alexnet", init="default").head[0].weight
+    default = create_model("alexnet", init="pytorch").head[0].weight
     fan_in, fan_out = xavier.shape[1], xavier.shape[0]
     bound = (6 / (fan_in + fan_out)) ** 0.5
     assert xavier.abs().max() <= bound and xavier.abs().max() > 0.99 * bound
@@ -386,18 +390,18 @@ def test_googlenet_block_versions():
     """Per Inception block, v1 has a 3x3 on path 2 and a 5x5 on path 3; v2 turns the 5x5 into two
     3x3; v3 splits every 3x3 of the blocks into a 1x3 and a 3x1. Nine blocks; the stem keeps one 3x3."""
     def count(block):
-        kinds = [c.kernel_size for c in layers_of(create_model("googlenet", block=block), nn.Conv2d)]
+        kinds = [c.kernel_size for c in layers_of(create_model("googlenet", inception=block), nn.Conv2d)]
         return {k: kinds.count(k) for k in [(5, 5), (3, 3), (1, 3), (3, 1)]}
 
     assert count("v1") == {(5, 5): 9, (3, 3): 1 + 9, (1, 3): 0, (3, 1): 0}
     assert count("v2") == {(5, 5): 0, (3, 3): 1 + 9 * 3, (1, 3): 0, (3, 1): 0}
     assert count("v3") == {(5, 5): 0, (3, 3): 1, (1, 3): 9 * 3, (3, 1): 9 * 3}
-    with pytest.raises(ModelError, match="model.kernel5=3 applies to block=v1 only"):
-        create_model("googlenet", block="v2", kernel5=3)
+    with pytest.raises(ModelError, match="model.kernel5=3 applies to inception=v1 only"):
+        create_model("googlenet", inception="v2", kernel5=3)
 
 
 def test_residual_inception_adds_its_input():
-    block = Inception(64, 16, [16, 16], [8, 16], 16, residual=True)  # 64 channels in, 64 out: identity shortcut
+    block = InceptionBlock(64, 16, [16, 16], [8, 16], 16, residual=True)  # 64 channels in, 64 out: identity shortcut
     assert block.shortcut is None
     with torch.no_grad():
         block.mix[0].weight.zero_(), block.mix[0].bias.zero_()
@@ -440,15 +444,15 @@ def test_densenet_transition_pool_and_compression():
 
 
 def test_anynet_block_switch_and_stage_errors():
-    resnet_blocks = layers_of(create_model("regnetx32", block="resnet"), ResidualBlock)
+    resnet_blocks = layers_of(create_model("regnetx32", block="basic"), ResidualBlock)
     assert all(len(layers_of(b.branch, nn.Conv2d)) == 2 and all(c.groups == 1 for c in layers_of(b, nn.Conv2d))
                for b in resnet_blocks)
     resnext_blocks = layers_of(create_model("regnetx32"), ResidualBlock)
     assert all(len(layers_of(b.branch, nn.Conv2d)) == 3 for b in resnext_blocks)
-    with pytest.raises(ModelError, match=r"model.stages\[1\]: group_width 16 does not divide the inner width 40"):
-        create_model("regnetx32", stages=[[1, 32, 16, 1.0], [1, 80, 16, 0.5]])
-    with pytest.raises(ModelError, match=r"model.stages\[0\]=\[1, 32\]: give \[depth, width, group_width"):
-        create_model("regnetx32", stages=[[1, 32]])
+    with pytest.raises(ModelError, match=r"model.arch\[1\]: group_width 16 does not divide the inner width 40"):
+        create_model("regnetx32", arch=[[1, 32, 16, 1.0], [1, 80, 16, 0.5]])
+    with pytest.raises(ModelError, match=r"model.arch\[0\]=\[1, 32\]: give \[depth, width, group_width"):
+        create_model("regnetx32", arch=[[1, 32]])
 
 
 def test_vionets_each_break_one_regnet_rule():
@@ -457,10 +461,10 @@ def test_vionets_each_break_one_regnet_rule():
         return {"width": list(width) == sorted(width), "depth": list(depth) == sorted(depth),
                 "ratio": len(set(ratio)) == 1, "groups": len(set(group)) == 1}
 
-    assert all(rules(get_spec("regnetx32").defaults.get("stages", REGNETX32)).values())
+    assert all(rules(get_spec("regnetx32").defaults.get("arch", REGNETX32)).values())
     assert all(rules(REGNETX_200MF).values())
     for rule in ("width", "depth", "ratio", "groups"):
-        broken = rules(get_spec(f"vionet_{rule}").defaults["stages"])
+        broken = rules(get_spec(f"vionet_{rule}").defaults["arch"])
         assert [k for k, ok in broken.items() if not ok] == [rule]
 
 

@@ -8,14 +8,24 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .layers import Channels, Classifier, Fraction, Init, init_weights
+from .layers import (
+    Channels,
+    Classifier,
+    Fraction,
+    Init,
+    Norm,
+    init_weights,
+    norm_layer,
+    pooled_head,
+    resnet_stem,
+)
 from .registry import ModelError, add_model
-from .resnet import pooled_head, resnet_stem
 
 
-def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True) -> list[nn.Module]:
-    """BN-ReLU-conv (the pre-activation order)."""
-    return [nn.BatchNorm2d(in_channels), nn.ReLU(),
+def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, bias: bool = True,
+               norm: Norm = "batch") -> list[nn.Module]:
+    """norm-ReLU-conv (the pre-activation order)."""
+    return [*norm_layer(norm, in_channels, 4), nn.ReLU(),
             nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)]
 
 
@@ -24,14 +34,14 @@ class DenseBlock(nn.Module):
     or with ``bottleneck`` BN-ReLU-conv1x1 to ``bn_size * growth_rate`` channels first (DenseNet-B)."""
 
     def __init__(self, num_convs: int, in_channels: int, growth_rate: int, bottleneck: bool = False,
-                 bn_size: int = 4, bias: bool = True):
+                 bn_size: int = 4, bias: bool = True, norm: Norm = "batch"):
         super().__init__()
 
         def layer(cin):
             if not bottleneck:
-                return nn.Sequential(*conv_block(cin, growth_rate, 3, bias))
-            return nn.Sequential(*conv_block(cin, bn_size * growth_rate, 1, bias),
-                                 *conv_block(bn_size * growth_rate, growth_rate, 3, bias))
+                return nn.Sequential(*conv_block(cin, growth_rate, 3, bias, norm))
+            return nn.Sequential(*conv_block(cin, bn_size * growth_rate, 1, bias, norm),
+                                 *conv_block(bn_size * growth_rate, growth_rate, 3, bias, norm))
 
         self.net = nn.ModuleList(layer(in_channels + i * growth_rate) for i in range(num_convs))
         self.out_channels = in_channels + num_convs * growth_rate
@@ -54,7 +64,7 @@ DENSENET = {
 def densenet(
     num_classes=10,
     in_channels=1,
-    num_channels: Channels = 64,
+    stem_channels: Channels = 64,
     growth_rate: Channels = 32,
     arch: list = [4, 4, 4, 4],
     bottleneck: bool = False,
@@ -62,24 +72,26 @@ def densenet(
     compression: Fraction = 0.5,
     transition_pool: Literal["avg", "max"] = "avg",
     bias: bool = True,
-    init: Init = "default",
+    norm: Norm = "batch",
+    init: Init = "pytorch",
 ):
     """Stem, dense blocks of ``arch`` layers; between blocks a transition (BN-ReLU-conv1x1 to
     ``compression`` of the channels, then a 2x2/2 ``transition_pool``); BN-ReLU, GAP, dense.
     The book's convolutions keep their bias; the paper's (torchvision's) have none: ``bias=False``.
-    ``init=default``: the book's run never applies its Xavier init to DenseNet."""
+    ``norm`` is every layer's norm (batch norm by default). ``init=pytorch``: the book's run never
+    applies its Xavier init to DenseNet."""
     if not 0 < compression <= 1:
         raise ModelError(f"model.compression={compression} is not allowed; it must be in (0, 1]")
-    layers, channels = resnet_stem(in_channels, num_channels, bias), num_channels
+    layers, channels = resnet_stem(in_channels, stem_channels, bias, norm), stem_channels
     pool = nn.AvgPool2d if transition_pool == "avg" else nn.MaxPool2d
     for i, num_convs in enumerate(arch):
-        layers.append(DenseBlock(num_convs, channels, growth_rate, bottleneck, bn_size, bias))
+        layers.append(DenseBlock(num_convs, channels, growth_rate, bottleneck, bn_size, bias, norm))
         channels = layers[-1].out_channels
         if i != len(arch) - 1:
             out = int(channels * compression)
-            layers.append(nn.Sequential(*conv_block(channels, out, 1, bias), pool(2, stride=2)))
+            layers.append(nn.Sequential(*conv_block(channels, out, 1, bias, norm), pool(2, stride=2)))
             channels = out
-    layers += [nn.BatchNorm2d(channels), nn.ReLU()]
+    layers += [*norm_layer(norm, channels, 4), nn.ReLU()]
     return init_weights(Classifier(nn.Sequential(*layers), pooled_head(channels, num_classes)), init)
 
 

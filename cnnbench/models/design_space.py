@@ -21,7 +21,7 @@ says why); the compute band (``min_mflops`` to ``max_mflops`` forward MFLOPs per
 run's resolution, counted on the meta device) redraws networks outside it, so the spaces are
 compared at equal cost, as the paper compares them at 360-400 MF.
 
-Bottleneck ratios are written as this project writes them (``anynet``'s ``stages`` table and
+Bottleneck ratios are written as this project writes them (``anynet``'s ``arch`` table and
 d2l's ``bot_mul``): inner width / width, so the paper's b in {1, 2, 4} is a ratio in
 {1, 0.5, 0.25}.
 """
@@ -113,8 +113,8 @@ def regnet_stages(depth: int, w0: float, wa: float, wm: float, group_width: int,
 def build_anynet(stages: list[list], num_classes: int, in_channels: int, stem_channels: int, stem_stride: int,
                  bias: bool):
     """The one call into ``regnet.anynet`` (its keyword names live here only)."""
-    return anynet(num_classes=num_classes, in_channels=in_channels, stem_channels=stem_channels, stages=stages,
-                  block="resnext", init="default", stem_stride=stem_stride, bias=bias)
+    return anynet(num_classes=num_classes, in_channels=in_channels, stem_channels=stem_channels, arch=stages,
+                  block="bottleneck", init="pytorch", stem_stride=stem_stride, bias=bias)
 
 
 @dataclass(frozen=True)

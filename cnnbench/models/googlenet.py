@@ -12,7 +12,7 @@ from torch import nn
 from .layers import Classifier, Init, Kernel, Norm, init_weights, norm_layer
 from .registry import ModelError, add_model
 
-Block = Literal["v1", "v2", "v3"]
+Inception = Literal["v1", "v2", "v3"]
 
 
 def conv(cin: int, cout: int, kernel: int | tuple[int, int], norm: Norm, bias: bool, act: bool = True) -> list[nn.Module]:
@@ -22,11 +22,11 @@ def conv(cin: int, cout: int, kernel: int | tuple[int, int], norm: Norm, bias: b
             *norm_layer(norm, cout, 4), *([nn.ReLU()] if act else [])]
 
 
-class Inception(nn.Module):
+class InceptionBlock(nn.Module):
     """Four parallel paths concatenated on channels: 1x1; 1x1 -> 3x3; 1x1 -> 5x5; 3x3 max-pool
     -> 1x1. ``c2`` and ``c3`` are (reduction, output) channel pairs.
 
-    ``block``: v1 is the book's; v2 replaces the 5x5 by two 3x3 (Szegedy et al. 2016, fig. 5);
+    ``version``: v1 is the book's; v2 replaces the 5x5 by two 3x3 (Szegedy et al. 2016, fig. 5);
     v3 also splits every 3x3 into a 1x3 and a 3x1 (fig. 6 with n=3). ``kernel5`` is v1's third
     path kernel (torchvision's googlenet uses 3 there, a bug it keeps for its weights).
     ``residual``: the concatenation goes through a linear 1x1 convolution and is added to the
@@ -34,18 +34,18 @@ class Inception(nn.Module):
     """
 
     def __init__(self, in_channels: int, c1: int, c2: list[int], c3: list[int], c4: int,
-                 block: Block = "v1", norm: Norm = "none", bias: bool = True, kernel5: int = 5,
+                 version: Inception = "v1", norm: Norm = "none", bias: bool = True, kernel5: int = 5,
                  residual: bool = False):
         super().__init__()
 
         def k3(cin, cout):  # a 3x3 convolution, or its v3 factorisation
-            if block == "v3":
+            if version == "v3":
                 return conv(cin, cout, (1, 3), norm, bias) + conv(cout, cout, (3, 1), norm, bias)
             return conv(cin, cout, 3, norm, bias)
 
         self.b1 = nn.Sequential(*conv(in_channels, c1, 1, norm, bias))
         self.b2 = nn.Sequential(*conv(in_channels, c2[0], 1, norm, bias), *k3(c2[0], c2[1]))
-        wide = conv(c3[0], c3[1], kernel5, norm, bias) if block == "v1" else k3(c3[0], c3[1]) + k3(c3[1], c3[1])
+        wide = conv(c3[0], c3[1], kernel5, norm, bias) if version == "v1" else k3(c3[0], c3[1]) + k3(c3[1], c3[1])
         self.b3 = nn.Sequential(*conv(in_channels, c3[0], 1, norm, bias), *wide)
         self.b4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1), *conv(in_channels, c4, 1, norm, bias))
         self.out_channels = c1 + c2[1] + c3[1] + c4
@@ -91,8 +91,8 @@ def googlenet(
     num_classes=10,
     in_channels=1,
     stem: Literal["imagenet", "small"] = "imagenet",
-    stages: list = GOOGLENET,
-    block: Block = "v1",
+    arch: list = GOOGLENET,
+    inception: Inception = "v1",
     residual: bool = False,
     norm: Norm = "none",
     bias: bool = True,
@@ -102,14 +102,14 @@ def googlenet(
     """GoogLeNet: ``stem``, Inception stages with a 3x3/2 max-pool between them, GAP, a dense
     layer. ``norm=batch`` adds batch norm after every convolution (``bias=False`` then drops
     the conv biases, as torchvision does)."""
-    if block != "v1" and kernel5 != 5:
-        raise ModelError(f"model.kernel5={kernel5} applies to block=v1 only (block={block} factorises the 5x5)")
+    if inception != "v1" and kernel5 != 5:
+        raise ModelError(f"model.kernel5={kernel5} applies to inception=v1 only (inception={inception} factorises the 5x5)")
     layers, channels = stem_layers(stem, in_channels, norm, bias), 192
-    for i, stage in enumerate(stages):
+    for i, stage in enumerate(arch):
         for c1, c2, c3, c4 in stage:
-            layers.append(Inception(channels, c1, c2, c3, c4, block, norm, bias, kernel5, residual))
+            layers.append(InceptionBlock(channels, c1, c2, c3, c4, inception, norm, bias, kernel5, residual))
             channels = layers[-1].out_channels
-        if i < len(stages) - 1:
+        if i < len(arch) - 1:
             layers.append(nn.MaxPool2d(kernel_size=3, stride=2, padding=1))
     head = nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(channels, num_classes))
     return init_weights(Classifier(nn.Sequential(*layers), head), init)

@@ -6,11 +6,12 @@ from itertools import chain
 from typing import Annotated, Callable, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from .registry import Range
+from .registry import ModelError, Range
 
-Init = Literal["xavier", "default"]
+Init = Literal["xavier", "pytorch"]
 # Knob types with their ranges (checked before a model is built; see registry.Range).
 Dropout = Annotated[float, Range(0, 1, open_hi=True)]  # a probability of dropping a unit
 Fraction = Annotated[float, Range(0, 1, open_lo=True)]  # a share of channels kept
@@ -23,7 +24,7 @@ def init_weights(model: nn.Module, scheme: Init) -> nn.Module:
     """Apply the chapter's weight initialisation.
 
     ``xavier`` is the book's ``init_cnn``: Xavier-uniform weights for every Conv2d and
-    Linear, biases left at PyTorch's default. ``default`` keeps PyTorch's own
+    Linear, biases left at PyTorch's default. ``pytorch`` keeps PyTorch's own
     initialisation; the book's DenseNet and RegNet runs end up with it, because they call
     ``init_cnn`` before their lazy layers exist, so it touches nothing.
     """
@@ -31,8 +32,8 @@ def init_weights(model: nn.Module, scheme: Init) -> nn.Module:
         for m in model.modules():
             if type(m) in (nn.Conv2d, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
-    elif scheme != "default":
-        raise ValueError(f"init={scheme!r}: choose xavier or default")
+    elif scheme != "pytorch":
+        raise ValueError(f"init={scheme!r}: choose xavier or pytorch")
     return model
 
 
@@ -177,3 +178,85 @@ class Classifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+# --- residual blocks, shared by ResNet/ResNeXt and AnyNet/RegNet; stems and heads --------
+
+BlockKind = Literal["basic", "bottleneck"]
+
+
+class ResidualBlock(nn.Module):
+    """A residual block: a branch of convolutions plus the input.
+
+    ``basic`` (the book's ``Residual``): 3x3 -> 3x3. ``bottleneck`` (the book's
+    ``ResNeXtBlock``): 1x1 -> 3x3 -> 1x1. The inner width is ``round(out * bottleneck_ratio)``,
+    the 3x3 convolutions have ``groups`` groups, and the first 3x3 carries the stride. The input
+    goes through a 1x1 projection (with a norm when ``shortcut_norm``) when the shape changes.
+    ``norm`` is the norm layer after (or, pre-activation, before) each convolution: batch norm,
+    or any kind ``norm_layer`` builds.
+
+    Post-activation (``preact=False``, the original): conv-BN-ReLU per layer, the last ReLU
+    after the sum. Pre-activation: BN-ReLU-conv per layer, nothing after the sum, and the
+    projection sees the pre-activated input.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kind: BlockKind = "basic", stride: int = 1,
+                 groups: int = 1, bottleneck_ratio: float = 1.0, preact: bool = False, bias: bool = True,
+                 shortcut_norm: bool = False, norm: Norm = "batch"):
+        super().__init__()
+        mid = int(round(out_channels * bottleneck_ratio))
+        if mid < 1 or mid % groups:
+            raise ModelError(f"model.groups={groups}: the block's inner width {mid} "
+                             f"(= {out_channels} x bottleneck_ratio {bottleneck_ratio}) must be a positive multiple of it")
+        # (kernel, out channels, stride, groups) per convolution
+        convs = [(3, mid, stride, groups), (3, out_channels, 1, groups)] if kind == "basic" else \
+            [(1, mid, 1, 1), (3, mid, stride, groups), (1, out_channels, 1, 1)]
+        self.pre = nn.Sequential(*norm_layer(norm, in_channels, 4), nn.ReLU()) if preact else None
+        layers, channels = [], in_channels
+        for i, (k, cout, s, g) in enumerate(convs):
+            if preact and i > 0:
+                layers += [*norm_layer(norm, channels, 4), nn.ReLU()]
+            layers.append(nn.Conv2d(channels, cout, k, stride=s, padding=k // 2, groups=g, bias=bias))
+            if not preact:
+                layers += [*norm_layer(norm, cout, 4)] + ([nn.ReLU()] if i < len(convs) - 1 else [])
+            channels = cout
+        self.branch = nn.Sequential(*layers)
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias),
+                *(norm_layer(norm, out_channels, 4) if shortcut_norm else []),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pre is not None:
+            x = self.pre(x)
+            return self.branch(x) + (x if self.shortcut is None else self.shortcut(x))
+        y = self.branch(x) + (x if self.shortcut is None else self.shortcut(x))
+        return F.relu(y)
+
+
+def resnet_stem(in_channels: int, channels: int = 64, bias: bool = True, norm: Norm = "batch") -> list[nn.Module]:
+    """7x7/2 conv, norm, ReLU, 3x3/2 max-pool: the stem of ResNet and DenseNet."""
+    return [
+        nn.Conv2d(in_channels, channels, kernel_size=7, stride=2, padding=3, bias=bias), *norm_layer(norm, channels, 4),
+        nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+    ]
+
+
+def pooled_head(channels: int, num_classes: int) -> nn.Sequential:
+    """Global average pooling and one dense layer: the head of every network after NiN."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+# [3x3 convolutions, output channels] per stage: configurations A, B, D and E of the VGG paper
+# (Simonyan & Zisserman 2015, Table 1), laid out by VGG and by the VGG-style NiN family.
+VGG_STAGES = {
+    "vgg11": [[1, 64], [1, 128], [2, 256], [2, 512], [2, 512]],
+    "vgg13": [[2, 64], [2, 128], [2, 256], [2, 512], [2, 512]],
+    "vgg16": [[2, 64], [2, 128], [3, 256], [3, 512], [3, 512]],
+    "vgg19": [[2, 64], [2, 128], [4, 256], [4, 512], [4, 512]],
+}
+
+
+

@@ -7,6 +7,7 @@ from typing import Literal
 from torch import nn
 
 from .layers import (
+    VGG_STAGES,
     Classifier,
     Dropout,
     Init,
@@ -16,7 +17,6 @@ from .layers import (
     init_weights,
 )
 from .registry import ModelError, add_model
-from .vgg import VGG
 
 # Rows are NiN blocks [channels, kernel, stride, padding] of the first convolution, "M" a max-pool.
 NIN = [[96, 11, 4, 0], "M", [256, 5, 1, 2], "M", [384, 3, 1, 1], "M"]
@@ -71,6 +71,6 @@ def nin(
 
 
 add_model("nin", nin, 224, "NiN: three NiN blocks with max-pools, a class-channel block, global average pooling (d2l 8.3)")
-for _name in VGG:  # the exercise's VGG-style NiN family of growing depth
+for _name in VGG_STAGES:  # the exercise's VGG-style NiN family of growing depth
     add_model(f"nin_{_name}", nin, 96, f"NiN laid out like {_name.upper()}: a 3x3 NiN block per convolution, 2x2 pools",
-              arch=vgg_style(VGG[_name]), pool=[2, 2])
+              arch=vgg_style(VGG_STAGES[_name]), pool=[2, 2])

@@ -3,13 +3,20 @@ pooled head. The exercises' variants are tables too: a deeper four-stage RegNetX
 switched from ResNeXt to ResNet, and "VioNets" that break one RegNetX design rule each."""
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import nn
 
-from .layers import Channels, Classifier, Init, init_weights
+from .layers import (
+    BlockKind,
+    Channels,
+    Classifier,
+    Init,
+    Norm,
+    ResidualBlock,
+    init_weights,
+    norm_layer,
+    pooled_head,
+)
 from .registry import ModelError, add_model
-from .resnet import ResidualBlock, pooled_head
 
 # [depth, width, group_width, bottleneck_ratio] per stage.
 REGNETX32 = [[4, 32, 16, 1.0], [6, 80, 16, 1.0]]  # the chapter's 32-layer RegNetX
@@ -29,36 +36,38 @@ def anynet(
     num_classes=10,
     in_channels=1,
     stem_channels: Channels = 32,
-    stages: list = REGNETX32,
-    block: Literal["resnext", "resnet"] = "resnext",
-    init: Init = "default",
+    arch: list = REGNETX32,
+    block: BlockKind = "bottleneck",
+    norm: Norm = "batch",
+    init: Init = "pytorch",
     stem_stride: int = 2,  # 1: a stem that keeps the resolution (pycls's CIFAR stem), for 28 px inputs
     bias: bool = True,  # the book's convolutions keep their bias; torchvision's and pycls's RegNets have none
 ):
-    """AnyNet: every stage starts with a block that halves the resolution. ``block=resnext``
-    is the book's ResNeXt block (1x1 -> grouped 3x3 -> 1x1, ``width * bottleneck_ratio`` inner
-    channels, ``group_width`` channels per group); ``block=resnet`` is the book's ResNet block
-    (two 3x3 convolutions at the stage width), which has no groups or bottleneck, so the table's
-    group_width and bottleneck_ratio then go unused. ``init=default``: the book's runs never
-    apply Xavier init to these networks."""
+    """AnyNet: ``arch`` is [depth, width, group_width, bottleneck_ratio] per stage; every stage
+    starts with a block that halves the resolution. ``block=bottleneck`` is the book's ResNeXt
+    block (1x1 -> grouped 3x3 -> 1x1, ``width * bottleneck_ratio`` inner channels, ``group_width``
+    channels per group); ``block=basic`` is the book's ResNet block (two 3x3 convolutions at the
+    stage width), which has no groups or bottleneck, so the table's group_width and
+    bottleneck_ratio then go unused. ``norm`` is every block's norm layer. ``init=pytorch``: the
+    book's runs never apply Xavier init to these networks."""
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, stem_channels, kernel_size=3, stride=stem_stride, padding=1, bias=bias),
-        nn.BatchNorm2d(stem_channels), nn.ReLU(),
+        *norm_layer(norm, stem_channels, 4), nn.ReLU(),
     ]
     channels = stem_channels
-    for i, row in enumerate(stages):
+    for i, row in enumerate(arch):
         if len(row) != 4:
-            raise ModelError(f"model.stages[{i}]={list(row)}: give [depth, width, group_width, bottleneck_ratio]")
+            raise ModelError(f"model.arch[{i}]={list(row)}: give [depth, width, group_width, bottleneck_ratio]")
         depth, width, group_width, ratio = row
-        if block == "resnext":
+        if block == "bottleneck":
             mid = int(round(width * ratio))
             if group_width < 1 or mid % group_width:
-                raise ModelError(f"model.stages[{i}]: group_width {group_width} does not divide the inner width "
+                raise ModelError(f"model.arch[{i}]: group_width {group_width} does not divide the inner width "
                                  f"{mid} (= width {width} x bottleneck_ratio {ratio})")
             kw = dict(kind="bottleneck", groups=mid // group_width, bottleneck_ratio=ratio, shortcut_norm=True)
         else:
             kw = dict(kind="basic")
-        kw["bias"] = bias
+        kw |= {"bias": bias, "norm": norm}
         layers.append(nn.Sequential(*(
             ResidualBlock(channels if j == 0 else width, width, stride=2 if j == 0 else 1, **kw) for j in range(depth)
         )))
@@ -68,6 +77,6 @@ def anynet(
 
 add_model("regnetx32", anynet, 96, "The chapter's RegNetX-32: two stages of ResNeXt blocks, group width 16 (d2l 8.8)")
 add_model("regnetx_200mf", anynet, 96, "RegNetX-200MF: four stages, depths [1, 1, 4, 7], widths [24, 56, 152, 368], "
-          "group width 8", stages=REGNETX_200MF)
+          "group width 8", arch=REGNETX_200MF)
 for _name, (_stages, _broken) in VIONET.items():
-    add_model(_name, anynet, 96, f"VioNet: RegNetX-32 except that {_broken}", stages=_stages)
+    add_model(_name, anynet, 96, f"VioNet: RegNetX-32 except that {_broken}", arch=_stages)

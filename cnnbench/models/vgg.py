@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .layers import (
+    VGG_STAGES,
     Classifier,
     Dropout,
     Init,
@@ -17,13 +18,6 @@ from .layers import (
 )
 from .registry import ModelError, add_model
 
-# [3x3 convolutions, output channels] per stage: configurations A, B, D and E of the paper.
-VGG = {
-    "vgg11": [[1, 64], [1, 128], [2, 256], [2, 512], [2, 512]],
-    "vgg13": [[2, 64], [2, 128], [2, 256], [2, 512], [2, 512]],
-    "vgg16": [[2, 64], [2, 128], [3, 256], [3, 512], [3, 512]],
-    "vgg19": [[2, 64], [2, 128], [4, 256], [4, 512], [4, 512]],
-}
 # For 56 or 84 px inputs instead of 224 upsampled: two or three convolutions (more
 # non-linearity) before every downsampling, and four stages, so 56 px ends at 3x3.
 VGG_LOWRES = [[2, 64], [2, 128], [3, 256], [3, 512]]
@@ -43,7 +37,7 @@ def vgg(
     num_classes=10,
     in_channels=1,
     image_size=224,
-    arch: list = VGG["vgg11"],
+    arch: list = VGG_STAGES["vgg11"],
     width: Ratio = 1.0,
     hidden: list = [4096, 4096],
     dropout: Dropout = 0.5,
@@ -66,6 +60,6 @@ def vgg(
 
 
 for _name, _depth in (("vgg11", "A"), ("vgg13", "B"), ("vgg16", "D"), ("vgg19", "E")):
-    add_model(_name, vgg, 224, f"VGG-{_name[3:]}, configuration {_depth} of the VGG paper (d2l 8.2)", arch=VGG[_name])
+    add_model(_name, vgg, 224, f"VGG-{_name[3:]}, configuration {_depth} of the VGG paper (d2l 8.2)", arch=VGG_STAGES[_name])
 add_model("vgg_lowres", vgg, 56, "VGG for 56 or 84 px inputs: more convolutions before each pool, four stages",
           arch=VGG_LOWRES)
