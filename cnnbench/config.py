@@ -277,7 +277,7 @@ def optimizer_class(cfg: DictConfig) -> type[torch.optim.Optimizer]:
 # The schema's sections: a key the schema does not know is refused, with or without `+`.
 SECTIONS = {"data": DataConfig, "trainer": TrainerConfig, "scheduler": SchedulerConfig, "bench": BenchConfig}
 # Config groups whose options are files in conf/GROUP/ (checked before Hydra composes).
-GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "experiment", "logger", "hparams_search", "hydra/launcher")
+GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "experiment", "logger", "hparams_search")
 
 
 def _nearest(word: str, options) -> str:
@@ -303,11 +303,9 @@ def check_overrides(overrides: list[str]) -> None:
     fields = {f.name for f in dataclasses.fields(Config)}
     for override in parsed:
         key = override.key_or_group
-        if key.startswith("hydra.") or override.is_delete():
+        if key.startswith("hydra") or override.is_delete():  # Hydra's own keys and groups (hydra/launcher below)
             continue
         if key in GROUPS:
-            if key == "hydra/launcher" and not (CONF_DIR / "hydra" / "launcher").is_dir():
-                continue
             values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
             options = group_options(key)
             for value in values:

@@ -470,8 +470,11 @@ def load_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path} holds objects other than tensors and plain values, which cnnbench "
-                              f"refuses to load (unpickling them could run code): {first_line(err)}") from None
+        if "GLOBAL" in str(err) or "global" in str(err).lower() and "allowed" in str(err):
+            refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), first_line(err)).split(". Please")[0]
+            raise CheckpointError(f"{path} holds objects other than tensors and plain values, which cnnbench "
+                                  f"refuses to load (unpickling them could run code): {refused}") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (not a file torch.save wrote)") from None
     except Exception as err:  # truncated, not a zip/pickle, ...
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
 

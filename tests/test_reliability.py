@@ -80,7 +80,7 @@ def test_a_killed_checkpoint_write_leaves_the_previous_one(make_cfg, tiny_data, 
 
     monkeypatch.setattr(engine.torch, "save", dies_halfway)
     summary = run(make_cfg(*args, "trainer.max_epochs=3", f"trainer.resume={tmp_path}"), tmp_path)
-    assert summary["status"] == "failed" and "No space left on device" in summary["error"]
+    assert summary["status"] == "failed" and "no space left on the device to write" in summary["error"]
     monkeypatch.undo()
     state = engine.load_checkpoint(tmp_path / "last.pt")
     assert state["epoch"] == 2  # the old checkpoint, whole

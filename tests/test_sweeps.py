@@ -102,8 +102,11 @@ def test_every_recipe_composes_and_runs_smoke(make_cfg, tiny_data, tmp_path, nam
 
 
 def test_rerunning_a_sweep_skips_completed_jobs(tiny_data, tmp_path):
-    args = ["-m", "trainer=smoke", f"data.root={tiny_data}", "model.padding=0,-9", f"hydra.sweep.dir={tmp_path}"]
+    (tmp_path / "empty").mkdir()
+    args = ["-m", "trainer=smoke", f"data.root={tiny_data},{tmp_path / 'empty'}", "data.download=false",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     first = cnnbench(*args)
+    tmp_path = tmp_path / "sweep"
     assert first.returncode == 1
     done = (tmp_path / "0" / "metrics.csv").stat().st_mtime_ns
     second = cnnbench(*args)

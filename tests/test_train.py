@@ -245,11 +245,11 @@ def test_compiled_run_stopped_mid_epoch_resumes_exactly(make_cfg, tiny_data, tmp
 BAD_INPUTS = [
     ("model.name=resnet19", r"model.name='resnet19' is not a registered model \(did you mean resnet18 or .*\); available: alexnet, alexnet28"),
     ("model=alexnet data.resize=64", r"data.resize=64 \(64x64\) is too small for model alexnet: the smallest input it accepts is 65x65"),
-    ("data.resize=[28,0]", r"data.resize=\[28, 0\] is not allowed; give a positive side"),
+    ("data.resize=[28,0]", r"data.resize=\[28, 0\] is not allowed; give a side in pixels from 1 to 4096"),
     ("optimizer.lr=0", r"optimizer.lr=0 is not allowed; the learning rate must be a positive number"),
     ("optimizer.lr=-0.1", r"optimizer.lr=-0.1 is not allowed"),
-    ("data.batch_size=0", r"data.batch_size=0 is not allowed; it must be a positive integer"),
-    ("trainer.max_epochs=0", r"trainer.max_epochs=0 is not allowed; it must be a positive integer"),
+    ("data.batch_size=0", r"data.batch_size=0 is not allowed; it must be in \[1, 65536\]"),
+    ("trainer.max_epochs=0", r"trainer.max_epochs=0 is not allowed; it must be in \[1, 1000000\]"),
     ("model.norm=group", r"model.norm='group' is not allowed; choose one of: none, batch, scratch, mean_only, variance_only"),
     ("+model.depth=3", r"model.depth is not a knob of model bn_lenet; its knobs are: norm, norm_at, norm_affine, bias"),
     ("model.norm_at=head", r"model.norm_at='head' is not allowed; choose one of: none, conv, dense, all"),
@@ -259,7 +259,7 @@ BAD_INPUTS = [
     ("optimizer.momentum=fast", r"optimizer.momentum='fast' is not allowed; SGD takes a finite number"),
     ("optimizer.nesterov=1", r"optimizer.nesterov=1 is not allowed; SGD takes true or false"),
     ("optimizer._target_=torch.nn.Linear", r"optimizer._target_='torch.nn.Linear' is not a torch.optim optimizer class"),
-    ("trainer.diverge_loss=-1", r"trainer.diverge_loss=-1.0 is not allowed; use 0 \(only NaN/inf\) or a positive loss"),
+    ("trainer.diverge_loss=-1", r"trainer.diverge_loss=-1.0 is not allowed; it must be in \[0, inf\) \(0: only NaN/inf\)"),
     ("trainer.label_smoothing=1.5", r"trainer.label_smoothing=1.5 is not allowed; it must be in \[0, 1\)"),
     ("trainer.device=tpu", r"trainer.device='tpu' is not allowed; choose auto, cpu, cuda or cuda:N"),
 ]
