@@ -186,10 +186,21 @@ MAX_SIDE = 4096  # data.resize: the largest side in pixels
 
 def register_configs() -> None:
     """The schema; the ``${safe:...}`` resolver that keeps a value out of a path's structure
-    (the default run dir holds the model's name); ``${catalog:tasks|recipes}`` for --help."""
+    (the default run dir holds the model's name); ``${catalog:tasks|recipes}`` for --help;
+    ``${model_px:NAME}``, data.resize's default."""
     ConfigStore.instance().store(name="base_config", node=Config)
     OmegaConf.register_new_resolver("safe", safe_name, replace=True)
     OmegaConf.register_new_resolver("catalog", catalog, replace=True)
+    OmegaConf.register_new_resolver("model_px", model_px, replace=True)
+
+
+def model_px(name: str) -> int | None:
+    """The side a model trains at by default (its chapter resolution): data.resize's default,
+    so the composed config (and --cfg job) shows the resolution a run will use."""
+    try:
+        return get_spec(name).resolution
+    except ModelError:
+        return None  # validate() says what is wrong with the name
 
 
 def catalog(what: str) -> str:

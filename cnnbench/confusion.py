@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
 from .data import DeviceLoader, build_loaders, load
@@ -247,7 +247,10 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     except Exception as err:
         raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: {path} is not a readable cnnbench checkpoint ({err})") from None
     device = resolve_device(cfg.trainer.device)
-    size = resolution(cfg) if cfg.data.resize is not None else tuple(meta["resolution"])
+    # data.resize's default follows the configured model (an interpolation): only a size the user
+    # set overrides the checkpoint's own
+    asked = cfg.data.resize is not None and not OmegaConf.is_interpolation(cfg.data, "resize")
+    size = resolution(cfg) if asked else tuple(meta["resolution"])
     model = create_model(meta["model"], image_size=size, **meta["knobs"])
     try:
         model.load_state_dict(state["model"])

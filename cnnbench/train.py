@@ -139,6 +139,8 @@ def main() -> None:
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null",
                      "hydra.job_logging.root.level=WARNING", "hydra/hydra_logging=disabled"]
+    if "--cfg" in sys.argv and "--resolve" not in sys.argv:
+        sys.argv.append("--resolve")  # --cfg job shows the values a run uses (the resolution, say), not ${...}
     try:
         check_overrides([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
     except ConfigError as err:

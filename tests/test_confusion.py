@@ -70,7 +70,7 @@ def test_evaluate_a_checkpoint(make_cfg, tiny_data, tmp_path):
     assert run(make_cfg(*train), tmp_path / "run")["status"] == "completed"
     # the model comes from the checkpoint: no model= override needed
     summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}",
-                           "trainer.limit_test_batches=2", "data.batch_size=8"), tmp_path / "dir")
+                           "trainer.limit_test_batches=2", "data.test_batch_size=8"), tmp_path / "dir")
     assert summary["status"] == "completed", summary.get("error")
     assert summary["model"] == "bn_lenet" and summary["eval_images"] == 16 and summary["checkpoint"].endswith("last.pt")
     trained = pd.read_csv(tmp_path / "run" / "confusion.csv", index_col=0)

@@ -115,3 +115,10 @@ def test_interrupted_advice_is_a_command_to_paste(make_cfg, tiny_data, tmp_path,
     error = __import__("json").loads((tmp_path / "my run" / "summary.json").read_text())["error"]
     command = shlex.split(error.split("resume with: ", 1)[1])
     assert command == ["cnnbench", *overrides, f"hydra.run.dir={tmp_path / 'my run'}", f"trainer.resume={tmp_path / 'my run'}"]
+
+
+def test_cfg_job_shows_the_resolution_the_model_will_use(tmp_path):
+    proc = cnnbench("--cfg", "job", "model=resnet18", cwd=tmp_path)
+    assert proc.returncode == 0 and "  resize: 96\n" in proc.stdout
+    proc = cnnbench("--cfg", "job", "model=resnet18", "data.resize=64", cwd=tmp_path)
+    assert "  resize: 64\n" in proc.stdout
