@@ -55,18 +55,15 @@ class Page(HTMLParser):
 def sweep_dir(tmp_path_factory) -> Path:
     """A sweep dir as a multirun leaves it: two trained jobs and one that failed (made once)."""
     from conftest import write_idx
-    from hydra import compose, initialize_config_dir
 
-    from cnnbench.train import CONF_DIR
+    from cnnbench.config import compose
 
     root = tmp_path_factory.mktemp("sweep")
     tiny = write_idx(tmp_path_factory.mktemp("tiny"))
     jobs = [["optimizer.lr=0.01", "model.padding=0"], ["optimizer.lr=0.1", "model.padding=0"],
             ["optimizer.lr=0.1", "model.padding=-9"]]
     for job, overrides in enumerate(jobs):
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=["trainer=smoke", f"data.root={tiny}", *overrides])
-        run(cfg, root / str(job), overrides)
+        run(compose("trainer=smoke", f"data.root={tiny}", *overrides), root / str(job), overrides)
     return root
 
 
@@ -88,7 +85,7 @@ def test_the_report_holds_every_job_and_every_image(sweep_dir):
     assert len(page.images) == 2 * 3 + len([w for w in written if w.suffix == ".png"])
     assert all(img["src"].startswith("data:image/png;base64,") for img in page.images)  # nothing to fetch
     text = page_path.read_text()
-    assert "too small for model bn_lenet" in text  # the failed job says why
+    assert "model.padding=-9 is not allowed" in text  # the failed job says why
     assert 'class="text status status-failed"' in text and "<script>" in text
 
 

@@ -204,7 +204,7 @@ def test_unknown_model_lists_the_models():
 def test_bad_knob_names_key_and_choices():
     with pytest.raises(ModelError, match="model.widht is not a knob of model vgg11; its knobs are: arch, width"):
         create_model("vgg11", widht=0.5)
-    with pytest.raises(ModelError, match=r"model.init='he' is not allowed; choose one of: xavier, default"):
+    with pytest.raises(ModelError, match=r"model.init='he' is not allowed; choose one of: xavier, pytorch"):
         create_model("resnet18", init="he")
     with pytest.raises(ModelError, match=r"model.width='wide' has the wrong type: expected float"):
         create_model("vgg11", width="wide")

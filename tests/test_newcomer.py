@@ -63,7 +63,8 @@ def test_a_run_ends_by_naming_its_dir_and_files(tiny_data, tmp_path):
     proc = cnnbench("trainer=smoke", f"data.root={tiny_data}", f"hydra.run.dir={tmp_path}", "trainer.checkpoint=true")
     assert proc.returncode == 0, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
-    assert last == f"cnnbench: run completed in {tmp_path}: cnnbench.log, curves.png, last.pt, metrics.csv, summary.json"
+    assert last == (f"cnnbench: run completed in {tmp_path}: cnnbench.log, confusion.csv, confusion.png, curves.png, "
+                    "last.pt, metrics.csv, mistakes.png, per_class.csv, summary.json")
 
 
 def test_the_smoke_preset_shortens_bench_recipes_and_bench_writes_every_row(make_cfg, tiny_data, tmp_path, monkeypatch):
