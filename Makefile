@@ -44,9 +44,10 @@ test-all: install data browser
 bench: install data
 	$(BIN)/python benchmarks/pipeline_cpu.py
 
-# Regenerate the README's models table from the registry (a test fails while it is stale).
+# Regenerate the README's models table and the exercise page's recipe jobs (tests fail while stale).
 models-table: install
 	$(BIN)/python -m cnnbench.catalog --write README.md
+	$(BIN)/python -m cnnbench.catalog --recipes docs/exercises.md
 
 clean:
 	rm -rf $(VENV) outputs/runs outputs/sweeps .pytest_cache

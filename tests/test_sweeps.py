@@ -160,3 +160,14 @@ def test_optuna_search_returns_the_objective(tiny_data, tmp_path):
     best = (tmp_path / "optimization_results.yaml").read_text()
     # the value Optuna saw is the objective each run returned: its best test accuracy
     assert f"best_value: {results['best_test_acc'].max()}" in best
+
+
+def test_the_exercise_page_lists_what_every_recipe_job_builds():
+    """docs/exercises.md's recipe-jobs table (model, size, parameters, FLOPs of every job of
+    every exercise recipe) is generated from the composed configs, so it cannot go stale: a
+    recipe-wide knob (a quarter width, say) shows in the counts the page states."""
+    from cnnbench import catalog
+
+    page = (Path(__file__).parents[1] / "docs" / "exercises.md").read_text()
+    expected = catalog.replace_section(page, catalog.recipe_jobs_table(), catalog.RECIPES_BEGIN, catalog.RECIPES_END)
+    assert page == expected, "docs/exercises.md's recipe-jobs table is stale: run `make models-table`"
