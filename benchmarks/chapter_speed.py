@@ -175,13 +175,15 @@ def start_up(name: str, overrides: list[str]) -> dict[str, float]:
     """The compilation time (summary.json's compile_s) of two fresh ``cnnbench`` processes on an
     empty compile cache: the first compiles (cold), the second reads the cache (warm)."""
     out = {}
+    # this process's own compilations pointed inductor at the usual cache: the children must not inherit it
+    fresh = {k: v for k, v in os.environ.items() if not k.startswith(("TORCHINDUCTOR_", "TRITON_"))}
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as runs:
         for kind in ("cold", "warm"):
             run_dir = Path(runs) / kind
             subprocess.run([sys.executable, "-m", "cnnbench", f"experiment=d2l_{name}", "trainer.compile=true",
                             "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_test_batches=1",
                             "trainer.plot=false", f"hydra.run.dir={run_dir}", *overrides],
-                           env=os.environ | {"CNNBENCH_CACHE": cache}, capture_output=True, check=True)
+                           env=fresh | {"CNNBENCH_CACHE": cache}, capture_output=True, check=True)
             out[kind] = json.loads((run_dir / "summary.json").read_text())["compile_s"]
     return out
 

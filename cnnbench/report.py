@@ -21,7 +21,8 @@ from .metrics import collect_results, pyplot, save_figure, whole_numbers
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
 TABLE = ["status", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
-         "train_memory_mb", "infer_memory_mb", "min_size", "best_train_images_per_s", "wall_time_s"]
+         "train_memory_mb", "infer_memory_mb", "min_size", "best_train_images_per_s", "steady_epoch_time_s",
+         "wall_time_s"]  # steady_epoch_time_s: the median epoch without the first, which pays the warm-up
 
 
 def swept_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:

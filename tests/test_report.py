@@ -14,7 +14,8 @@ from cnnbench.metrics import write_results
 
 def fake_run(folder: Path, overrides: list[str], status="completed", acc=0.5, params=61706, epochs=2) -> None:
     folder.mkdir(parents=True)
-    summary = {"task": "train", "model": "lenet", "status": status, "overrides": overrides, "final_test_acc": acc}
+    summary = {"task": "train", "model": "lenet", "status": status, "overrides": overrides, "final_test_acc": acc,
+               "steady_epoch_time_s": 1.5, "wall_time_s": 9.0}
     if status == "completed":
         summary["params"] = params
         rows = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": acc * e / epochs, "test_loss": 2.1 / e,
@@ -75,5 +76,6 @@ def test_tables_show_integers_as_integers(tmp_path, capsys, figures):
     report.report(tmp_path)
     printed = capsys.readouterr().out
     assert "61706" in printed and "61706.0" not in printed
+    assert "steady_epoch_time_s" in printed.splitlines()[0]  # runs compare by their steady-state epochs, warm-up apart
     write_results(tmp_path)
     assert "61706.0" not in (tmp_path / "results.csv").read_text() and "61706" in (tmp_path / "results.csv").read_text()
