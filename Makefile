@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data browser run test test-all bench models-table clean
+.PHONY: install data browser run test test-slow test-all bench models-table clean
 
 install: $(STAMP)
 
@@ -33,13 +33,19 @@ browser:
 run: install data
 	$(BIN)/cnnbench experiment=quickstart
 
-# The default suite, in parallel on every core (pytest-xdist). GPU tests skip themselves without a GPU.
+# The default suite, in parallel on every core (pytest-xdist; the tests of one model share a worker
+# and what it computed about the model). GPU tests skip themselves without a GPU.
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadgroup
 test: install data browser
-	$(BIN)/python -m pytest -q -n auto -m "not slow"
+	$(PYTEST) -m "not slow"
+
+# The slow tests only (several processes, real signals, full resolutions): CI runs them after `make test`.
+test-slow: install data browser
+	$(PYTEST) -m slow
 
 # Everything, the slow tests included.
 test-all: install data browser
-	$(BIN)/python -m pytest -q -n auto
+	$(PYTEST)
 
 bench: install data
 	$(BIN)/python benchmarks/pipeline_cpu.py

@@ -48,6 +48,17 @@ def count_flops(name: str, size: tuple[int, int], in_channels: int = 1, **knobs:
     return counter.get_total_flops()
 
 
+_COUNTS: dict[tuple, tuple[int, int]] = {}  # a model is a pure function of its arguments: counted once per process
+
+
+def meta_counts(name: str, size: tuple[int, int], in_channels: int = 1, **knobs: Any) -> tuple[int, int]:
+    """Parameters and forward FLOPs per image (see ``count_flops``), counted once per process."""
+    key = (name, tuple(size), in_channels, repr(sorted(knobs.items())))
+    if key not in _COUNTS:
+        _COUNTS[key] = count_params(meta_model(name, size, in_channels, **knobs)), count_flops(name, size, in_channels, **knobs)
+    return _COUNTS[key]
+
+
 def kind_of(module: nn.Module) -> str:
     return next((kind for kind, types in KINDS.items() if isinstance(module, types)), "other")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .analysis import count_flops, count_params, meta_model
+from .analysis import meta_counts
 from .config import CONF_DIR
 from .models import get_spec, list_models, min_input_size
 
@@ -40,15 +40,20 @@ def cli_text(v) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def models_table() -> str:
-    rows = ["| `model=` | what it is | px | min px | parameters | GFLOPs |", "|---|---|---|---|---|---|"]
-    for name in list_models():
-        spec = get_spec(name)
-        side = spec.resolution
-        params = count_params(meta_model(name, (side, side)))
-        gflops = count_flops(name, (side, side)) / 1e9
-        rows.append(f"| `{name}` | {spec.description} | {side} | {min_input_size(name)} | {params:,} | {gflops:.3g} |")
-    return "\n".join(rows)
+MODELS_HEADER = ["| `model=` | what it is | px | min px | parameters | GFLOPs |", "|---|---|---|---|---|---|"]
+
+
+def model_row(name: str) -> str:
+    """A registered model's row: its resolution, smallest input, parameters and FLOPs there."""
+    spec = get_spec(name)
+    side = spec.resolution
+    params, flops = meta_counts(name, (side, side))
+    return f"| `{name}` | {spec.description} | {side} | {min_input_size(name)} | {params:,} | {flops / 1e9:.3g} |"
+
+
+def models_table(rows: list[str] | None = None) -> str:
+    """Every registered model's row (``rows``: rows already made, in registry order)."""
+    return "\n".join(MODELS_HEADER + (rows if rows is not None else [model_row(name) for name in list_models()]))
 
 
 def knobs_table() -> str:
@@ -80,8 +85,8 @@ def variants_table() -> str:
     return "\n".join(rows)
 
 
-def markdown() -> str:
-    return "\n\n".join([BEGIN, models_table(), "Knobs (set any with `model.KNOB=VALUE`; the values of each model are in "
+def markdown(model_rows: list[str] | None = None) -> str:
+    return "\n\n".join([BEGIN, models_table(model_rows), "Knobs (set any with `model.KNOB=VALUE`; the values of each model are in "
                         "`conf/model/NAME.yaml`):", knobs_table(),
                         "Variant configs (a model with knobs set; every knob override works the same way):",
                         variants_table(), END])
@@ -101,7 +106,7 @@ def recipe_jobs_table() -> str:
         for job in sweep_jobs([], compose(f"experiment={name}", hydra=True).hydra.sweeper.get("params")):
             cfg = compose(f"experiment={name}", *job)
             size, knobs = resolution(cfg), model_knobs(cfg)
-            params, flops = count_params(meta_model(cfg.model.name, size, **knobs)), count_flops(cfg.model.name, size, **knobs)
+            params, flops = meta_counts(cfg.model.name, size, **knobs)
             rows.append(f"| `{name}` | {' '.join(f'`{j}`' for j in job) or '(one run)'} | `{cfg.model.name}` | "
                         f"{size[0]}{'' if size[0] == size[1] else f'x{size[1]}'} | {params:,} | {flops / 1e9:.3g} |")
     return "\n".join([RECIPES_BEGIN, "", *rows, "", RECIPES_END])

@@ -17,7 +17,6 @@ summary.json gains ``per_class_acc``, ``worst_class`` and ``worst_class_acc``.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed
 from .data import DeviceLoader, build_loaders, load
 from .engine import autocast_dtype, load_checkpoint, resolve_device, unwrap
-from .metrics import environment, pyplot, save_figure
+from .metrics import atomic_write, environment, pyplot, save_figure, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -121,16 +120,17 @@ def per_class_rows(errors: Errors, names: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(errors: Errors, out_dir: Path, summary: dict[str, Any], title: str = "") -> list[Path]:
-    """per_class.csv, confusion.csv, confusion.png, mistakes.png; the per-class accuracies in
-    ``summary``. A plot that fails is logged and skipped (the tables are written first)."""
+def write_outputs(errors: Errors, out_dir: Path, summary: dict[str, Any], title: str = "", plot: bool = True) -> list[Path]:
+    """per_class.csv, confusion.csv, and unless ``plot`` is off confusion.png and mistakes.png;
+    the per-class accuracies in ``summary``. A plot that fails is logged and skipped (the tables
+    are written first)."""
     import pandas as pd
 
     names = class_names()
     rows = per_class_rows(errors, names)
-    _write_csv(pd.DataFrame(rows), out_dir / "per_class.csv")
+    write_csv(out_dir / "per_class.csv", rows)
     table = pd.DataFrame(errors.confusion.numpy(), index=pd.Index(names, name="true \\ predicted"), columns=names)
-    _write_csv(table, out_dir / "confusion.csv", index=True)
+    atomic_write(out_dir / "confusion.csv", lambda f: table.to_csv(f))
     present = [r for r in rows if r["count"]]
     worst = min(present, key=lambda r: r["accuracy"]) if present else None
     summary |= {
@@ -141,18 +141,12 @@ def write_outputs(errors: Errors, out_dir: Path, summary: dict[str, Any], title:
         "worst_class_acc": worst["accuracy"] if worst else None,
     }
     written = [out_dir / "per_class.csv", out_dir / "confusion.csv"]
-    for plot, name in ((plot_confusion, "confusion.png"), (plot_mistakes, "mistakes.png")):
+    for draw, name in ((plot_confusion, "confusion.png"), (plot_mistakes, "mistakes.png")) if plot else ():
         try:
-            written.append(plot(errors, names, out_dir / name, title))
+            written.append(draw(errors, names, out_dir / name, title))
         except Exception as err:  # a plot must never cost the run its status
             log.warning("could not plot %s: %s", name, err)
     return written
-
-
-def _write_csv(frame, path: Path, index: bool = False) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_csv(tmp, index=index)
-    os.replace(tmp, path)
 
 
 def plot_confusion(errors: Errors, names: list[str], path: Path, title: str = "") -> Path:
@@ -161,7 +155,8 @@ def plot_confusion(errors: Errors, names: list[str], path: Path, title: str = ""
     counts = errors.confusion.numpy()
     shares = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
     n = len(names)
-    fig, ax = plt.subplots(figsize=(9, 8), constrained_layout=True)
+    fig = plt.figure(figsize=(9, 8))
+    ax = fig.add_axes((0.2, 0.16, 0.68, 0.74))  # fixed margins for the class names: a layout engine costs a draw
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for t in range(n):
         for p in range(n):
@@ -171,7 +166,7 @@ def plot_confusion(errors: Errors, names: list[str], path: Path, title: str = ""
     ax.set_xticks(range(n), names, rotation=40, ha="right")
     ax.set_yticks(range(n), [f"{name} ({c})" for name, c in zip(names, counts.sum(axis=1))])
     ax.set(xlabel="predicted class", ylabel="true class (test images)")
-    fig.colorbar(image, ax=ax, shrink=0.8, label="share of the true class's images")
+    fig.colorbar(image, cax=fig.add_axes((0.9, 0.16, 0.02, 0.74)), label="share of the true class's images")
     total = counts.sum()
     ax.set_title(f"{title + ': ' if title else ''}confusion matrix, {errors.accuracy:.1%} of {total} test images correct\n"
                  "colour: share of each row; numbers: image counts")
@@ -179,21 +174,29 @@ def plot_confusion(errors: Errors, names: list[str], path: Path, title: str = ""
 
 
 def plot_mistakes(errors: Errors, names: list[str], path: Path, title: str = "") -> Path:
-    """The most confidently misclassified test images, as stored (28x28), with their labels."""
+    """The most confidently misclassified test images, as stored (28x28), with their labels:
+    one sheet of tiles in a single axes (a grid of subplots costs a second to draw)."""
+    import numpy as np
+
     plt = pyplot()
     shown = len(errors.mistake_true)
-    cols = 6
+    cols, side, gap, label = 6, 28, 3, 8  # tiles per row; pixels of a tile, between tiles, above one for its label
     rows = max(1, -(-shown // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.3 + 0.6), squeeze=False, constrained_layout=True)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i < shown:
-            ax.imshow(errors.mistake_images[i].numpy(), cmap="gray_r", vmin=0, vmax=255)
-            ax.set_title(f"true: {names[errors.mistake_true[i]]}\npred: {names[errors.mistake_pred[i]]} "
-                         f"({errors.mistake_confidence[i]:.0%})", fontsize=8.5)
+    cell_w, cell_h = side + gap, label + side + gap
+    sheet = np.full((rows * cell_h, cols * cell_w - gap), np.nan)  # NaN: the white background
+    width = cols * 1.9
+    fig = plt.figure(figsize=(width, width * sheet.shape[0] / sheet.shape[1] + 0.5))
+    ax = fig.add_axes((0.005, 0.0, 0.99, 1 - 0.5 / fig.get_figheight()))
+    for i in range(shown):
+        top, left = (i // cols) * cell_h + label, (i % cols) * cell_w
+        sheet[top:top + side, left:left + side] = errors.mistake_images[i].numpy()
+        ax.text(left + side / 2, top - 1, f"true: {names[errors.mistake_true[i]]}\npred: "
+                f"{names[errors.mistake_pred[i]]} ({errors.mistake_confidence[i]:.0%})", ha="center", va="bottom", fontsize=8.5)
+    ax.imshow(sheet, cmap=plt.get_cmap("gray_r").with_extremes(bad="white"), vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
     if not shown:
-        axes[0, 0].text(0, 0.5, "no test image was misclassified", fontsize=11)
-    fig.suptitle(f"{title + ': ' if title else ''}the {shown} most confidently misclassified test images")
+        ax.text(0, cell_h / 2, "no test image was misclassified", fontsize=11)
+    fig.suptitle(f"{title + ': ' if title else ''}the {shown} most confidently misclassified test images", y=0.995, va="top")
     return save_figure(fig, path)
 
 
@@ -206,12 +209,13 @@ def full_test_loader(loader: DeviceLoader) -> DeviceLoader:
                         limit_batches=loader.limit_batches)
 
 
-def after_training(trainer, test_loader: DeviceLoader, out_dir: Path, summary: dict[str, Any], title: str = "") -> None:
+def after_training(trainer, test_loader: DeviceLoader, out_dir: Path, summary: dict[str, Any], title: str = "",
+                   plot: bool = True) -> None:
     """The end of a training run (rank 0): the per-class files of the final model."""
     if not distributed.from_env().main:
         return
     errors = analyse(unwrap(trainer.model), full_test_loader(test_loader), trainer.amp_dtype, trainer.channels_last)
-    write_outputs(errors, out_dir, summary, title)
+    write_outputs(errors, out_dir, summary, title, plot)
     log.info("per-class test accuracy: %s", ", ".join(f"{k} {v:.3f}" for k, v in summary["per_class_acc"].items()))
 
 
@@ -265,7 +269,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     _, loader = build_loaders(cfg, train_split, test_split, size, device)
     loggers.start(cfg, out_dir)  # logger=...: the tracker run gets the files below (run() finishes it)
     errors = analyse(model, full_test_loader(loader), autocast_dtype(cfg.trainer.precision, device))
-    write_outputs(errors, out_dir, summary, f"{meta['model']} ({path.name})")
+    write_outputs(errors, out_dir, summary, f"{meta['model']} ({path.name})", cfg.trainer.plot)
     summary["test_acc"] = summary["eval_test_acc"]
     print(f"{meta['model']} from {path}: test accuracy {errors.accuracy:.4f} on {summary['eval_images']} images; "
           f"worst class {summary['worst_class']} ({summary['worst_class_acc']:.3f})")

@@ -140,13 +140,18 @@ def set_backends(deterministic: bool, matmul_precision: str = "high") -> None:
     torch.backends.cudnn.allow_tf32 = matmul_precision != "highest"
 
 
+# The user's choice, read before anything imports torch._dynamo (which sets the variable to
+# inductor's default, /tmp/torchinductor_$USER, the first time it looks).
+_USER_INDUCTOR_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+
+
 def compile_cache() -> None:
     """Keep torch.compile's artefacts (inductor's FX graph and autograd caches, Triton kernels)
     under cnnbench's cache dir, on disk: a model compiles once per machine, and later runs of it
     start in seconds. ``TORCHINDUCTOR_CACHE_DIR`` set by the user wins."""
     from .data import cache_dir
 
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = _USER_INDUCTOR_DIR or str(cache_dir() / "inductor")
     os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
     os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "1")
 

@@ -20,12 +20,10 @@ from omegaconf import DictConfig
 from . import confusion, data, distributed, loggers
 from .analysis import (
     KINDS,
-    count_flops,
-    count_params,
     layer_table,
     measure_steps,
     memory_estimate,
-    meta_model,
+    meta_counts,
     min_size_report,
     split_by_kind,
 )
@@ -59,10 +57,11 @@ def describe(cfg: DictConfig, summary: dict[str, Any]) -> tuple[torch.device, tu
     device = resolve_device(cfg.trainer.device)
     size = resolution(cfg)
     knobs = model_knobs(cfg)
+    params, flops = meta_counts(cfg.model.name, size, **knobs)
     summary |= {
         "resolution": list(size),
-        "params": count_params(meta_model(cfg.model.name, size, **knobs)),
-        "flops": count_flops(cfg.model.name, size, **knobs),
+        "params": params,
+        "flops": flops,
         **drawn_fields(cfg.model.name, size, **knobs),  # anynet_sample: the drawn architecture, ds_* columns
         **environment(device),
     }
@@ -134,7 +133,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                 plot_curves(writer.rows, out_dir / "curves.png", title)
             except Exception as err:  # a plot must never cost the run its status
                 log.warning("could not plot the learning curves: %s", err)
-    confusion.after_training(trainer, test_loader, out_dir, summary, cfg.model.name)  # per_class.csv, confusion.png, ...
+    confusion.after_training(trainer, test_loader, out_dir, summary, cfg.model.name, cfg.trainer.plot)  # per_class.csv, ...
 
 
 def _results(rows: list[dict[str, float]]) -> dict[str, Any]:

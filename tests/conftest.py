@@ -16,6 +16,14 @@ from cnnbench.data import DEBIAN_DIR, FILES
 # the user's home; subprocesses inherit it.
 os.environ.setdefault("CNNBENCH_CACHE", str(Path(tempfile.gettempdir()) / "cnnbench-test-cache"))
 
+# pytest-xdist runs one worker per core: each takes its share of the cores (and so do the commands
+# it starts), or their thread pools oversubscribe the machine and spin against each other.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+
 
 @pytest.fixture(scope="session")
 def real_data() -> Path:
@@ -59,3 +67,4 @@ def make_cfg():
     from cnnbench.config import compose
 
     return compose
+

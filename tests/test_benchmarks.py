@@ -6,10 +6,12 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 ROOT = Path(__file__).parents[1]
 
 
+@pytest.mark.slow  # compiles a model (a minute with a cold compile cache)
 def test_chapter_speed_benchmark_runs_on_the_cpu(tiny_data, tmp_path):
     """Every pipeline of the chapter benchmark, eager and graphed (compiled: on the CPU inductor's
     C++ kernels, the same BN-LeNet graph the compile tests warm in the on-disk cache)."""

@@ -65,6 +65,13 @@ def test_a_training_run_writes_per_class_results(make_cfg, tiny_data, tmp_path):
         assert (tmp_path / png).stat().st_size > 10_000, png
 
 
+def test_plot_false_writes_the_tables_without_the_pictures(make_cfg, tiny_data, tmp_path):
+    summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "trainer.plot=false"), tmp_path)
+    assert summary["status"] == "completed" and summary["per_class_acc"]
+    assert {"metrics.csv", "per_class.csv", "confusion.csv"} <= {p.name for p in tmp_path.iterdir()}
+    assert not list(tmp_path.glob("*.png"))
+
+
 def test_evaluate_a_checkpoint(make_cfg, tiny_data, tmp_path):
     train = ["trainer=smoke", f"data.root={tiny_data}", "trainer.checkpoint=true", "trainer.save_best=true"]
     assert run(make_cfg(*train), tmp_path / "run")["status"] == "completed"

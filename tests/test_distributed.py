@@ -34,6 +34,7 @@ def test_global_batch_must_divide_over_the_ranks(make_cfg, monkeypatch):
         validate(make_cfg("task=summary", "data.batch_size=15"))
 
 
+@pytest.mark.slow  # several processes
 def test_two_process_torchrun_matches_one_process(tiny_data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     single = subprocess.run([sys.executable, *RUN, f"data.root={tiny_data}", f"hydra.run.dir={one}"],
@@ -68,6 +69,7 @@ if os.environ.get("RANK") == "1":  # rank 1 raises in its third epoch
 '''
 
 
+@pytest.mark.slow  # several processes
 def test_a_rank_that_dies_fails_the_run_without_a_hang(tiny_data, tmp_path):
     (tmp_path / "inject").mkdir()
     (tmp_path / "inject" / "sitecustomize.py").write_text(INJECT)  # loaded by every rank at start-up

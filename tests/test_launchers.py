@@ -29,6 +29,7 @@ def test_slurm_launcher_config_composes():
     assert launcher.signal_delay_s > 0  # the SIGUSR2 warning that lets a job checkpoint before its time limit
 
 
+@pytest.mark.slow  # several processes
 def test_local_parallel_sweep_writes_results(tiny_data, tmp_path):
     proc = cnnbench("-m", "hydra/launcher=local_parallel", "trainer=smoke", f"data.root={tiny_data}",
                     "optimizer.lr=0.01,0.1", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
@@ -38,6 +39,7 @@ def test_local_parallel_sweep_writes_results(tiny_data, tmp_path):
     assert results["optimizer.lr"].tolist() == [0.01, 0.1] and (results["status"] == "completed").all()
 
 
+@pytest.mark.slow  # several processes
 def test_a_preempted_job_is_requeued_and_resumes(tiny_data, tmp_path):
     epochs = 300
     proc = cnnbench("-m", "hydra/launcher=local_parallel", "model=lenet", f"data.root={tiny_data}", "data.batch_size=96",

@@ -27,11 +27,25 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["+sed=3"], "sed is not a top-level key (did you mean seed?)"),
     (["-m", "model=resnet18,resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
 ])
-def test_mistakes_are_refused_with_the_nearest_real_name(tmp_path, args, message):
-    proc = cnnbench(*args, cwd=tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    assert message in proc.stderr and "Traceback" not in proc.stderr
+def test_mistakes_are_refused_with_the_nearest_real_name(tmp_path, monkeypatch, capsys, args, message):
+    # the command's own entry point, in this process: the check comes before Hydra starts
+    from cnnbench import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cnnbench", *args])
+    monkeypatch.setattr(train, "hydra_main", lambda: pytest.fail("the mistake reached Hydra"))
+    with pytest.raises(SystemExit) as stop:
+        train.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err, err
     assert not (tmp_path / "outputs").exists()  # refused before anything ran
+
+
+def test_a_mistake_on_the_command_line_exits_2_before_anything_runs(tmp_path):
+    proc = cnnbench("model=resnet", "trainer.max_epoch=3", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "model=resnet is not an option of model (did you mean resnet50?)" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "outputs").exists()
 
 
 def test_hydras_own_errors_exit_2_like_every_bad_input(tmp_path):

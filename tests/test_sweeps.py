@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from variants import smoke_side
 
 from cnnbench import report
 from cnnbench.config import validate
@@ -36,16 +37,23 @@ def sweep_jobs(name: str) -> list[list[str]]:
     return config.sweep_jobs([], config.compose(f"experiment={name}", hydra=True).hydra.sweeper.params)
 
 
-@pytest.mark.parametrize("name", EXERCISES)
-def test_every_exercise_recipe_is_a_valid_sweep_and_its_first_job_runs(make_cfg, tiny_data, tmp_path, name):
+# Every job of every exercise recipe composes and passes the checks made before training (shapes
+# at its own resolution included); the first job then trains for a step on the tiny data set, at a
+# small input unless the recipe sweeps the resolution. The slow variant runs it at its own size.
+@pytest.mark.parametrize("name, own_size", [*((e, False) for e in EXERCISES),
+                                            *(pytest.param(e, True, marks=pytest.mark.slow) for e in EXERCISES)])
+def test_every_exercise_recipe_is_a_valid_sweep_and_its_first_job_runs(make_cfg, tiny_data, tmp_path, name, own_size):
     jobs = sweep_jobs(name)
-    smoke = ["trainer=smoke", "trainer.max_epochs=1", f"data.root={tiny_data}", "bench.batch_sizes=[2]",
-             "bench.steps=1", "bench.warmup_steps=0"]
+    smoke = ["trainer=smoke", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_test_batches=1",
+             "trainer.plot=false", f"data.root={tiny_data}", "bench.batch_sizes=[2]", "bench.steps=1", "bench.warmup_steps=0"]
     if name != "ex_alexnet_bench":  # a single task=bench run; every other exercise is a sweep
         assert len(jobs) >= 2
-    for job in jobs:  # every job composes and passes the checks made before training
+    for job in jobs:
         validate(make_cfg(f"experiment={name}", *job, *smoke))
-    summary = run(make_cfg(f"experiment={name}", *jobs[0], *smoke), tmp_path)
+    first = [f"experiment={name}", *jobs[0], *smoke]
+    if not own_size and not any(o.startswith("data.resize=") for o in jobs[0]):
+        first.append(f"data.resize={smoke_side(make_cfg(*first))}")
+    summary = run(make_cfg(*first), tmp_path)
     assert summary["status"] == "completed", summary.get("error")
 
 
@@ -92,8 +100,8 @@ def test_the_exercise_page_answers_every_exercise_recipe():
 
 @pytest.mark.parametrize("name", [e for e in EXPERIMENTS if not e.startswith("ex_")])
 def test_every_recipe_composes_and_runs_smoke(make_cfg, tiny_data, tmp_path, name):
-    cfg = make_cfg(f"experiment={name}", "trainer=smoke", "trainer.max_epochs=1", "data.batch_size=8", f"data.root={tiny_data}",
-                   "trainer.compile=false")  # compiling takes a minute on a CPU: tests/test_train.py covers it
+    cfg = make_cfg(f"experiment={name}", "trainer=smoke", "trainer.max_epochs=1", "trainer.limit_test_batches=1",
+                   "trainer.plot=false", f"data.root={tiny_data}", "trainer.compile=false")  # compiling takes a minute on a CPU: tests/test_train.py covers it
     if name.startswith("d2l_"):  # the book's settings
         assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.momentum == 0
         assert cfg.scheduler.name == "none" and not cfg.data.normalize
@@ -150,6 +158,7 @@ def test_report_of_a_bench_sweep(make_cfg, tiny_data, tmp_path):
     assert "report_bench.png" in [w.name for w in written]
 
 
+@pytest.mark.slow  # several processes
 def test_optuna_search_returns_the_objective(tiny_data, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the [sweeps] extra")
     proc = cnnbench("-m", "+hparams_search=lenet_lr", "hydra.sweeper.n_trials=3", "trainer=smoke", f"data.root={tiny_data}",

@@ -8,11 +8,11 @@ import re
 import pandas as pd
 import pytest
 import torch
-from variants import KNOB_VARIANTS
+from variants import KNOB_VARIANTS, smoke_side
 
 from cnnbench.config import CONF_DIR, model_knobs
 from cnnbench.metrics import COLUMNS
-from cnnbench.models import list_models, min_input_size
+from cnnbench.models import list_models
 from cnnbench.train import run
 
 
@@ -88,13 +88,15 @@ def test_onecycle_adam_label_smoothing_and_clipping(make_cfg, tiny_data, tmp_pat
 
 # The CUDA default path (bf16 autocast, channels_last), exercised on the CPU by CPU autocast: every
 # registered model, every variant config and every documented knob variant trains with it, at
-# its smallest input (at least 32 px), for two short epochs of the smoke preset.
-CUDA_DEFAULTS = ["trainer=smoke", "trainer.precision=bf16", "trainer.channels_last=true"]
+# its smallest input (at least 32 px), for the smoke preset's two epochs of three small batches,
+# each evaluated on one batch, without the plots. (After a single step the deepest ResNets'
+# running batch-norm statistics are still far off: their test loss overflows, in fp32 too.)
+CUDA_DEFAULTS = ["trainer=smoke", "trainer.precision=bf16", "trainer.channels_last=true",
+                 "trainer.limit_test_batches=1", "trainer.plot=false"]
 
 
 def smoke_size(make_cfg, overrides) -> str:
-    cfg = make_cfg(*overrides)
-    return f"data.resize={max(32, min_input_size(cfg.model.name, **model_knobs(cfg)))}"
+    return f"data.resize={smoke_side(make_cfg(*overrides))}"
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -194,7 +196,8 @@ COMPILE_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", COMPILE_CASES)
+# One case in the default suite; the others compile graphs of their own (a minute each with a cold cache).
+@pytest.mark.parametrize("case", [c if c == "cosine+clip" else pytest.param(c, marks=pytest.mark.slow) for c in COMPILE_CASES])
 def test_compiled_step_matches_the_eager_step(make_cfg, tiny_data, tmp_path, monkeypatch, case):
     overrides = ["model=bn_lenet", f"data.root={tiny_data}", "data.batch_size=20", "trainer.max_epochs=2",
                  "trainer.progress=false", *COMPILE_CASES[case]]
@@ -204,6 +207,10 @@ def test_compiled_step_matches_the_eager_step(make_cfg, tiny_data, tmp_path, mon
     compiled = run(make_cfg(*overrides, "trainer.compile=true"), tmp_path / "compiled")
     assert eager["status"] == compiled["status"] == "completed", compiled.get("error")
     assert compiled["compile_s"] > 0 and eager["compile_s"] is None
+    # the compiled artefacts are kept under cnnbench's cache dir (not inductor's /tmp default)
+    from cnnbench.data import cache_dir
+
+    assert any((cache_dir() / "inductor" / "fxgraph").iterdir())
     # one frame compiled into one graph: no graph break, no recompilation for the last batch
     assert counters["frames"]["total"] == counters["stats"]["unique_graphs"] == 1
     a, b = read_run(tmp_path / "eager")[0], read_run(tmp_path / "compiled")[0]
@@ -254,6 +261,9 @@ BAD_INPUTS = [
     ("+model.depth=3", r"model.depth is not a knob of model bn_lenet; its knobs are: norm, norm_at, norm_affine, bias"),
     ("model.norm_at=head", r"model.norm_at='head' is not allowed; choose one of: none, conv, dense, all"),
     ("model=resnet50 model.groups=3", r"model.groups=3: the block's inner width 64 \(= 256 x bottleneck_ratio 0.25\) must be"),
+    # values in a knob's range that still leave a layer with no channel name that knob
+    ("model=resnet50 model.bottleneck_ratio=1e-9", r"model.bottleneck_ratio=1e-09 leaves the block's inner width at 0 .* above 0.00195"),
+    ("model=densenet model.compression=1e-9", r"model.compression=1e-09 keeps no channel of the 192 after dense block 1"),
     ("+optimizer.momentun=0.9", r"optimizer.momentun is not an argument of SGD; allowed: lr, momentum"),
     ("optimizer.momentum=-1", r"optimizer: SGD rejects its arguments: Invalid momentum value: -1"),
     ("optimizer.momentum=fast", r"optimizer.momentum='fast' is not allowed; SGD takes a finite number"),

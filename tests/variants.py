@@ -1,4 +1,4 @@
-"""Documented knob variants, shared by the model tests and the smoke tests."""
+"""Documented knob variants and the smoke tests' input size, shared by the model, training and recipe tests."""
 
 # Knob variants the exercises use, as (model config, knobs); each must build and run like the rest.
 KNOB_VARIANTS = [
@@ -23,3 +23,14 @@ KNOB_VARIANTS = [
     ("densenet", dict(transition_pool="max", bottleneck=True, compression=0.75)),
     ("regnetx32", dict(block="basic")),
 ]
+
+
+def smoke_side(cfg) -> int:
+    """A small input the configured model accepts: 32 px, or its smallest input when that is more
+    (one shape probe for most models; the search only for those that need more)."""
+    from cnnbench.config import model_knobs
+    from cnnbench.models import min_input_size
+    from cnnbench.models.registry import accepts_input
+
+    name, knobs = cfg.model.name, model_knobs(cfg)
+    return 32 if accepts_input(name, 32, **knobs) else min_input_size(name, **knobs)

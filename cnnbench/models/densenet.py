@@ -89,6 +89,9 @@ def densenet(
         channels = layers[-1].out_channels
         if i != len(arch) - 1:
             out = int(channels * compression)
+            if out < 1:
+                raise ModelError(f"model.compression={compression} keeps no channel of the {channels} after dense block "
+                                 f"{i + 1}; it must keep at least one: at least {1 / channels:.3g}")
             layers.append(nn.Sequential(*conv_block(channels, out, 1, bias, norm), pool(2, stride=2)))
             channels = out
     layers += [*norm_layer(norm, channels, 4), nn.ReLU()]

@@ -205,9 +205,12 @@ class ResidualBlock(nn.Module):
                  shortcut_norm: bool = False, norm: Norm = "batch"):
         super().__init__()
         mid = int(round(out_channels * bottleneck_ratio))
-        if mid < 1 or mid % groups:
+        if mid < 1:
+            raise ModelError(f"model.bottleneck_ratio={bottleneck_ratio} leaves the block's inner width at 0 (= "
+                             f"{out_channels} x {bottleneck_ratio}, rounded); it must be above {0.5 / out_channels:.3g}")
+        if mid % groups:
             raise ModelError(f"model.groups={groups}: the block's inner width {mid} "
-                             f"(= {out_channels} x bottleneck_ratio {bottleneck_ratio}) must be a positive multiple of it")
+                             f"(= {out_channels} x bottleneck_ratio {bottleneck_ratio}) must be a multiple of it")
         # (kernel, out channels, stride, groups) per convolution
         convs = [(3, mid, stride, groups), (3, out_channels, 1, groups)] if kind == "basic" else \
             [(1, mid, 1, 1), (3, mid, stride, groups), (1, out_channels, 1, 1)]

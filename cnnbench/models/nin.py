@@ -53,9 +53,9 @@ def nin(
 
     ``num_1x1`` is the number of 1x1 convolutions per block (the book: 2); ``kernel_1x1=3``
     makes them 3x3 (padded, so shapes do not change)."""
-    if num_1x1 < 0 or kernel_1x1 < 1 or kernel_1x1 % 2 == 0:
-        raise ModelError(f"model.num_1x1={num_1x1}, model.kernel_1x1={kernel_1x1}: "
-                         "need num_1x1 >= 0 and an odd kernel_1x1 >= 1")
+    if kernel_1x1 % 2 == 0:  # (the knob ranges check num_1x1 >= 0 and 1 <= kernel_1x1 <= 31)
+        raise ModelError(f"model.kernel_1x1={kernel_1x1} is not allowed; it must be odd (1, 3, 5, ...), "
+                         "so that its padding keeps the size of the feature map")
     layers, channels = conv_plan(
         arch, in_channels,
         lambda cin, cout, k, s, p: nin_block(cin, cout, k, s, p, num_1x1, kernel_1x1),

@@ -152,6 +152,8 @@ def _check_type(key: str, value: Any, default: Any, hint: Any) -> Any:
     if isinstance(default, bool):
         ok = isinstance(value, bool)
     elif isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # model.groups=2.0 is 2
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -189,32 +191,53 @@ def create_model(
 
 def accepts_input(name: str, size: int | tuple[int, int], in_channels: int = 1, **knobs: Any) -> bool:
     """Whether model ``name`` runs on a ``size`` input. Shapes only: it runs on the meta device."""
-    h, w = (size, size) if isinstance(size, int) else size
-    try:
-        with torch.device("meta"):
-            model = create_model(name, in_channels=in_channels, image_size=(h, w), **knobs).eval()
-            with torch.no_grad():  # eval mode: the same shapes, half the cost of training mode
-                model(torch.empty(2, in_channels, h, w))
-    except (RuntimeError, ValueError) as err:
-        if isinstance(err, ModelError):
-            raise
-        return False
-    return True
+    return _shape_probe(name, in_channels, knobs)(size)
+
+
+def _shape_probe(name: str, in_channels: int, knobs: dict[str, Any]) -> Callable[[int | tuple[int, int]], bool]:
+    """``fits(size)``: whether the model runs on that input, on the meta device. A model whose
+    layers do not depend on the input size (no flatten head) is built once for every probe."""
+    spec, built = get_spec(name), None
+
+    def fits(size: int | tuple[int, int]) -> bool:
+        nonlocal built
+        h, w = (size, size) if isinstance(size, int) else size
+        try:
+            with torch.device("meta"):
+                model = built if built is not None else \
+                    create_model(name, in_channels=in_channels, image_size=(h, w), **knobs).eval()
+                built = None if spec.takes_image_size else model
+                with torch.no_grad():  # eval mode: the same shapes, half the cost of training mode
+                    model(torch.empty(2, in_channels, h, w))
+        except (RuntimeError, ValueError) as err:
+            if isinstance(err, ModelError):
+                raise
+            return False
+        return True
+
+    return fits
+
+
+_MIN_SIZES: dict[tuple, int] = {}  # models are pure functions of their arguments: a search is done once per process
 
 
 def min_input_size(name: str, in_channels: int = 1, limit: int = 4096, **knobs: Any) -> int:
     """The smallest square input side the model accepts (binary search; feature-map sizes
     only grow with the input, so acceptance is monotone)."""
-    hi = get_spec(name).resolution
-    if not accepts_input(name, hi, in_channels, **knobs):
-        if not accepts_input(name, limit, in_channels, **knobs):
-            raise ModelError(f"model {name} accepts no input up to {limit}x{limit}")
-        hi = limit
-    lo = 1  # invariant: hi accepted
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if accepts_input(name, mid, in_channels, **knobs):
-            hi = mid
-        else:
-            lo = mid + 1
-    return hi
+    key = (name, in_channels, limit, repr(sorted(knobs.items())))
+    if key not in _MIN_SIZES:
+        fits = _shape_probe(name, in_channels, knobs)
+        hi = get_spec(name).resolution
+        if not fits(hi):
+            if not fits(limit):
+                raise ModelError(f"model {name} accepts no input up to {limit}x{limit}")
+            hi = limit
+        lo = 1  # invariant: hi accepted
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        _MIN_SIZES[key] = hi
+    return _MIN_SIZES[key]
