@@ -160,23 +160,15 @@ def test_unwritable_output_dir_is_a_clear_error(tmp_path):
 # a config that validates exactly when the value is in range, or an error that names the key.
 MODEL_KNOBS = {"model.padding": "lenet", "model.dropout": "lenet", "model.width": "vgg11", "model.compression": "densenet",
                "model.groups": "resnet18", "model.bottleneck_ratio": "resnet50", "model.kernel_1x1": "nin",
-               "model.stem_channels": "regnetx32", "model.num_1x1": "nin"}
+               "model.stem_channels": "regnetx32", "model.num_1x1": "nin", "model.depth": "regnet", "model.wm": "regnet",
+               "model.wa": "regnet", "model.stem_stride": "regnet"}
 
 
 def key_range(key: str):
-    import typing
-
     from cnnbench.config import RANGES
-    from cnnbench.models import get_spec
-    from cnnbench.models.registry import DEFAULT_RANGES, Range
+    from cnnbench.models.registry import knob_range
 
-    if key in RANGES:
-        return RANGES[key]
-    spec = get_spec(MODEL_KNOBS[key])
-    knob = key.split(".", 1)[1]
-    hint = typing.get_type_hints(spec.builder, include_extras=True).get(knob)
-    return next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)), None) \
-        or DEFAULT_RANGES[type(spec.knobs[knob].default)]
+    return RANGES[key] if key in RANGES else knob_range(MODEL_KNOBS[key], key.split(".", 1)[1])
 
 
 def edge_values(bounds):
@@ -220,6 +212,31 @@ def test_every_numeric_key_is_checked_against_its_range(make_cfg, data):
         assert value not in bounds or wrong_type or structural, str(err)
         return
     assert value in bounds, f"{key}={value!r} passed outside {bounds}"
+
+
+def test_every_whole_number_knob_declares_its_range():
+    # An int knob without a declared range may be anything up to 2**31: a block count that size
+    # builds modules for hours before any error (model.num_1x1=2147483648 did). Each names its own.
+    import typing
+
+    from cnnbench.models import get_spec, list_models
+    from cnnbench.models.registry import declared_range
+
+    missing = []
+    for name in list_models():
+        spec = get_spec(name)
+        hints = typing.get_type_hints(spec.builder, include_extras=True)
+        for knob, param in spec.knobs.items():
+            whole = isinstance(param.default, int) and not isinstance(param.default, bool)
+            if whole and declared_range(hints.get(knob)) is None:
+                missing.append(f"{spec.builder.__name__}.{knob}")
+    assert not missing, sorted(set(missing))
+
+
+def test_a_huge_block_count_is_refused_at_once(make_cfg):
+    cfg = make_cfg("model=nin", "model.num_1x1=2147483648")
+    with pytest.raises(ConfigError, match=r"^model.num_1x1=2147483648 is not allowed; it must be in \[0, 16\]"):
+        validate(cfg)
 
 
 def test_every_numeric_schema_key_has_a_range():

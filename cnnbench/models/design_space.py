@@ -32,14 +32,14 @@ import math
 import random
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .layers import pair
-from .registry import ModelError, add_model
+from .layers import Channels, Ratio, Stride, pair
+from .registry import ModelError, Range, add_model
 from .regnet import anynet
 
 Space = Literal["anynetx_a", "anynetx_b", "anynetx_c", "anynetx_d", "anynetx_e", "regnetx"]
@@ -260,11 +260,11 @@ def anynet_sample(
     in_channels=1,
     image_size=28,
     space: Space = "anynetx_a",
-    sample: int = 0,
+    sample: Annotated[int, Range(0, 2**31)] = 0,
     min_mflops: float = 2.0,
     max_mflops: float = 6.0,
-    stem_channels: int = 16,
-    stem_stride: int = 1,
+    stem_channels: Channels = 16,
+    stem_stride: Stride = 1,
     bias: bool = True,
 ):
     """A network drawn from a design space (AnyNetX A-E, RegNetX) by its sample index, inside a
@@ -277,14 +277,14 @@ def anynet_sample(
 def regnet(
     num_classes=10,
     in_channels=1,
-    depth: int = 13,
-    w0: int = 24,
-    wa: float = 36.44,
-    wm: float = 2.49,
-    group_width: int = 8,
-    bottleneck_ratio: float = 1.0,
-    stem_channels: int = 32,
-    stem_stride: int = 2,
+    depth: Annotated[int, Range(1, 256)] = 13,
+    w0: Channels = 24,
+    wa: Annotated[float, Range(0, 1024)] = 36.44,
+    wm: Annotated[float, Range(1, 16, open_lo=True)] = 2.49,
+    group_width: Channels = 8,
+    bottleneck_ratio: Ratio = 1.0,
+    stem_channels: Channels = 32,
+    stem_stride: Stride = 2,
     bias: bool = True,
 ):
     """RegNetX from its quantized linear rule: ``depth`` blocks, widths w0 + wa * j snapped to

@@ -18,6 +18,7 @@ Fraction = Annotated[float, Range(0, 1, open_lo=True)]  # a share of channels ke
 Ratio = Annotated[float, Range(0, 64, open_lo=True)]  # a width multiplier
 Channels = Annotated[int, Range(1, 65536)]
 Kernel = Annotated[int, Range(1, 31)]
+Stride = Annotated[int, Range(1, 8)]
 
 
 def init_weights(model: nn.Module, scheme: Init) -> nn.Module:

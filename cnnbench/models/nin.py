@@ -2,7 +2,7 @@
 act as a per-pixel MLP) and a global-average-pool head instead of dense layers."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from torch import nn
 
@@ -16,7 +16,7 @@ from .layers import (
     flat_features,
     init_weights,
 )
-from .registry import ModelError, add_model
+from .registry import ModelError, Range, add_model
 
 # Rows are NiN blocks [channels, kernel, stride, padding] of the first convolution, "M" a max-pool.
 NIN = [[96, 11, 4, 0], "M", [256, 5, 1, 2], "M", [384, 3, 1, 1], "M"]
@@ -42,7 +42,7 @@ def nin(
     image_size=224,
     arch: list = NIN,
     pool: list = [3, 2],
-    num_1x1: int = 2,
+    num_1x1: Annotated[int, Range(0, 16)] = 2,
     kernel_1x1: Kernel = 1,
     head: Literal["gap", "dense"] = "gap",
     dropout: Dropout = 0.5,
@@ -53,7 +53,7 @@ def nin(
 
     ``num_1x1`` is the number of 1x1 convolutions per block (the book: 2); ``kernel_1x1=3``
     makes them 3x3 (padded, so shapes do not change)."""
-    if kernel_1x1 % 2 == 0:  # (the knob ranges check num_1x1 >= 0 and 1 <= kernel_1x1 <= 31)
+    if kernel_1x1 % 2 == 0:  # (the knob ranges check 0 <= num_1x1 <= 16 and 1 <= kernel_1x1 <= 31)
         raise ModelError(f"model.kernel_1x1={kernel_1x1} is not allowed; it must be odd (1, 3, 5, ...), "
                          "so that its padding keeps the size of the feature map")
     layers, channels = conv_plan(

@@ -139,8 +139,23 @@ def check_knobs(name: str, knobs: dict[str, Any], prefix: str = "model") -> dict
     return out
 
 
+def declared_range(hint: Any) -> Range | None:
+    """The Range an ``Annotated[...]`` knob type declares (None without one)."""
+    return next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)), None)
+
+
+def knob_range(name: str, knob: str) -> Range | None:
+    """The numbers knob ``knob`` of model ``name`` allows (None for a knob that is not a number)."""
+    spec = get_spec(name)
+    default = spec.knobs[knob].default
+    if isinstance(default, bool) or not isinstance(default, (int, float)):
+        return None
+    return declared_range(typing.get_type_hints(spec.builder, include_extras=True).get(knob)) \
+        or DEFAULT_RANGES[type(default)]
+
+
 def _check_type(key: str, value: Any, default: Any, hint: Any) -> Any:
-    bounds = next((m for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)), None)
+    bounds = declared_range(hint)
     hint = typing.get_args(hint)[0] if bounds else hint
     choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
     if choices:

@@ -11,6 +11,7 @@ from .layers import (
     Classifier,
     Init,
     Norm,
+    Stride,
     ResidualBlock,
     init_weights,
     norm_layer,
@@ -40,7 +41,7 @@ def anynet(
     block: BlockKind = "bottleneck",
     norm: Norm = "batch",
     init: Init = "pytorch",
-    stem_stride: int = 2,  # 1: a stem that keeps the resolution (pycls's CIFAR stem), for 28 px inputs
+    stem_stride: Stride = 2,  # 1: a stem that keeps the resolution (pycls's CIFAR stem), for 28 px inputs
     bias: bool = True,  # the book's convolutions keep their bias; torchvision's and pycls's RegNets have none
 ):
     """AnyNet: ``arch`` is [depth, width, group_width, bottleneck_ratio] per stage; every stage
