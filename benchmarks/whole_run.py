@@ -56,6 +56,33 @@ def book_run(limit: int | None = None) -> None:
     print(f"test accuracy {correct / 10_000:.4f}")
 
 
+def floor_run(limit: int | None = None) -> None:
+    """The least a whole run can cost: imports, tensors in memory, the model's arithmetic, exit."""
+    import torch
+    from torch import nn
+
+    from cnnbench import data
+    from cnnbench.models import create_model
+
+    train, test = data.load(None, download=False)
+    torch.manual_seed(0)
+    model = create_model("bn_lenet")
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
+    x_train, x_test = train.images.unsqueeze(1).float() / 255, test.images.unsqueeze(1).float() / 255
+    model.train()
+    for step, batch in enumerate(torch.randperm(len(train)).split(BATCH)):
+        if step == limit:
+            break
+        loss = nn.functional.cross_entropy(model(x_train[batch]), train.labels[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        correct = sum((model(x).argmax(1) == y).sum().item() for x, y in zip(x_test.split(1000), test.labels.split(1000)))
+    print(f"test accuracy {correct / 10_000:.4f}")
+
+
 def timed(cmd: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
@@ -66,21 +93,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--book", action="store_true", help="run the book-style script (what the comparison times)")
-    parser.add_argument("--limit", type=int, default=None, help="with --book: training steps (a quick check)")
+    parser.add_argument("--floor", action="store_true", help="run the floor (imports, tensors, the bare loop) by itself")
+    parser.add_argument("--limit", type=int, default=None, help="with --book or --floor: training steps (a quick check)")
     args = parser.parse_args()
     if args.book:
         return book_run(args.limit)
-    times: dict[str, list[float]] = {"book": [], "cnnbench": []}
+    if args.floor:
+        return floor_run(args.limit)
+    times: dict[str, list[float]] = {"book": [], "cnnbench": [], "floor": []}
     with tempfile.TemporaryDirectory() as out:
         for repeat in range(args.repeats):
             times["book"].append(timed([sys.executable, __file__, "--book"]))
             run_dir = Path(out) / str(repeat)
             times["cnnbench"].append(timed([sys.executable, "-m", "cnnbench", "model=bn_lenet", "data.resize=28",
                                             "trainer.max_epochs=1", f"hydra.run.dir={run_dir}"]))
-            print(f"repeat {repeat + 1}: book {times['book'][-1]:.2f} s, cnnbench {times['cnnbench'][-1]:.2f} s", flush=True)
-    book, ours = statistics.median(times["book"]), statistics.median(times["cnnbench"])
+            times["floor"].append(timed([sys.executable, __file__, "--floor"]))
+            print(f"repeat {repeat + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
+    book, ours, floor = (statistics.median(times[k]) for k in ("book", "cnnbench", "floor"))
     print(f"\nwhole process, one BN-LeNet epoch at 28 px + evaluation, median of {args.repeats}: "
-          f"book-style {book:.2f} s, cnnbench {ours:.2f} s -> cnnbench is {book / ours:.2f}x faster")
+          f"book-style {book:.2f} s, cnnbench {ours:.2f} s -> cnnbench is {book / ours:.2f}x faster; "
+          f"the floor (imports and the bare loop) {floor:.2f} s -> no pipeline can be more than {book / floor:.2f}x faster")
 
 
 if __name__ == "__main__":

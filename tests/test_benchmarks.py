@@ -35,8 +35,9 @@ def test_chapter_speed_benchmark_runs_on_the_cpu(tiny_data, tmp_path):
     assert summary.mfu.isna().all()  # no GPU peak to compare against on a CPU
 
 
-def test_whole_run_benchmark_runs_the_book_style_script(real_data):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "whole_run.py"), "--book", "--limit", "5"],
+@pytest.mark.parametrize("which", ["--book", "--floor"])
+def test_whole_run_benchmark_runs_the_book_style_script_and_the_floor(real_data, which):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "whole_run.py"), which, "--limit", "5"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("test accuracy ")
