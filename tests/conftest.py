@@ -63,8 +63,9 @@ def tiny_data(tmp_path) -> Path:
 
 @pytest.fixture
 def make_cfg():
-    """Compose the real config from conf/ with overrides, as the command line would."""
+    """Compose the real config from conf/ with overrides, as the command line would; runs draw no
+    PNGs (a second a run) unless the overrides say ``trainer.plot=true``: the tests of the pictures do."""
     from cnnbench.config import compose
 
-    return compose
+    return lambda *overrides, **kwargs: compose("trainer.plot=false", *overrides, **kwargs)
 

@@ -106,7 +106,8 @@ def test_bench_times_the_training_step_that_train_runs(make_cfg, tiny_data, tmp_
 
 
 def test_bench_task_writes_a_row_per_batch_size_and_mode(make_cfg, tiny_data, tmp_path):
-    cfg = make_cfg("task=bench", "model=lenet", f"data.root={tiny_data}", "bench.batch_sizes=[4,16]", "bench.steps=2", "bench.warmup_steps=1")
+    cfg = make_cfg("task=bench", "model=lenet", f"data.root={tiny_data}", "bench.batch_sizes=[4,16]", "bench.steps=2", "bench.warmup_steps=1",
+                   "trainer.plot=true")
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed", summary.get("error")
     bench = pd.read_csv(tmp_path / "bench.csv")

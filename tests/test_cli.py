@@ -39,7 +39,7 @@ def test_one_run_writes_its_files(real_data, tmp_path):
 
 
 def test_multirun_writes_one_dir_per_job(real_data, tmp_path):
-    proc = cnnbench("-m", "trainer=smoke", "optimizer.lr=0.01,0.1", f"hydra.sweep.dir={tmp_path}")
+    proc = cnnbench("-m", "trainer=smoke", "trainer.plot=false", "optimizer.lr=0.01,0.1", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     for job, lr in (("0", 0.01), ("1", 0.1)):
         summary = json.loads((tmp_path / job / "summary.json").read_text())
@@ -50,7 +50,7 @@ def test_multirun_writes_one_dir_per_job(real_data, tmp_path):
 def test_a_failing_job_does_not_stop_the_sweep(tiny_data, tmp_path):
     # a data root that turns out empty only when the job loads its data: checks before the sweep pass
     (tmp_path / "empty").mkdir()
-    proc = cnnbench("-m", "trainer=smoke", f"data.root={tiny_data},{tmp_path / 'empty'}", "data.download=false",
+    proc = cnnbench("-m", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data},{tmp_path / 'empty'}", "data.download=false",
                     f"hydra.sweep.dir={tmp_path / 'sweep'}")
     tmp_path = tmp_path / "sweep"
     assert proc.returncode == 1  # every job ran, one did not complete

@@ -44,7 +44,7 @@ def test_analyse_matches_a_plain_count_across_batches():
 
 
 def test_a_training_run_writes_per_class_results(make_cfg, tiny_data, tmp_path):
-    summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}"), tmp_path)
+    summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "trainer.plot=true"), tmp_path)
     assert summary["status"] == "completed", summary.get("error")
     _, test = load(str(tiny_data))
     evaluated = test.labels[:16]  # trainer=smoke: two test batches of 8
@@ -82,7 +82,8 @@ def test_evaluate_a_checkpoint(make_cfg, tiny_data, tmp_path):
     assert summary["model"] == "bn_lenet" and summary["eval_images"] == 16 and summary["checkpoint"].endswith("last.pt")
     trained = pd.read_csv(tmp_path / "run" / "confusion.csv", index_col=0)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "dir" / "confusion.csv", index_col=0), trained)
-    best = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run' / 'best.pt'}", f"data.root={tiny_data}"), tmp_path / "best")
+    best = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run' / 'best.pt'}", f"data.root={tiny_data}", "trainer.plot=true"),
+               tmp_path / "best")
     assert best["status"] == "completed" and best["eval_images"] == 32  # the whole (tiny) test set
     assert (tmp_path / "best" / "mistakes.png").is_file() and (tmp_path / "best" / "per_class.csv").is_file()
     assert best["resolution"] == [28, 28]

@@ -88,7 +88,8 @@ def test_a_missing_tracker_package_names_the_extra(make_cfg, tmp_path, monkeypat
 
 def test_tensorboard_and_mlflow_get_what_metrics_csv_holds(make_cfg, tiny_data, tmp_path, store):
     store(tmp_path)
-    summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "logger=[tensorboard,mlflow]", "optimizer.lr=0.05"), tmp_path)
+    summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "logger=[tensorboard,mlflow]", "optimizer.lr=0.05",
+                           "trainer.plot=true"), tmp_path)
     assert summary["status"] == "completed", summary.get("error")
     metrics = pd.read_csv(tmp_path / "metrics.csv")
 
@@ -171,7 +172,7 @@ def test_an_interrupted_run_resumes_its_mlflow_run(make_cfg, tiny_data, tmp_path
     assert [m.step for m in client.get_metric_history(resumed.info.run_id, "test_acc")] == [1, 2]
     # task=evaluate of the same checkpoint: a tracker run of its own, with the per-class files
     store(tmp_path / "eval")
-    summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path}", f"data.root={tiny_data}", "logger=mlflow"),
+    summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path}", f"data.root={tiny_data}", "logger=mlflow", "trainer.plot=true"),
                   tmp_path / "eval")
     client, evaluated = mlflow_run(tmp_path / "eval")
     assert evaluated.info.status == "FINISHED" and evaluated.info.run_id != resumed.info.run_id
@@ -192,7 +193,7 @@ def test_a_failing_tracker_never_costs_the_run(make_cfg, tiny_data, tmp_path, mo
     monkeypatch.setattr(loggers.TensorBoard, "log_epoch", server_gone)
     with caplog.at_level(logging.WARNING, logger="cnnbench.loggers"):
         summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "logger=[tensorboard,mlflow]",
-                               f"logger.mlflow.tracking_uri=sqlite:///{blocker}/mlflow.db"), tmp_path / "run")
+                               f"logger.mlflow.tracking_uri=sqlite:///{blocker}/mlflow.db", "trainer.plot=true"), tmp_path / "run")
     assert summary["status"] == "completed", summary.get("error")
     assert pd.read_csv(tmp_path / "run" / "metrics.csv")["epoch"].tolist() == [1, 2]
     assert (tmp_path / "run" / "confusion.png").is_file()

@@ -59,7 +59,7 @@ def test_every_exercise_recipe_is_a_valid_sweep_and_its_first_job_runs(make_cfg,
 
 def test_an_exercise_recipe_runs_as_a_sweep_by_itself(tiny_data, tmp_path):
     # no -m: the recipe sets hydra.mode=MULTIRUN; trainer=smoke beats the recipe's 10 epochs
-    proc = cnnbench("experiment=ex_bn_placement", "trainer=smoke", f"data.root={tiny_data}", f"hydra.sweep.dir={tmp_path}")
+    proc = cnnbench("experiment=ex_bn_placement", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data}", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     results = pd.read_csv(tmp_path / "results.csv")
     assert results["model.norm_at"].tolist() == ["none", "conv", "dense", "all"]
@@ -111,7 +111,7 @@ def test_every_recipe_composes_and_runs_smoke(make_cfg, tiny_data, tmp_path, nam
 
 def test_rerunning_a_sweep_skips_completed_jobs(tiny_data, tmp_path):
     (tmp_path / "empty").mkdir()
-    args = ["-m", "trainer=smoke", f"data.root={tiny_data},{tmp_path / 'empty'}", "data.download=false",
+    args = ["-m", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data},{tmp_path / 'empty'}", "data.download=false",
             f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     first = cnnbench(*args)
     tmp_path = tmp_path / "sweep"
@@ -126,7 +126,7 @@ def test_rerunning_a_sweep_skips_completed_jobs(tiny_data, tmp_path):
 
 
 def test_report_of_a_sweep(tiny_data, tmp_path):
-    proc = cnnbench("-m", "trainer=smoke", f"data.root={tiny_data}", "optimizer.lr=0.01,0.1", "model.norm=none,batch",
+    proc = cnnbench("-m", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data}", "optimizer.lr=0.01,0.1", "model.norm=none,batch",
                     f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     for png in ("report_curves.png", "report_vs_optimizer.lr.png", "report_vs_model.norm.png"):
@@ -171,6 +171,7 @@ def test_optuna_search_returns_the_objective(tiny_data, tmp_path):
     assert f"best_value: {results['best_test_acc'].max()}" in best
 
 
+@pytest.mark.slow  # composes all 140 recipe jobs (40 s on 2 cores); CI runs it (make test-slow)
 def test_the_exercise_page_lists_what_every_recipe_job_builds():
     """docs/exercises.md's recipe-jobs table (model, size, parameters, FLOPs of every job of
     every exercise recipe) is generated from the composed configs, so it cannot go stale: a

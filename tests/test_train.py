@@ -22,7 +22,7 @@ def read_run(out):
 
 def test_loss_goes_down_on_a_small_subset(make_cfg, real_data, tmp_path):
     cfg = make_cfg("data.subset=2048", "data.test_subset=1024", "data.batch_size=64", "trainer.max_epochs=4",
-                   "optimizer.momentum=0.9", "optimizer.lr=0.05")
+                   "optimizer.momentum=0.9", "optimizer.lr=0.05", "trainer.plot=true")
     summary = run(cfg, tmp_path)
     metrics, saved = read_run(tmp_path)
     assert summary["status"] == saved["status"] == "completed"

@@ -57,7 +57,7 @@ def test_a_malicious_checkpoint_is_refused_and_runs_nothing(make_cfg, tiny_data,
 def test_a_planted_checkpoint_in_an_interrupted_sweep_job_runs_nothing(tiny_data, tmp_path):
     """Re-running a sweep resumes its interrupted jobs from their last.pt: a planted file there
     must be refused like any other."""
-    args = ["-m", "trainer=smoke", f"data.root={tiny_data}", "seed=0", f"hydra.sweep.dir={tmp_path}"]
+    args = ["-m", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data}", "seed=0", f"hydra.sweep.dir={tmp_path}"]
     first = cnnbench(*args)
     assert first.wait(timeout=300) == 0, first.stderr.read()
     summary = json.loads((tmp_path / "0" / "summary.json").read_text())
@@ -91,7 +91,7 @@ def test_a_model_name_cannot_move_the_run_dir_out_of_outputs(tmp_path):
 
 def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(real_data, tmp_path):
     run_dir = tmp_path / "run"
-    first = cnnbench("model=lenet", "data.subset=8192", "data.test_subset=1000", "trainer.max_epochs=2",
+    first = cnnbench("model=lenet", "data.subset=8192", "data.test_subset=1000", "trainer.max_epochs=2", "trainer.plot=false",
                      f"hydra.run.dir={run_dir}")
     deadline = time.time() + 120
     while not (run_dir / ".cnnbench.lock").exists():
@@ -120,7 +120,7 @@ def test_a_killed_run_leaves_no_stale_lock(tiny_data, tmp_path):
         time.sleep(0.05)
     proc.kill()
     proc.wait(timeout=60)
-    again = subprocess.run([sys.executable, "-m", "cnnbench", "trainer=smoke", f"data.root={tiny_data}",
+    again = subprocess.run([sys.executable, "-m", "cnnbench", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data}",
                             f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
 
