@@ -3,9 +3,10 @@ confident mistakes on the test set.
 
 One pass over the test set on the device, in batches like training: the confusion matrix is
 counted there (``bincount(true * C + pred)``) and the most confidently misclassified images
-are kept as a running top-k; both are read back once, at the end. A training run writes
-these files when it ends; ``task=evaluate trainer.resume=RUN_OR_PT`` writes them for any
-checkpoint:
+are kept as a running top-k (``Tally``); both are read back once, at the end. A training run
+writes these files when it ends, from its last epoch's evaluation (no pass of their own; under
+torchrun, where each rank evaluates a share, rank 0 makes one); ``task=evaluate
+trainer.resume=RUN_OR_PT`` writes them for any checkpoint:
 
 - ``per_class.csv``: count, correct, accuracy and the class most often predicted instead;
 - ``confusion.csv``: counts, rows the true class, columns the predicted one;
@@ -48,7 +49,7 @@ class Errors:
     as p; ``mistakes`` are the most confident wrong predictions, most confident first."""
 
     confusion: torch.Tensor  # int64 [C, C], on the CPU
-    mistake_images: torch.Tensor  # uint8 [K, 28, 28]: the images as stored, before resizing
+    mistake_images: torch.Tensor  # uint8 [K, H, W]: as the test split holds them (28 px, or the run's size when resized once)
     mistake_true: list[int]
     mistake_pred: list[int]
     mistake_confidence: list[float]  # the softmax probability of the wrong prediction
@@ -66,43 +67,59 @@ class Errors:
         return self.confusion.diag().sum().item() / max(self.confusion.sum().item(), 1)
 
 
+class Tally:
+    """The confusion matrix and the running top-k of the most confident mistakes, counted on
+    the device batch by batch (``add``), read back once (``errors``). Fed by ``analyse``, or by
+    the last epoch's evaluation of a training run, which then needs no pass of its own."""
+
+    def __init__(self, split, num_classes: int = 10, top: int = MISTAKES_SHOWN):
+        self.split, self.num_classes, self.top = split, num_classes, top
+        device = split.images.device
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
+        self.best_conf = torch.empty(0, device=device)  # the running top-k of wrong predictions
+        self.best_idx = torch.empty(0, dtype=torch.long, device=device)
+        self.best_pred = torch.empty(0, dtype=torch.long, device=device)
+        self.seen = 0  # images counted, in the split's order
+
+    @torch.no_grad()
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """The next batch of the split, in order (an unshuffled loader)."""
+        confidence, pred = logits.float().softmax(dim=1).max(dim=1)
+        self.confusion += torch.bincount(y * self.num_classes + pred, minlength=self.num_classes ** 2)
+        wrong = pred != y
+        idx = torch.arange(self.seen, self.seen + len(y), device=y.device)
+        conf, best, preds = (torch.cat([self.best_conf, confidence[wrong]]), torch.cat([self.best_idx, idx[wrong]]),
+                             torch.cat([self.best_pred, pred[wrong]]))
+        keep = conf.topk(min(self.top, len(conf))).indices
+        self.best_conf, self.best_idx, self.best_pred = conf[keep], best[keep], preds[keep]
+        self.seen += len(y)
+
+    def errors(self) -> Errors:
+        """What was counted, on the CPU (the one host sync)."""
+        confusion, best_conf, best_idx, best_pred = (t.cpu() for t in (self.confusion, self.best_conf, self.best_idx, self.best_pred))
+        on_device = best_idx.to(self.split.images.device)
+        return Errors(
+            confusion=confusion.view(self.num_classes, self.num_classes),
+            mistake_images=self.split.images[on_device].cpu(),
+            mistake_true=self.split.labels[on_device].cpu().tolist(),
+            mistake_pred=best_pred.tolist(),
+            mistake_confidence=best_conf.tolist(),
+        )
+
+
 @torch.no_grad()
 def analyse(model: torch.nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype | None = None,
             channels_last: bool = False, num_classes: int = 10, top: int = MISTAKES_SHOWN) -> Errors:
     """Count the confusion matrix and keep the ``top`` most confident mistakes of ``model`` on
     ``loader`` (unshuffled, one process), all on the device; one host sync at the end."""
     model.eval()
-    images = loader.split.images
-    device = images.device
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
-    best_conf = torch.empty(0, device=device)  # the running top-k of wrong predictions
-    best_idx = torch.empty(0, dtype=torch.long, device=device)
-    best_pred = torch.empty(0, dtype=torch.long, device=device)
-    offset = 0
-    for x, y in loader:
+    tally = Tally(loader.split, num_classes, top)
+    for x, _y in loader:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
-        confidence, pred = logits.float().softmax(dim=1).max(dim=1)
-        confusion += torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes)
-        wrong = pred != y
-        idx = torch.arange(offset, offset + len(y), device=device)
-        best_conf = torch.cat([best_conf, confidence[wrong]])
-        best_idx = torch.cat([best_idx, idx[wrong]])
-        best_pred = torch.cat([best_pred, pred[wrong]])
-        keep = best_conf.topk(min(top, len(best_conf))).indices
-        best_conf, best_idx, best_pred = best_conf[keep], best_idx[keep], best_pred[keep]
-        offset += len(y)
-    # the one host sync
-    confusion, best_conf, best_idx, best_pred = (t.cpu() for t in (confusion, best_conf, best_idx, best_pred))
-    return Errors(
-        confusion=confusion.view(num_classes, num_classes),
-        mistake_images=images[best_idx.to(device)].cpu(),
-        mistake_true=loader.split.labels[best_idx.to(device)].cpu().tolist(),
-        mistake_pred=best_pred.tolist(),
-        mistake_confidence=best_conf.tolist(),
-    )
+        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            tally.add(model(x), _y)
+    return tally.errors()
 
 
 def per_class_rows(errors: Errors, names: list[str]) -> list[dict[str, Any]]:
@@ -174,23 +191,25 @@ def plot_confusion(errors: Errors, names: list[str], path: Path, title: str = ""
 
 
 def plot_mistakes(errors: Errors, names: list[str], path: Path, title: str = "") -> Path:
-    """The most confidently misclassified test images, as stored (28x28), with their labels:
-    one sheet of tiles in a single axes (a grid of subplots costs a second to draw)."""
+    """The most confidently misclassified test images, at the size the test split holds them (28 px,
+    or the run's size when resized once), with their labels: one sheet of tiles in a single axes
+    (a grid of subplots costs a second to draw)."""
     import numpy as np
 
     plt = pyplot()
     shown = len(errors.mistake_true)
-    cols, side, gap, label = 6, 28, 3, 8  # tiles per row; pixels of a tile, between tiles, above one for its label
+    h, w = errors.mistake_images.shape[-2:] if shown else (28, 28)
+    cols, gap, label = 6, max(3, w // 9), max(8, h * 2 // 7)  # tiles per row; pixels between tiles, above one for its label
     rows = max(1, -(-shown // cols))
-    cell_w, cell_h = side + gap, label + side + gap
+    cell_w, cell_h = w + gap, label + h + gap
     sheet = np.full((rows * cell_h, cols * cell_w - gap), np.nan)  # NaN: the white background
     width = cols * 1.9
     fig = plt.figure(figsize=(width, width * sheet.shape[0] / sheet.shape[1] + 0.5))
     ax = fig.add_axes((0.005, 0.0, 0.99, 1 - 0.5 / fig.get_figheight()))
     for i in range(shown):
         top, left = (i // cols) * cell_h + label, (i % cols) * cell_w
-        sheet[top:top + side, left:left + side] = errors.mistake_images[i].numpy()
-        ax.text(left + side / 2, top - 1, f"true: {names[errors.mistake_true[i]]}\npred: "
+        sheet[top:top + h, left:left + w] = errors.mistake_images[i].numpy()
+        ax.text(left + w / 2, top - 1, f"true: {names[errors.mistake_true[i]]}\npred: "
                 f"{names[errors.mistake_pred[i]]} ({errors.mistake_confidence[i]:.0%})", ha="center", va="bottom", fontsize=8.5)
     ax.imshow(sheet, cmap=plt.get_cmap("gray_r").with_extremes(bad="white"), vmin=0, vmax=255, interpolation="nearest")
     ax.set_axis_off()
@@ -209,12 +228,22 @@ def full_test_loader(loader: DeviceLoader) -> DeviceLoader:
                         limit_batches=loader.limit_batches)
 
 
+def final_tally(test_loader: DeviceLoader) -> Tally | None:
+    """A Tally for the last epoch's evaluation to fill, where that evaluation sees the whole test
+    loader (one process); None under torchrun, where each rank evaluates its share."""
+    return Tally(test_loader.split) if test_loader.world_size == 1 else None
+
+
 def after_training(trainer, test_loader: DeviceLoader, out_dir: Path, summary: dict[str, Any], title: str = "",
-                   plot: bool = True) -> None:
-    """The end of a training run (rank 0): the per-class files of the final model."""
+                   plot: bool = True, tally: Tally | None = None) -> None:
+    """The end of a training run (rank 0): the per-class files of the final model, from the
+    last evaluation's ``tally`` when it counted the whole test loader, else from a pass of their own."""
     if not distributed.from_env().main:
         return
-    errors = analyse(unwrap(trainer.model), full_test_loader(test_loader), trainer.amp_dtype, trainer.channels_last)
+    if tally is not None and tally.seen == test_loader.num_samples:
+        errors = tally.errors()
+    else:
+        errors = analyse(unwrap(trainer.model), full_test_loader(test_loader), trainer.amp_dtype, trainer.channels_last)
     write_outputs(errors, out_dir, summary, title, plot)
     log.info("per-class test accuracy: %s", ", ".join(f"{k} {v:.3f}" for k, v in summary["per_class_acc"].items()))
 

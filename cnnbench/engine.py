@@ -303,8 +303,9 @@ class Trainer:
         sums = torch.stack([loss_sum.double(), correct.double(), torch.tensor(float(seen), device=self.device).double()])
         return tuple(self.world.sum(sums).tolist())
 
-    def evaluate(self, loader: DeviceLoader) -> dict[str, float]:
-        """Loss and accuracy on ``loader`` (its own batch size), in the training precision."""
+    def evaluate(self, loader: DeviceLoader, tally=None) -> dict[str, float]:
+        """Loss and accuracy on ``loader`` (its own batch size), in the training precision; each
+        batch's logits also go to ``tally.add(logits, labels)`` when given (confusion.Tally)."""
         self.model.eval()
         synchronize(self.device)
         start = time.perf_counter()
@@ -316,6 +317,8 @@ class Trainer:
             loss_sum += nn.functional.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(dim=1) == y).sum()
             seen += len(y)
+            if tally is not None:
+                tally.add(logits, y)
         loss_total, correct_total, seen_total = self._totals(loss_sum, correct, seen)
         return {"test_loss": loss_total / seen_total, "test_acc": correct_total / seen_total,
                 "eval_time_s": time.perf_counter() - start}
@@ -340,13 +343,15 @@ def fit(
     partial: dict | None = None,
     stop: StopFlag | None = None,
     diverge_loss: float = 0.0,
+    last_tally=None,
 ) -> None:
     """Train epochs ``start_epoch..max_epochs``, evaluating after each; ``on_epoch`` gets each
     metrics row, then ``checkpoint(epochs_done, None)`` runs (if given). When ``stop`` is set,
     the epoch stops after its current step, ``checkpoint(epochs_done, partial_epoch)`` saves
     where it stood, and Interrupted is raised. ``partial`` resumes such a cut epoch. An epoch
     whose mean training loss is not finite, or above ``diverge_loss`` (when positive), raises
-    Diverged (a cross-entropy starts near ln(classes), 2.3 for ten)."""
+    Diverged (a cross-entropy starts near ln(classes), 2.3 for ten). The last epoch's evaluation
+    also fills ``last_tally`` (the per-class counts of the final model: no pass of their own)."""
     for epoch in range(start_epoch, max_epochs + 1):
         lr = partial["lr"] if partial else trainer.optimizer.param_groups[0]["lr"]
         if trainer.device.type == "cuda":
@@ -362,7 +367,10 @@ def fit(
         loss = row["train_loss"]
         diverged = not math.isfinite(loss) or 0 < diverge_loss < loss
         # A diverged model is not evaluated: its row records the loss that stopped the run.
-        row |= {"test_loss": math.nan, "test_acc": math.nan, "eval_time_s": math.nan} if diverged else trainer.evaluate(test_loader)
+        if diverged:
+            row |= {"test_loss": math.nan, "test_acc": math.nan, "eval_time_s": math.nan}
+        else:
+            row |= trainer.evaluate(test_loader, last_tally if epoch == max_epochs else None)
         row["peak_mem_mb"] = peak_memory_mb(trainer.device)
         on_epoch(row)
         if diverged:

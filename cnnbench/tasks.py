@@ -115,11 +115,13 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
             save_checkpoint(out_dir / "last.pt", trainer, train_loader, epochs_done, cut, meta)
 
     summary.update(_results(writer.rows))
+    tally = confusion.final_tally(test_loader)  # the last evaluation counts the per-class files' numbers too
     summary["_epochs_started"] = time.perf_counter()
     try:
         with stop.installed():
             fit(trainer, train_loader, test_loader, cfg.trainer.max_epochs, on_epoch, checkpoint,
-                start_epoch=start_epoch, partial=partial, stop=stop, diverge_loss=cfg.trainer.diverge_loss)
+                start_epoch=start_epoch, partial=partial, stop=stop, diverge_loss=cfg.trainer.diverge_loss,
+                last_tally=tally)
     finally:
         summary["_epochs_ended"] = time.perf_counter()
         summary["training_s"] = summary["_epochs_ended"] - summary["_epochs_started"]
@@ -133,7 +135,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                 plot_curves(writer.rows, out_dir / "curves.png", title)
             except Exception as err:  # a plot must never cost the run its status
                 log.warning("could not plot the learning curves: %s", err)
-    confusion.after_training(trainer, test_loader, out_dir, summary, cfg.model.name, cfg.trainer.plot)  # per_class.csv, ...
+    confusion.after_training(trainer, test_loader, out_dir, summary, cfg.model.name, cfg.trainer.plot, tally)  # per_class.csv, ...
 
 
 def _results(rows: list[dict[str, float]]) -> dict[str, Any]:

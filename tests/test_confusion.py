@@ -65,6 +65,26 @@ def test_a_training_run_writes_per_class_results(make_cfg, tiny_data, tmp_path):
         assert (tmp_path / png).stat().st_size > 10_000, png
 
 
+def test_the_last_evaluation_counts_the_per_class_files_without_a_pass_of_their_own(make_cfg, tiny_data, tmp_path, monkeypatch):
+    from cnnbench import confusion
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("a training run made a separate per-class pass over the test set")
+
+    monkeypatch.setattr(confusion, "analyse", no_second_pass)
+    summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "trainer.max_epochs=3"), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    assert summary["eval_images"] == 16 and summary["eval_test_acc"] == pytest.approx(summary["final_test_acc"])
+
+
+def test_a_run_resized_once_draws_its_mistakes_at_its_own_size(make_cfg, tiny_data, tmp_path, caplog):
+    # without augmentation the test split is resized once to the run's size: the sheet tiles that size
+    summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "data.resize=40", "trainer.plot=true"), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    assert not [r for r in caplog.records if "could not plot" in r.getMessage()]
+    assert (tmp_path / "mistakes.png").stat().st_size > 10_000
+
+
 def test_plot_false_writes_the_tables_without_the_pictures(make_cfg, tiny_data, tmp_path):
     summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "trainer.plot=false"), tmp_path)
     assert summary["status"] == "completed" and summary["per_class_acc"]
