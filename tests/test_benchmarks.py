@@ -35,6 +35,7 @@ def test_chapter_speed_benchmark_runs_on_the_cpu(tiny_data, tmp_path):
     assert summary.mfu.isna().all()  # no GPU peak to compare against on a CPU
 
 
+@pytest.mark.slow  # the book-style script evaluates 10,000 images through PIL and DataLoader workers
 @pytest.mark.parametrize("which", ["--book", "--floor"])
 def test_whole_run_benchmark_runs_the_book_style_script_and_the_floor(real_data, which):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "whole_run.py"), which, "--limit", "5"],

@@ -129,6 +129,7 @@ def test_schema_rejects_typos_and_wrong_types(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # builds a wheel with pip (10 s)
 def test_wheel_carries_the_configs(tmp_path):
     """Installed from a wheel, the command finds conf/ inside the package, from any directory."""
     pytest.importorskip("setuptools", reason="builds the wheel offline with the environment's setuptools")

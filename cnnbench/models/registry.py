@@ -239,7 +239,8 @@ _MIN_SIZES: dict[tuple, int] = {}  # models are pure functions of their argument
 def min_input_size(name: str, in_channels: int = 1, limit: int = 4096, **knobs: Any) -> int:
     """The smallest square input side the model accepts (binary search; feature-map sizes
     only grow with the input, so acceptance is monotone)."""
-    key = (name, in_channels, limit, repr(sorted(knobs.items())))
+    every = {k: p.default for k, p in get_spec(name).knobs.items()} | knobs  # knobs left out take their defaults
+    key = (name, in_channels, limit, repr(sorted(every.items())))
     if key not in _MIN_SIZES:
         fits = _shape_probe(name, in_channels, knobs)
         hi = get_spec(name).resolution
