@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed
 from .data import DeviceLoader, build_loaders, load
 from .engine import autocast_dtype, load_checkpoint, resolve_device, unwrap
-from .metrics import atomic_write, environment, pyplot, save_figure, write_csv
+from .metrics import atomic_write, environment, pyplot, save_figure, show, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -300,8 +300,10 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     errors = analyse(model, full_test_loader(loader), autocast_dtype(cfg.trainer.precision, device))
     write_outputs(errors, out_dir, summary, f"{meta['model']} ({path.name})", cfg.trainer.plot)
     summary["test_acc"] = summary["eval_test_acc"]
-    print(f"{meta['model']} from {path}: test accuracy {errors.accuracy:.4f} on {summary['eval_images']} images; "
-          f"worst class {summary['worst_class']} ({summary['worst_class_acc']:.3f})")
-    for row in per_class_rows(errors, class_names()):
-        print(f"  {row['class']:12} {row['accuracy']:.3f}  ({row['correct']}/{row['count']})"
-              + (f"  most often taken for {row['most_confused_with']} ({row['confused_count']})" if row["confused_count"] else ""))
+    show("\n".join([
+        f"{meta['model']} from {path}: test accuracy {errors.accuracy:.4f} on {summary['eval_images']} images; "
+        f"worst class {summary['worst_class']} ({summary['worst_class_acc']:.3f})",
+        *(f"  {row['class']:12} {row['accuracy']:.3f}  ({row['correct']}/{row['count']})"
+          + (f"  most often taken for {row['most_confused_with']} ({row['confused_count']})" if row["confused_count"] else "")
+          for row in per_class_rows(errors, class_names())),
+    ]))

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import sys
 from pathlib import Path
 from typing import IO, Any, Callable
 
@@ -97,6 +98,15 @@ class MetricsWriter:
 def _fmt(value: Any) -> Any:
     """Floats in full (the shortest text that reads back to the same number)."""
     return repr(value) if isinstance(value, float) and math.isfinite(value) else value
+
+
+def show(text: str) -> None:
+    """Print a task's table on stdout. A reader that stops early (``cnnbench ... | head``) costs
+    the run nothing: the rest goes to /dev/null and the run carries on (its files are the record)."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

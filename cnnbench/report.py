@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import collect_results, pyplot, save_figure, whole_numbers
+from .metrics import collect_results, pyplot, save_figure, show, whole_numbers
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
 TABLE = ["status", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
@@ -173,7 +173,7 @@ def report(path: str | Path, html: bool = False) -> tuple[pd.DataFrame, list[Pat
     columns = ["job", *swept, *[c for c in TABLE if c in results and results[c].notna().any()]]
     table = whole_numbers(results[columns].copy())
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
-        print(table.to_string(index=False))  # whole numbers as integers, even beside a failed job's gap
+        show(table.to_string(index=False))  # whole numbers as integers, even beside a failed job's gap
     written = [plot_sweep_curves(path, results, swept, plt), plot_sweep_bench(path, results, swept, plt)]
     metric = next((m for m in ("final_test_acc", "best_train_images_per_s", "params") if m in results and results[m].notna().any()), None)
     if metric and len(results) > 1:
@@ -187,8 +187,8 @@ def report(path: str | Path, html: bool = False) -> tuple[pd.DataFrame, list[Pat
         from .html_report import write_html
 
         written.append(write_html(path, results, swept, written))
-    for w in written:
-        print(f"wrote {w}")
+    if written:
+        show("\n".join(f"wrote {w}" for w in written))
     return results, written
 
 

@@ -44,6 +44,7 @@ from .metrics import (
     environment,
     plot_bench,
     plot_curves,
+    show,
     write_csv,
     write_json,
 )
@@ -166,7 +167,7 @@ def summary_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> Non
         measured = _bench_one(cfg, device, size, knobs, train_split, cfg.data.batch_size, warmup=1, steps=2)
         summary["train_peak_mb_measured"] = measured["train"]["peak_mem_mb"]
         summary["infer_peak_mb_measured"] = measured["infer"]["peak_mem_mb"]
-    print(format_layers(rows, summary))
+    show(format_layers(rows, summary))
 
 
 def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
@@ -220,12 +221,13 @@ def min_size_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     sizes, rows = min_size_report(cfg.model.name, **knobs)
     summary |= sizes
     write_csv(out_dir / "stages.csv", rows)
-    print(f"{cfg.model.name}: smallest input {sizes['min_size']}x{sizes['min_size']}; "
-          f"every stage keeps more than 1x1 from {sizes['no_collapse_size']}x{sizes['no_collapse_size']}")
     width = max(len(r["stage"]) for r in rows)
-    print(f"{'stage':{width}}  {'at ' + str(sizes['min_size']):>14}  {'at ' + str(sizes['no_collapse_size']):>14}")
-    for r in rows:
-        print(f"{r['stage']:{width}}  {r['shape_at_min_size']:>14}  {r['shape_at_no_collapse_size']:>14}")
+    show("\n".join([
+        f"{cfg.model.name}: smallest input {sizes['min_size']}x{sizes['min_size']}; "
+        f"every stage keeps more than 1x1 from {sizes['no_collapse_size']}x{sizes['no_collapse_size']}",
+        f"{'stage':{width}}  {'at ' + str(sizes['min_size']):>14}  {'at ' + str(sizes['no_collapse_size']):>14}",
+        *(f"{r['stage']:{width}}  {r['shape_at_min_size']:>14}  {r['shape_at_no_collapse_size']:>14}" for r in rows),
+    ]))
 
 
 def format_layers(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:

@@ -85,6 +85,17 @@ def test_a_diverged_run_exits_3_and_keeps_its_files(tiny_data, tmp_path):
     assert len(pd.read_csv(tmp_path / "metrics.csv")) == 1
 
 
+def test_a_reader_that_stops_early_costs_the_run_nothing(tmp_path):
+    # `cnnbench task=min_size ... | head -1`: the pipe closes before the table is written
+    proc = subprocess.Popen([sys.executable, "-m", "cnnbench", "task=min_size", "model=googlenet", f"hydra.run.dir={tmp_path}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    assert "BrokenPipeError" not in err and (tmp_path / "stages.csv").is_file()
+
+
 def test_help_lists_groups_and_models():
     proc = cnnbench("--help")
     assert proc.returncode == 0
