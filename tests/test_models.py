@@ -129,7 +129,7 @@ def model_configs() -> dict[str, dict]:
 
     from cnnbench.config import CONF_DIR, compose
 
-    return {path.stem: OmegaConf.to_container(compose(f"model={path.stem}").model)
+    return {path.stem: OmegaConf.to_container(compose(f"model={path.stem}").model, resolve=True)
             for path in sorted((CONF_DIR / "model").glob("*.yaml"))}
 
 
@@ -269,21 +269,18 @@ def test_scratch_batch_norm_under_autocast_keeps_fp32_statistics(dtype, lite):
         assert amp(conv(x)).dtype == dtype
 
 
-def test_every_model_yaml_composes_and_matches_its_builder(make_cfg):
-    from cnnbench.config import model_knobs
-
+def test_every_model_yaml_composes_and_matches_its_builder():
     conf = Path(__file__).parents[1] / "conf" / "model"
     names = sorted(p.stem for p in conf.glob("*.yaml"))
-    assert set(list_models()) <= set(names)
-    for option in names:
-        cfg = make_cfg(f"model={option}")
-        knobs = model_knobs(cfg)
-        spec = get_spec(cfg.model.name)
+    assert set(list_models()) <= set(names) == set(MODEL_CONFIGS)
+    for option in names:  # MODEL_CONFIGS: each YAML composed as `model=OPTION` composes it
+        name, knobs = MODEL_CONFIGS[option]["name"], {k: v for k, v in MODEL_CONFIGS[option].items() if k != "name"}
+        spec = get_spec(name)
         assert set(knobs) == set(spec.knobs), f"conf/model/{option}.yaml and the builder disagree"
-        if option == cfg.model.name:  # the YAML's values are the builder's defaults
+        if option == name:  # the YAML's values are the builder's defaults
             assert knobs == {k: (list(p.default) if isinstance(p.default, tuple) else p.default) for k, p in spec.knobs.items()}
         with torch.device("meta"):  # the config builds the model its builder builds with those knobs
-            from_config = create_model(cfg.model.name, **knobs)
+            from_config = create_model(name, **knobs)
             direct = spec.builder(num_classes=10, in_channels=1, **({"image_size": spec.resolution} if spec.takes_image_size else {}),
                                   **(spec.defaults | knobs))
         assert [tuple(p.shape) for p in from_config.parameters()] == [tuple(p.shape) for p in direct.parameters()]
