@@ -335,15 +335,6 @@ def check_overrides(overrides: list[str]) -> None:
             raise ConfigError(f"{key} is not a top-level key{_nearest(key, fields)}; the keys are: {', '.join(sorted(fields))}")
 
 
-def open_overrides(args: list[str]) -> list[str]:
-    """``model.KNOB=V`` and ``optimizer.ARG=V`` from the command line as ``++`` overrides (set, or
-    add where the key is missing). Hydra composes a multirun's first config with the default
-    model, where another model's knob is no key (``-m model=vgg11,vgg13 model.width=0.25`` failed
-    with "not in struct"), and a single run's misspelt knob got the same raw error; cnnbench's own
-    checks then name an unknown knob or optimizer argument and what is allowed."""
-    return [f"++{a}" if re.match(r"(model|optimizer)\.[\w.]+=", a) else a for a in args]
-
-
 def sweep_jobs(overrides: list[str], params: dict | None) -> list[list[str]]:
     """The jobs (override lists) Hydra's basic sweeper makes of a multirun's command-line
     overrides and ``hydra.sweeper.params`` (the command line wins for a key in both)."""
@@ -369,13 +360,12 @@ def validate_sweep(overrides: list[str], params: dict | None) -> None:
     bad = []
     jobs = sweep_jobs(overrides, params)
     for number, job in enumerate(jobs):
-        shown = " ".join(o.removeprefix("++") for o in job)  # as typed (open_overrides adds the ++)
         try:
             validate(compose(*job))
         except ConfigError as err:
-            bad.append(f"job {number} ({shown}): {err}")
+            bad.append(f"job {number} ({' '.join(job)}): {err}")
         except Exception as err:  # Hydra's composition errors name the key
-            bad.append(f"job {number} ({shown}): {str(err).splitlines()[0]}")
+            bad.append(f"job {number} ({' '.join(job)}): {str(err).splitlines()[0]}")
     if bad:
         raise ConfigError(f"{len(bad)} of the sweep's {len(jobs)} jobs are not valid, so none was started:\n  "
                           + "\n  ".join(bad))

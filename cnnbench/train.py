@@ -30,7 +30,6 @@ from .config import (
     check_overrides,
     enum_value,
     first_line,
-    open_overrides,
     register_configs,
     validate,
 )
@@ -147,7 +146,6 @@ def main() -> None:
     except ConfigError as err:
         print(f"cnnbench: {err}", file=sys.stderr)
         sys.exit(BAD_INPUT_EXIT)
-    sys.argv[1:] = open_overrides(sys.argv[1:])
     try:
         hydra_main()
     except SystemExit as stop:

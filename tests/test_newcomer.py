@@ -73,30 +73,6 @@ def test_a_sweep_checks_every_job_before_launching_any(tiny_data, tmp_path):
     assert not (tmp_path / "0").exists()
 
 
-def test_a_knob_of_the_swept_models_applies_to_each_job(tmp_path):
-    # Hydra composes a multirun's first config with the default model (bn_lenet has no width):
-    # the knob must still reach every job's model
-    proc = cnnbench("-m", "task=summary", "model=vgg11,vgg13", "model.width=0.25", f"hydra.sweep.dir={tmp_path}")
-    assert proc.returncode == 0, proc.stderr
-    from cnnbench.analysis import meta_counts
-
-    results = pd.read_csv(tmp_path / "results.csv").set_index("model")
-    for name in ("vgg11", "vgg13"):
-        assert results.loc[name, "params"] == meta_counts(name, (224, 224), width=0.25)[0] < meta_counts(name, (224, 224))[0]
-    assert "model.width" in results.columns and "++model.width" not in results.columns
-
-
-def test_a_misspelt_knob_or_optimizer_argument_is_named_with_what_is_allowed(make_cfg):
-    from cnnbench.config import ConfigError, open_overrides, validate
-
-    args = open_overrides(["model=vgg11", "model.widht=0.5", "trainer.max_epochs=2", "+model.depth=3"])
-    assert args == ["model=vgg11", "++model.widht=0.5", "trainer.max_epochs=2", "+model.depth=3"]
-    with pytest.raises(ConfigError, match=r"^model.widht is not a knob of model vgg11; its knobs are: arch, width, "):
-        validate(make_cfg(*args[:2]))
-    with pytest.raises(ConfigError, match=r"^optimizer.lrr is not an argument of SGD; allowed: lr, momentum"):
-        validate(make_cfg(*open_overrides(["optimizer.lrr=0.1"])))
-
-
 def test_a_run_ends_by_naming_its_dir_and_files(tiny_data, tmp_path):
     proc = cnnbench("trainer=smoke", f"data.root={tiny_data}", f"hydra.run.dir={tmp_path}", "trainer.checkpoint=true")
     assert proc.returncode == 0, proc.stderr
