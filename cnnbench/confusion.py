@@ -114,11 +114,11 @@ def analyse(model: torch.nn.Module, loader: DeviceLoader, amp_dtype: torch.dtype
     ``loader`` (unshuffled, one process), all on the device; one host sync at the end."""
     model.eval()
     tally = Tally(loader.split, num_classes, top)
-    for x, _y in loader:
+    for x, y in loader:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            tally.add(model(x), _y)
+            tally.add(model(x), y)
     return tally.errors()
 
 
