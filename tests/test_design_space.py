@@ -85,6 +85,16 @@ def test_a_draw_is_the_same_on_every_machine():
 PINNED_REGNETX_0 = [[1, 16, 4, 1.0], [2, 32, 4, 1.0], [3, 56, 4, 1.0], [5, 112, 4, 1.0]]
 
 
+@pytest.mark.parametrize("name", list(space.SPACES))
+def test_a_draw_counts_the_flops_that_pytorchs_counter_counts(name):
+    # the draw counts convolutions and linear layers with forward hooks; the project counts with
+    # torch.utils.flop_counter: the same figure, on every space, sizes and stem strides
+    for sample, side, stride in ((0, 28, 1), (1, 40, 2)):
+        d = space.draw(name, sample, (side, side), 1, 10, 0.5, 50.0, 16, stride)
+        assert d.flops == count_flops("anynet_sample", (side, side), space=name, sample=sample, min_mflops=0.5,
+                                      max_mflops=50.0, stem_stride=stride) > 0
+
+
 def test_the_model_counts_its_flops_like_the_project_and_records_the_draw():
     model = create_model("anynet_sample", image_size=28, space="anynetx_e", sample=3)
     fields = space.summary_fields("anynet_sample", (28, 28), space="anynetx_e", sample=3)
