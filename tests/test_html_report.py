@@ -3,6 +3,7 @@ rendered in a real headless browser (Chromium from Debian's packages)."""
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import subprocess
@@ -101,9 +102,11 @@ def test_a_browser_shows_the_table_and_every_image(sweep_dir, tmp_path):
     report.report(sweep_dir, html=True)
     page = sweep_dir / "report.html"
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--allow-file-access-from-files"]
+    browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--allow-file-access-from-files",
+               f"--user-data-dir={tmp_path / 'profile'}"]
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # its profile and sockets here: none of $TMPDIR or $HOME
     dom = subprocess.run([*browser, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=env)
     assert dom.returncode == 0, dom.stderr[-2000:]
     images = len(Page(page.read_text()).images)
     # the page's script counts, after loading, the images the browser decoded
@@ -118,9 +121,10 @@ def test_a_browser_shows_the_table_and_every_image(sweep_dir, tmp_path):
         clicked = tmp_path / f"clicked{clicks}.html"
         script = f"<script>var th = document.querySelectorAll('th')[{column}];{' th.click();' * clicks}</script></body>"
         clicked.write_text(page.read_text().replace("</body>", script))
-        dom = subprocess.run([*browser, "--dump-dom", clicked.as_uri()], capture_output=True, text=True, timeout=120)
+        dom = subprocess.run([*browser, "--dump-dom", clicked.as_uri()], capture_output=True, text=True, timeout=120, env=env)
+        assert dom.returncode == 0, dom.stderr[-2000:]
         assert [row[0] for row in Page(dom.stdout).rows] == sorted(times, key=times.get, reverse=descending)
     shot = tmp_path / "report.png"  # look at it: pytest --basetemp=DIR keeps it
     subprocess.run([*browser, "--window-size=1400,1000", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120)
+                   capture_output=True, timeout=120, env=env)
     assert shot.stat().st_size > 30_000  # a page with a table and plots, not a blank one

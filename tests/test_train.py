@@ -124,8 +124,9 @@ def test_every_documented_variant_trains_on_the_cuda_default_path(make_cfg, tiny
 
 
 # fp16 autocast with its gradient scaler, where CPU autocast supports it (slow on a CPU: a few models
-# that cover the from-scratch batch norm, residual sums and grouped convolutions).
-@pytest.mark.parametrize("name", ["bn_lenet_scratch", "resnet18", "regnetx32"])
+# that cover the from-scratch batch norm, residual sums and grouped convolutions; RegNetX has both,
+# so ResNet-18, 20 s of emulated fp16, runs in the slow suite).
+@pytest.mark.parametrize("name", ["bn_lenet_scratch", pytest.param("resnet18", marks=pytest.mark.slow), "regnetx32"])
 def test_fp16_with_loss_scaling_trains(make_cfg, tiny_data, tmp_path, name):
     overrides = [f"model={name}", "trainer=smoke", "trainer.precision=fp16", "trainer.channels_last=true",
                  "trainer.max_epochs=1", f"data.root={tiny_data}"]
