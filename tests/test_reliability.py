@@ -268,3 +268,44 @@ def test_every_numeric_schema_key_has_a_range():
                                                                ("trainer", TrainerConfig), ("bench", BenchConfig))
                        for k, t in typing.get_type_hints(cls).items() if any(n in str(t) for n in ("int", "float"))}
     assert len(keys) > 15 and keys - {"data.resize"} == set(RANGES), sorted(keys ^ set(RANGES))
+
+
+# --- composing -------------------------------------------------------------------------------
+
+COMPOSITIONS = [
+    [], ["model=resnet18", "data.resize=40", "trainer.max_epochs=3"], ["experiment=ex_bn_lr", "model.norm=none"],
+    ["experiment=d2l_alexnet", "trainer=smoke", "data.root=/tmp/x"], ["model=vgg11", "++model.width=0.5", "seed=3"],
+    ["model=nin", "~data.root"], ["bench.batch_sizes=[4,8]", "task=bench", "data.root=null"], ["model.name='a b'"],
+    ["optimizer=adamw", "scheduler=onecycle", "optimizer.lr=3e-3"], ["data.resize=[32,48]", "model=googlenet"],
+    # errors: the same exception and message either way
+    ["model=resnet18", "model.widht=3"], ["trainer.max_epoch=2"], ["trainer.max_epochs=abc"], ["model=nosuch"],
+    ["+trainer.extra=1"], ["seed=1,2"], ["nosuchkey=1"], ["hydra.run.dir=/tmp/r", "model=lenet"], ["data.resize="],
+]
+
+
+def composed(*overrides):
+    from omegaconf import OmegaConf
+
+    from cnnbench.config import compose
+
+    try:
+        cfg = compose(*overrides)
+    except Exception as err:
+        return type(err), str(err)
+    return OmegaConf.to_container(cfg), OmegaConf.is_struct(cfg), OmegaConf.is_struct(cfg.model)
+
+
+@pytest.mark.parametrize("overrides", COMPOSITIONS, ids=" ".join)
+def test_composing_from_the_choices_equals_hydras_full_composition(overrides, monkeypatch):
+    from cnnbench import config
+
+    fast = composed(*overrides)
+    again = composed(*overrides)  # from the cache, and a copy: what the first caller does to it stays there
+    monkeypatch.setattr(config, "_compose_from_choices", lambda overrides: None)
+    assert fast == again == composed(*overrides)
+
+
+def test_a_composed_config_is_the_callers_own(make_cfg):
+    first = make_cfg("model=vgg11")
+    first.model.width, first.trainer.max_epochs = 0.5, 99
+    assert make_cfg("model=vgg11").model.width == 1.0 and make_cfg("model=vgg11").trainer.max_epochs != 99
