@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -96,15 +97,24 @@ def test_the_command_writes_report_html(sweep_dir, capsys):
     assert page.sections == ["job-0"] and len(page.images) == 4  # curves, confusion, mistakes + report_curves
 
 
+@pytest.fixture
+def scratch():
+    """A short-named dir of Chromium's own in /tmp (its socket's path must stay under 108 bytes,
+    which pytest's tmp_path or a deep $TMPDIR is not; a $TMPDIR that does not exist stops it)."""
+    folder = Path(tempfile.mkdtemp(prefix="chromium-", dir="/tmp" if os.path.isdir("/tmp") else None))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.skipif(not (shutil.which("chromium") or shutil.which("chromium-browser")),
                     reason="needs Chromium (apt-get install chromium) to render report.html")
-def test_a_browser_shows_the_table_and_every_image(sweep_dir, tmp_path):
+def test_a_browser_shows_the_table_and_every_image(sweep_dir, tmp_path, scratch):
     report.report(sweep_dir, html=True)
     page = sweep_dir / "report.html"
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     browser = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--allow-file-access-from-files",
-               f"--user-data-dir={tmp_path / 'profile'}"]
-    env = {**os.environ, "TMPDIR": str(tmp_path)}  # its profile and sockets here: none of $TMPDIR or $HOME
+               f"--user-data-dir={scratch}"]
+    env = {**os.environ, "TMPDIR": str(scratch)}  # its profile and sockets here: none of $TMPDIR or $HOME
     dom = subprocess.run([*browser, "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
                          capture_output=True, text=True, timeout=120, env=env)
     assert dom.returncode == 0, dom.stderr[-2000:]
