@@ -389,6 +389,72 @@ def check_overrides(overrides: list[str]) -> None:
             raise ConfigError(f"{key} is not a top-level key{_nearest(key, fields)}; the keys are: {', '.join(sorted(fields))}")
 
 
+# Keys that depend on the choice of model or optimizer: Hydra knows them only once it has composed.
+CHOICE_KEY = re.compile(r"(model|optimizer)\.\w[\w.]*=")
+
+
+def set_or_add(overrides: list[str]) -> list[str]:
+    """``model.KNOB=V`` and ``optimizer.ARG=V`` as ``++`` (set, or add where the chosen model or
+    optimizer has no such key), to check a composition: cnnbench's checks then name an unknown
+    knob or argument and what is allowed, where Hydra says only that the key is not in struct."""
+    return [f"++{o}" if CHOICE_KEY.match(o) else o for o in overrides]
+
+
+def check_choice_keys(overrides: list[str]) -> None:
+    """A single run's ``model.KNOB`` and ``optimizer.ARG`` overrides, checked against the chosen
+    model's knobs and optimizer's arguments before Hydra composes (``model=vgg11
+    model.widht=0.5``). Whatever else is wrong is left to Hydra's composition and ``validate``."""
+    if not any(CHOICE_KEY.match(o) for o in overrides):
+        return
+    try:
+        cfg = compose(*set_or_add([o for o in overrides if not o.lstrip("+~").startswith("hydra")]))
+        name = cfg.model.name
+    except Exception:
+        return
+    try:
+        check_knobs(name, model_knobs(cfg))
+    except ModelError as err:
+        raise ConfigError(str(err)) from None
+    _validate_optimizer(cfg)
+
+
+def multirun_requested(args: list[str]) -> bool:
+    """Whether the command is a multirun: ``-m``, ``hydra.mode=MULTIRUN``, or a recipe that sets
+    that mode (read from its file: Hydra has not composed yet)."""
+    if "-m" in args or "--multirun" in args or "hydra.mode=MULTIRUN" in args:
+        return True
+    for arg in args:
+        key, _, name = arg.lstrip("+").partition("=")
+        if key == "experiment" and (CONF_DIR / "experiment" / f"{name}.yaml").is_file():
+            recipe = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml")
+            if OmegaConf.select(recipe, "hydra.mode") == "MULTIRUN":
+                return True
+    return False
+
+
+def one_value_sweeps(overrides: list[str]) -> list[str]:
+    """A multirun's ``model.KNOB=V`` and ``optimizer.ARG=V`` as one-value sweeps,
+    ``model.KNOB=choice(V)``. Hydra composes a multirun's first config without its sweeps, so with
+    the default model: ``-m model=vgg11,vgg13 model.width=0.25`` failed there, bn_lenet having no
+    width. A sweep is set in each job's composition instead, and a recipe's own sweep of the same
+    key gives way to it, as to any command-line value (``++`` would make them two axes)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, out = OverridesParser.create(), []
+    for arg in overrides:
+        if CHOICE_KEY.match(arg):
+            try:
+                override = parser.parse_override(arg)
+                if not override.is_sweep_override():
+                    single = f"{override.get_key_element()}=choice({override.get_value_element_as_str()})"
+                    parser.parse_override(single)  # not every value can be a choice (null cannot)
+                    arg = single
+            except Exception:
+                pass
+        out.append(arg)
+    return out
+
+
 def sweep_jobs(overrides: list[str], params: dict | None) -> list[list[str]]:
     """The jobs (override lists) Hydra's basic sweeper makes of a multirun's command-line
     overrides and ``hydra.sweeper.params`` (the command line wins for a key in both)."""
@@ -415,7 +481,7 @@ def validate_sweep(overrides: list[str], params: dict | None) -> None:
     jobs = sweep_jobs(overrides, params)
     for number, job in enumerate(jobs):
         try:
-            validate(compose(*job))
+            validate(compose(*set_or_add(job)))
         except ConfigError as err:
             bad.append(f"job {number} ({' '.join(job)}): {err}")
         except Exception as err:  # Hydra's composition errors name the key

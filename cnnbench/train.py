@@ -27,9 +27,12 @@ from . import STARTED, data, distributed, loggers
 from .config import (
     CONF_DIR,
     ConfigError,
+    check_choice_keys,
     check_overrides,
     enum_value,
     first_line,
+    multirun_requested,
+    one_value_sweeps,
     register_configs,
     validate,
 )
@@ -141,8 +144,13 @@ def main() -> None:
                      "hydra.job_logging.root.level=WARNING", "hydra/hydra_logging=disabled"]
     if "--cfg" in sys.argv and "--resolve" not in sys.argv:
         sys.argv.append("--resolve")  # --cfg job shows the values a run uses (the resolution, say), not ${...}
+    overrides = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
     try:
-        check_overrides([a for a in sys.argv[1:] if "=" in a and not a.startswith("-")])
+        check_overrides(overrides)
+        if multirun_requested(sys.argv[1:]):
+            sys.argv[1:] = one_value_sweeps(sys.argv[1:])
+        else:
+            check_choice_keys(overrides)
     except ConfigError as err:
         print(f"cnnbench: {err}", file=sys.stderr)
         sys.exit(BAD_INPUT_EXIT)

@@ -73,6 +73,46 @@ def test_a_sweep_checks_every_job_before_launching_any(tiny_data, tmp_path):
     assert not (tmp_path / "0").exists()
 
 
+def test_a_knob_of_the_swept_models_applies_to_each_job(tmp_path):
+    # Hydra composes a multirun's first config without its sweeps, with the default model
+    # (bn_lenet has no width): the knob must still reach every job's model
+    proc = cnnbench("-m", "task=summary", "model=vgg11,vgg13", "model.width=0.25", f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr
+    from cnnbench.analysis import meta_counts
+
+    results = pd.read_csv(tmp_path / "results.csv").set_index("model")
+    for name in ("vgg11", "vgg13"):
+        assert results.loc[name, "params"] == meta_counts(name, (224, 224), width=0.25)[0] < meta_counts(name, (224, 224))[0]
+    assert results["model.width"].tolist() == [0.25, 0.25]
+
+
+def test_a_command_line_value_replaces_a_recipes_sweep_of_that_key(make_cfg):
+    from cnnbench.config import multirun_requested, one_value_sweeps, sweep_jobs
+
+    args = ["experiment=ds_anynet", "model.sample=5", "model.name=x", "model.depth=null", "trainer.max_epochs=1"]
+    assert multirun_requested(args) and multirun_requested(["-m", "model.width=1"]) and not multirun_requested(args[1:])
+    assert one_value_sweeps(args) == ["experiment=ds_anynet", "model.sample=choice(5)", "model.name=choice(x)",
+                                      "model.depth=null", "trainer.max_epochs=1"]  # null cannot be a choice
+    params = make_cfg("experiment=ds_anynet", hydra=True).hydra.sweeper.params
+    jobs = sweep_jobs(one_value_sweeps(args[:2]), params)
+    assert jobs == [[f"model.space={space}", "experiment=ds_anynet", "model.sample=5"] for space in ("anynetx_a", "anynetx_e", "regnetx")]
+
+
+def test_a_misspelt_knob_or_optimizer_argument_is_named_with_what_is_allowed(tiny_data, tmp_path):
+    from cnnbench.config import ConfigError, check_choice_keys
+
+    with pytest.raises(ConfigError, match=r"^model.widht is not a knob of model vgg11; its knobs are: arch, width, "):
+        check_choice_keys(["model=vgg11", "model.widht=0.5", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}"])
+    with pytest.raises(ConfigError, match=r"^optimizer.lrr is not an argument of SGD; allowed: lr, momentum"):
+        check_choice_keys(["optimizer.lrr=0.1"])
+    check_choice_keys(["model=vgg11", "model.width=0.5", "optimizer.lr=0.1"])
+    # in a sweep, each job's model: cnnbench's message, not Hydra's "not in struct"
+    proc = cnnbench("-m", "model=vgg11,lenet", "model.width=0.5", "trainer=smoke", f"data.root={tiny_data}",
+                    f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 2 and "1 of the sweep's 2 jobs are not valid" in proc.stderr
+    assert "job 1 (model=lenet model.width=0.5 " in proc.stderr and "): model.width is not a knob of model lenet;" in proc.stderr
+
+
 def test_a_run_ends_by_naming_its_dir_and_files(tiny_data, tmp_path):
     proc = cnnbench("trainer=smoke", f"data.root={tiny_data}", f"hydra.run.dir={tmp_path}", "trainer.checkpoint=true")
     assert proc.returncode == 0, proc.stderr
