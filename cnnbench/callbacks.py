@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from .config import ConfigError, validate_sweep
 from .metrics import collect_results, write_results
@@ -83,7 +84,7 @@ class SweepResults(Callback):
             try:
                 from .report import report
 
-                report(sweep_dir, html=True)  # report.html too
+                report(sweep_dir, html=True, plots=bool(OmegaConf.select(config, "trainer.plot", default=True)))
             except Exception as err:  # a report must never cost the sweep its results
                 print(f"cnnbench: could not write the sweep report: {err}", file=sys.stderr)
         unfinished = [r for r in collect_results(sweep_dir) if r.get("status") != "completed"]

@@ -135,7 +135,7 @@ class TrainerConfig:
     resume: Optional[str] = None  # a run dir (or .pt file) to continue from, e.g. hydra.run.dir=D trainer.resume=D
     deterministic: bool = False  # deterministic algorithms on the GPU (slower); the CPU is deterministic anyway
     progress: bool = True  # tqdm bar per epoch when stderr is a terminal
-    plot: bool = True  # write the run's plots (curves.png, confusion.png, mistakes.png; task=bench: bench.png); false: the tables only
+    plot: bool = True  # write the run's plots (curves.png, confusion.png, mistakes.png; task=bench: bench.png; a sweep's report); false: the tables only
 
 
 @dataclass

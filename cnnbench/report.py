@@ -163,10 +163,10 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) ->
     return save_figure(fig, path / "report_bench.png")
 
 
-def report(path: str | Path, html: bool = False) -> tuple[pd.DataFrame, list[Path]]:
+def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd.DataFrame, list[Path]]:
     """Print the table of the run(s) under ``path`` and write the report's PNGs there (and,
-    with ``html``, report.html: everything in one self-contained page)."""
-    plt = pyplot()
+    with ``html``, report.html: everything in one self-contained page). ``plots=False``: the
+    table alone (a sweep run with ``trainer.plot=false``)."""
     path = Path(path)
     results, keys = load_runs(path)
     swept = swept_keys(results, keys)
@@ -174,6 +174,10 @@ def report(path: str | Path, html: bool = False) -> tuple[pd.DataFrame, list[Pat
     table = whole_numbers(results[columns].copy())
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
         show(table.to_string(index=False))  # whole numbers as integers, even beside a failed job's gap
+    if not plots:
+        show(f"no plots (trainer.plot=false): cnnbench-report {path} --html draws them")
+        return results, []
+    plt = pyplot()
     written = [plot_sweep_curves(path, results, swept, plt), plot_sweep_bench(path, results, swept, plt)]
     metric = next((m for m in ("final_test_acc", "best_train_images_per_s", "params") if m in results and results[m].notna().any()), None)
     if metric and len(results) > 1:

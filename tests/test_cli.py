@@ -64,7 +64,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tiny_data, tmp_path):
 
 
 def test_summary_sweep_compares_models_in_results_csv(tmp_path):
-    proc = cnnbench("-m", "task=summary", "model=alexnet,vgg11_quarter,nin,googlenet", f"hydra.sweep.dir={tmp_path}")
+    proc = cnnbench("-m", "task=summary", "trainer.plot=false", "model=alexnet,vgg11_quarter,nin,googlenet", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     results = pd.read_csv(tmp_path / "results.csv").set_index("model")
     assert results.index.tolist() == ["alexnet", "vgg11_quarter", "nin", "googlenet"]

@@ -76,7 +76,7 @@ def test_a_sweep_checks_every_job_before_launching_any(tiny_data, tmp_path):
 def test_a_knob_of_the_swept_models_applies_to_each_job(tmp_path):
     # Hydra composes a multirun's first config without its sweeps, with the default model
     # (bn_lenet has no width): the knob must still reach every job's model
-    proc = cnnbench("-m", "task=summary", "model=vgg11,vgg13", "model.width=0.25", f"hydra.sweep.dir={tmp_path}")
+    proc = cnnbench("-m", "task=summary", "trainer.plot=false", "model=vgg11,vgg13", "model.width=0.25", f"hydra.sweep.dir={tmp_path}")
     assert proc.returncode == 0, proc.stderr
     from cnnbench.analysis import meta_counts
 
