@@ -212,7 +212,9 @@ def catalog(what: str) -> str:
     for name in group_options("experiment"):
         comment = " ".join(line.lstrip("# ").strip() for line in (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()[1:4]
                            if line.startswith("#"))
-        first = re.split(r"(?<=[.?])\s", comment.split("(Dive into")[0])[0].rstrip(" .:")
+        # up to the book's citation, without asides but the section: "(d2l 8.8; Radosavovic et al. 2020)" goes
+        plain = re.sub(r"\s*\((?!d2l \d+\.\d+\))[^()]*\)", "", comment.split("(Dive into")[0])
+        first = re.split(r"(?<=[.?])\s", plain)[0].rstrip(" .:")
         lines.append(f"  {name:30} {first if len(first) <= 90 else first[:89] + '…'}")
     return "\n".join(lines)
 

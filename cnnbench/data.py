@@ -34,7 +34,7 @@ FILES = {  # file name -> IDX magic number
     "t10k-labels-idx1-ubyte": 2049,
 }
 HOW_TO_GET = (
-    "Install the Debian package (apt-get install dataset-fashion-mnist, files in "
+    "install the Debian package (apt-get install dataset-fashion-mnist, files in "
     f"{DEBIAN_DIR}), or download the four files train-images-idx3-ubyte.gz, "
     "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz from "
     "https://github.com/zalandoresearch/fashion-mnist into a folder and pass data.root=FOLDER."

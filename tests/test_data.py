@@ -37,7 +37,7 @@ def test_reads_torchvision_layout(tmp_path):
 def test_root_that_is_a_file(tmp_path):
     f = tmp_path / "file.txt"
     f.write_text("x")
-    with pytest.raises(data.DataError, match=r"data.root='.*file.txt' is not a directory; Install the Debian package"):
+    with pytest.raises(data.DataError, match=r"data.root='.*file.txt' is not a directory; install the Debian package"):
         data.load(str(f), download=False)
 
 
