@@ -186,13 +186,26 @@ MAX_SIDE = 4096  # data.resize: the largest side in pixels
 
 
 def register_configs() -> None:
-    """The schema; the ``${safe:...}`` resolver that keeps a value out of a path's structure
-    (the default run dir holds the model's name); ``${catalog:tasks|recipes}`` for --help;
+    """The schema; the ``${safe:...}`` resolver that keeps a value out of a path's structure and
+    ``${run_label:...}``, the default run dir's name; ``${catalog:tasks|recipes}`` for --help;
     ``${model_px:NAME}``, data.resize's default."""
     ConfigStore.instance().store(name="base_config", node=Config)
     OmegaConf.register_new_resolver("safe", safe_name, replace=True)
+    OmegaConf.register_new_resolver("run_label", run_label, replace=True)
     OmegaConf.register_new_resolver("catalog", catalog, replace=True)
     OmegaConf.register_new_resolver("model_px", model_px, replace=True)
+
+
+def run_label(task: Any, model: str, resume: Any) -> str:
+    """The default run dir's name after its time: the model's; for ``task=evaluate``,
+    ``evaluate_`` and the name of the checkpoint's run dir, which holds the checkpoint's model
+    (the configured model may be any). Safe: no value leaves outputs/."""
+    if enum_value(task) == "evaluate" and resume:
+        source = Path(str(resume))
+        source = source.parent if source.suffix == ".pt" else source
+        name = f"{source.parent.name}_{source.name}" if source.name.isdigit() else source.name  # a sweep's job
+        return safe_name(f"evaluate_{name}")
+    return safe_name(model)
 
 
 def model_px(name: str) -> int | None:

@@ -118,3 +118,14 @@ def test_evaluate_needs_a_checkpoint(make_cfg, tmp_path):
     assert summary["status"] == "failed" and summary["bad_input"] and "trainer.resume=RUN_DIR" in summary["error"]
     summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path}"), tmp_path / "b")
     assert summary["bad_input"] and "no checkpoint at" in summary["error"]
+
+
+def test_an_evaluation_dir_is_named_after_the_checkpoints_run(make_cfg):
+    # the configured model (bn_lenet by default) need not be the checkpoint's
+    def named(*overrides):
+        return make_cfg(*overrides, hydra=True).hydra.run.dir.rsplit("/", 1)[1].split("_", 1)[1]
+
+    assert named("task=evaluate", "trainer.resume=outputs/runs/2026-11-28/21-47-47_resnet18") == "evaluate_21-47-47_resnet18"
+    assert named("task=evaluate", "trainer.resume=outputs/runs/2026-11-28/21-47-47_resnet18/best.pt") == "evaluate_21-47-47_resnet18"
+    assert named("task=evaluate", "trainer.resume=outputs/sweeps/2026-11-28/21-00-00/3") == "evaluate_21-00-00_3"
+    assert named("model=resnet18") == "resnet18" and named("task=summary", "trainer.resume=x") == "bn_lenet"

@@ -84,8 +84,9 @@ def test_a_model_name_cannot_move_the_run_dir_out_of_outputs(tmp_path):
     from cnnbench.config import compose
 
     name = "x/../../../../../tmp/elsewhere"
-    run_dir = Path(compose(f"model.name={name}", hydra=True).hydra.run.dir)
-    assert run_dir.parts[:2] == ("outputs", "runs") and len(run_dir.parts) == 4 and ".." not in run_dir.parts
+    for overrides in ([f"model.name={name}"], ["task=evaluate", f"trainer.resume={name}/.."]):
+        run_dir = Path(compose(*overrides, hydra=True).hydra.run.dir)
+        assert run_dir.parts[:2] == ("outputs", "runs") and len(run_dir.parts) == 4 and ".." not in run_dir.parts
     proc = cnnbench("trainer=smoke", f"model.name={name}", cwd=tmp_path)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "is not a registered model" in err
