@@ -226,7 +226,8 @@ def catalog(what: str) -> str:
         comment = " ".join(line.lstrip("# ").strip() for line in (CONF_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()[1:4]
                            if line.startswith("#"))
         # up to the book's citation, without asides but the section: "(d2l 8.8; Radosavovic et al. 2020)" goes
-        plain = re.sub(r"\s*\((?!d2l \d+\.\d+\))[^()]*\)", "", comment.split("(Dive into")[0])
+        plain = re.sub(r"\((d2l \d+\.\d+)[;,][^()]*\)", r"(\1)", comment.split("(Dive into")[0])
+        plain = re.sub(r"\s*\((?!d2l \d+\.\d+\))[^()]*\)", "", plain)
         first = re.split(r"(?<=[.?])\s", plain)[0].rstrip(" .:")
         lines.append(f"  {name:30} {first if len(first) <= 90 else first[:89] + '…'}")
     return "\n".join(lines)
@@ -297,6 +298,8 @@ def _compose_from_choices(overrides) -> DictConfig | None:
         if override.is_sweep_override() or override.package is not None or key.split(".")[0].split("/")[0] == "hydra":
             return None
         if key in GROUPS:
+            if isinstance(override.value(), dict):  # data={...}: a value, applied in its place among the others
+                return None
             choices.append(override.input_line)
         elif "." in key or key in fields:
             values.append(override)
@@ -305,7 +308,7 @@ def _compose_from_choices(overrides) -> DictConfig | None:
     from hydra.core.global_hydra import GlobalHydra
 
     running = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
-    key = (str(CONF_DIR), id(running), tuple(choices))  # the running command's search path may differ
+    key = (str(CONF_DIR), running, tuple(choices))  # the running command's search path may differ
     if key not in _BY_CHOICES:
         if len(_BY_CHOICES) > 256:
             _BY_CHOICES.clear()
@@ -423,14 +426,12 @@ def check_choice_keys(overrides: list[str]) -> None:
         return
     try:
         cfg = compose(*set_or_add([o for o in overrides if not o.lstrip("+~").startswith("hydra")]))
-        name = cfg.model.name
-    except Exception:
-        return
-    try:
-        check_knobs(name, model_knobs(cfg))
-    except ModelError as err:
+        check_knobs(cfg.model.name, model_knobs(cfg))
+        _validate_optimizer(cfg)
+    except (ConfigError, ModelError) as err:
         raise ConfigError(str(err)) from None
-    _validate_optimizer(cfg)
+    except Exception:  # a value that resolves only in a run (${hydra:...}), or worse: Hydra and the run say
+        return
 
 
 def multirun_requested(args: list[str]) -> bool:
@@ -462,8 +463,11 @@ def one_value_sweeps(overrides: list[str]) -> list[str]:
                 override = parser.parse_override(arg)
                 if not override.is_sweep_override():
                     single = f"{override.get_key_element()}=choice({override.get_value_element_as_str()})"
-                    parser.parse_override(single)  # not every value can be a choice (null cannot)
-                    arg = single
+                    # the job gets the value back as text: keep the rewrite only where that text means the same
+                    # (null cannot be a choice; a quoted '0.25' or 'true' would come back a number or a bool)
+                    job_text = next(parser.parse_override(single).sweep_string_iterator())
+                    if parser.parse_override(f"{override.get_key_element()}={job_text}").value() == override.value():
+                        arg = single
             except Exception:
                 pass
         out.append(arg)

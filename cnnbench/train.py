@@ -51,6 +51,7 @@ log = logging.getLogger("cnnbench")
 _first_job = True  # the first run() of this process pays its start-up (imports, Hydra)
 EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "oom": 4, "interrupted": 130}
 BAD_INPUT_EXIT = 2
+INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}  # Hydra runs nothing
 
 
 def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
@@ -133,6 +134,19 @@ def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
 register_configs()
 
 
+def checked_args(args: list[str]) -> list[str]:
+    """The command line as Hydra gets it, checked first (raises ConfigError): group options and
+    section keys; a single run's model knobs and optimizer arguments; a multirun's ``model.KNOB=V``
+    and ``optimizer.ARG=V`` as one-value sweeps (``config.one_value_sweeps``). --cfg, --help and
+    --info run nothing: Hydra composes them as one run, so they keep their values as typed."""
+    overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    check_overrides(overrides)
+    if multirun_requested(args) and not INFO_FLAGS & set(args):
+        return one_value_sweeps(args)
+    check_choice_keys(overrides)
+    return args
+
+
 def main() -> None:
     """The ``cnnbench`` command. Under torchrun, ranks other than 0 run in a temporary dir with
     Hydra's logging off: rank 0 alone writes the run dir and logs."""
@@ -144,13 +158,8 @@ def main() -> None:
                      "hydra.job_logging.root.level=WARNING", "hydra/hydra_logging=disabled"]
     if "--cfg" in sys.argv and "--resolve" not in sys.argv:
         sys.argv.append("--resolve")  # --cfg job shows the values a run uses (the resolution, say), not ${...}
-    overrides = [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
     try:
-        check_overrides(overrides)
-        if multirun_requested(sys.argv[1:]):
-            sys.argv[1:] = one_value_sweeps(sys.argv[1:])
-        else:
-            check_choice_keys(overrides)
+        sys.argv[1:] = checked_args(sys.argv[1:])
     except ConfigError as err:
         print(f"cnnbench: {err}", file=sys.stderr)
         sys.exit(BAD_INPUT_EXIT)

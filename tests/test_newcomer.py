@@ -98,6 +98,23 @@ def test_a_command_line_value_replaces_a_recipes_sweep_of_that_key(make_cfg):
     assert jobs == [[f"model.space={space}", "experiment=ds_anynet", "model.sample=5"] for space in ("anynetx_a", "anynetx_e", "regnetx")]
 
 
+def test_what_hydra_gets_from_the_command_line():
+    from cnnbench.config import ConfigError
+    from cnnbench.train import checked_args
+
+    assert checked_args(["-m", "model=vgg11,vgg13", "model.width=0.25"]) == ["-m", "model=vgg11,vgg13", "model.width=choice(0.25)"]
+    assert checked_args(["experiment=ex_bn_lr", "optimizer.lr=0.5"]) == ["experiment=ex_bn_lr", "optimizer.lr=choice(0.5)"]
+    # --cfg, --help and --info compose one run: no sweep syntax, even for a sweeping recipe
+    for flag in ("--cfg", "--help", "--info"):
+        assert checked_args([flag, "experiment=ex_bn_lr", "optimizer.lr=0.5"]) == [flag, "experiment=ex_bn_lr", "optimizer.lr=0.5"]
+    # a quoted value that would come back from a sweep as another type stays as typed
+    assert checked_args(["-m", "model=vgg11,vgg13", "model.name='true'"])[-1] == "model.name='true'"
+    # a value that only a run resolves is left to Hydra and the run, not a traceback here
+    assert checked_args(["model=vgg11", "model.width=${hydra:job.name}"]) == ["model=vgg11", "model.width=${hydra:job.name}"]
+    with pytest.raises(ConfigError, match="model=resnet19 is not an option"):
+        checked_args(["model=resnet19"])
+
+
 def test_a_misspelt_knob_or_optimizer_argument_is_named_with_what_is_allowed(tmp_path):
     from cnnbench.config import ConfigError, check_choice_keys, one_value_sweeps, validate_sweep
 

@@ -280,6 +280,8 @@ COMPOSITIONS = [
     # errors: the same exception and message either way
     ["model=resnet18", "model.widht=3"], ["trainer.max_epoch=2"], ["trainer.max_epochs=abc"], ["model=nosuch"],
     ["+trainer.extra=1"], ["seed=1,2"], ["nosuchkey=1"], ["hydra.run.dir=/tmp/r", "model=lenet"], ["data.resize="],
+    # a group given a dict is a value, applied in its place among the others
+    ["data.batch_size=64", "data={batch_size:32}"], ["model=vgg11", "model.width=0.5", "model={width:0.25}"],
 ]
 
 
