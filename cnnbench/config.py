@@ -453,7 +453,8 @@ def one_value_sweeps(overrides: list[str]) -> list[str]:
     ``model.KNOB=choice(V)``. Hydra composes a multirun's first config without its sweeps, so with
     the default model: ``-m model=vgg11,vgg13 model.width=0.25`` failed there, bn_lenet having no
     width. A sweep is set in each job's composition instead, and a recipe's own sweep of the same
-    key gives way to it, as to any command-line value (``++`` would make them two axes)."""
+    key gives way to it, as to any command-line value (``++`` would make them two axes: it is the
+    fallback only for a value a sweep cannot carry as typed, such as null or a quoted '0.25')."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser, out = OverridesParser.create(), []
@@ -466,10 +467,10 @@ def one_value_sweeps(overrides: list[str]) -> list[str]:
                     # the job gets the value back as text: keep the rewrite only where that text means the same
                     # (null cannot be a choice; a quoted '0.25' or 'true' would come back a number or a bool)
                     job_text = next(parser.parse_override(single).sweep_string_iterator())
-                    if parser.parse_override(f"{override.get_key_element()}={job_text}").value() == override.value():
-                        arg = single
-            except Exception:
-                pass
+                    same = parser.parse_override(f"{override.get_key_element()}={job_text}").value() == override.value()
+                    arg = single if same else f"++{arg}"
+            except Exception:  # null cannot be a choice: set or add (results.csv and reports drop the ++)
+                arg = f"++{arg}"
         out.append(arg)
     return out
 

@@ -92,7 +92,7 @@ def test_a_command_line_value_replaces_a_recipes_sweep_of_that_key(make_cfg):
     args = ["experiment=ds_anynet", "model.sample=5", "model.name=x", "model.depth=null", "trainer.max_epochs=1"]
     assert multirun_requested(args) and multirun_requested(["-m", "model.width=1"]) and not multirun_requested(args[1:])
     assert one_value_sweeps(args) == ["experiment=ds_anynet", "model.sample=choice(5)", "model.name=choice(x)",
-                                      "model.depth=null", "trainer.max_epochs=1"]  # null cannot be a choice
+                                      "++model.depth=null", "trainer.max_epochs=1"]  # null cannot be a choice
     params = make_cfg("experiment=ds_anynet", hydra=True).hydra.sweeper.params
     jobs = sweep_jobs(one_value_sweeps(args[:2]), params)
     assert jobs == [[f"model.space={space}", "experiment=ds_anynet", "model.sample=5"] for space in ("anynetx_a", "anynetx_e", "regnetx")]
@@ -107,8 +107,9 @@ def test_what_hydra_gets_from_the_command_line():
     # --cfg, --help and --info compose one run: no sweep syntax, even for a sweeping recipe
     for flag in ("--cfg", "--help", "--info"):
         assert checked_args([flag, "experiment=ex_bn_lr", "optimizer.lr=0.5"]) == [flag, "experiment=ex_bn_lr", "optimizer.lr=0.5"]
-    # a quoted value that would come back from a sweep as another type stays as typed
-    assert checked_args(["-m", "model=vgg11,vgg13", "model.name='true'"])[-1] == "model.name='true'"
+    # a value a sweep cannot carry as typed (null; a quoted 'true' would come back a bool): set or add
+    assert checked_args(["-m", "model=vgg11,vgg13", "model.name='true'", "model.dropout=null"])[-2:] == [
+        "++model.name='true'", "++model.dropout=null"]
     # a value that only a run resolves is left to Hydra and the run, not a traceback here
     assert checked_args(["model=vgg11", "model.width=${hydra:job.name}"]) == ["model=vgg11", "model.width=${hydra:job.name}"]
     with pytest.raises(ConfigError, match="model=resnet19 is not an option"):
