@@ -209,14 +209,27 @@ def accepts_input(name: str, size: int | tuple[int, int], in_channels: int = 1, 
     return _shape_probe(name, in_channels, knobs)(size)
 
 
+_FITS: dict[tuple, bool] = {}  # models are pure functions of their arguments: each probe is made once per process
+
+
 def _shape_probe(name: str, in_channels: int, knobs: dict[str, Any]) -> Callable[[int | tuple[int, int]], bool]:
-    """``fits(size)``: whether the model runs on that input, on the meta device. A model whose
-    layers do not depend on the input size (no flatten head) is built once for every probe."""
+    """``fits(size)``: whether the model runs on that input, on the meta device (a deep network's
+    probe takes about a second: each answer is kept, so a sweep's jobs and a size search share
+    them). A model whose layers do not depend on the input size is built once for every probe."""
     spec, built = get_spec(name), None
+    every = repr(sorted(({k: p.default for k, p in spec.knobs.items()} | knobs).items()))  # defaults filled in
 
     def fits(size: int | tuple[int, int]) -> bool:
-        nonlocal built
         h, w = (size, size) if isinstance(size, int) else size
+        key = (name, in_channels, h, w, every)
+        if key not in _FITS:
+            if len(_FITS) > 100_000:
+                _FITS.clear()
+            _FITS[key] = probe(h, w)
+        return _FITS[key]
+
+    def probe(h: int, w: int) -> bool:
+        nonlocal built
         try:
             with torch.device("meta"):
                 model = built if built is not None else \
