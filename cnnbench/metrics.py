@@ -192,18 +192,22 @@ def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def plot_bench(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Throughput and peak memory against batch size, training and inference."""
+def plot_bench(rows: list[dict[str, Any]], path: Path, title: str, measured: bool = True) -> None:
+    """Throughput and memory against batch size, training and inference. ``measured``: the
+    device's peak memory (a GPU's) is drawn beside the estimate; a CPU's peak resident memory is
+    the whole process's and only grows, so there the estimate is drawn alone (as in the sweep report)."""
     plt = pyplot()
     fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for mode, style in (("train", "-"), ("infer", "--")):
         sel = [r for r in rows if r["mode"] == mode and r["status"] == "completed"]
         sizes = [r["batch_size"] for r in sel]
         ax_speed.plot(sizes, [r["images_per_s"] for r in sel], style, marker="o", label=mode)
-        ax_mem.plot(sizes, [r["peak_mem_mb"] for r in sel], style, marker="o", label=f"{mode}, measured peak")
+        if measured:
+            ax_mem.plot(sizes, [r["peak_mem_mb"] for r in sel], style, marker="o", label=f"{mode}, measured peak")
         ax_mem.plot(sizes, [r["estimated_mem_mb"] for r in sel], style, marker="x", alpha=0.6, label=f"{mode}, estimate")
     ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput")
-    ax_mem.set(xlabel="batch size", ylabel="memory (MB)", title="memory")
+    ax_mem.set(xlabel="batch size", ylabel="memory (MB)" if measured else "weights + state + saved activations (MB)",
+               title="memory" if measured else "estimated memory")
     batch_sizes = sorted({r["batch_size"] for r in rows})
     for ax in (ax_speed, ax_mem):
         ax.set_xscale("log", base=2)

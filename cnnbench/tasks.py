@@ -197,7 +197,8 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                      r["images_per_s"], r["step_time_ms"], memory[1], memory[0])
         write_csv(out_dir / "bench.csv", rows)  # after every batch size: an interrupted bench keeps what it measured
     if cfg.trainer.plot:
-        plot_bench(rows, out_dir / "bench.png", f"{cfg.model.name} at {size[0]}x{size[1]} px on {summary['device_name']}")
+        plot_bench(rows, out_dir / "bench.png", f"{cfg.model.name} at {size[0]}x{size[1]} px on {summary['device_name']}",
+                   measured=device.type == "cuda")
     best = max((r for r in rows if r["mode"] == "train" and r["status"] == "completed"), key=lambda r: r["images_per_s"], default=None)
     if best:
         summary |= {"best_train_images_per_s": best["images_per_s"], "best_train_batch_size": best["batch_size"]}

@@ -159,3 +159,19 @@ def test_min_size_reports_where_googlenet_collapses(make_cfg, tmp_path):
     assert analysis.min_size_report("googlenet")[0]["no_collapse_size"] == 33
     last = analysis.meta_model("googlenet", (32, 32)).features
     assert last(torch.empty(1, 1, 32, 32, device="meta")).shape[-2:] == (1, 1)
+
+
+@pytest.mark.parametrize("measured, lines", [(True, ["train, measured peak", "train, estimate", "infer, measured peak", "infer, estimate"]),
+                                             (False, ["train, estimate", "infer, estimate"])])
+def test_bench_png_draws_a_measured_peak_only_where_it_means_the_batch(tmp_path, monkeypatch, measured, lines):
+    # a CPU's peak resident memory is the whole process's and only grows: there the estimate stands alone
+    from cnnbench import metrics
+
+    drawn = {}
+    monkeypatch.setattr(metrics, "save_figure", lambda fig, path: drawn.update(fig=fig))
+    rows = [{"batch_size": b, "mode": m, "images_per_s": 1.0, "peak_mem_mb": 800.0, "estimated_mem_mb": b / 10, "status": "completed"}
+            for b in (4, 8) for m in ("train", "infer")]
+    metrics.plot_bench(rows, tmp_path / "bench.png", "t", measured=measured)
+    memory = drawn["fig"].axes[1]
+    assert [line.get_label() for line in memory.get_lines()] == lines
+    assert memory.get_title() == ("memory" if measured else "estimated memory")
