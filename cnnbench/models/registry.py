@@ -246,27 +246,21 @@ def _shape_probe(name: str, in_channels: int, knobs: dict[str, Any]) -> Callable
     return fits
 
 
-_MIN_SIZES: dict[tuple, int] = {}  # models are pure functions of their arguments: a search is done once per process
-
-
 def min_input_size(name: str, in_channels: int = 1, limit: int = 4096, **knobs: Any) -> int:
     """The smallest square input side the model accepts (binary search; feature-map sizes
-    only grow with the input, so acceptance is monotone)."""
-    every = {k: p.default for k, p in get_spec(name).knobs.items()} | knobs  # knobs left out take their defaults
-    key = (name, in_channels, limit, repr(sorted(every.items())))
-    if key not in _MIN_SIZES:
-        fits = _shape_probe(name, in_channels, knobs)
-        hi = get_spec(name).resolution
-        if not fits(hi):
-            if not fits(limit):
-                raise ModelError(f"model {name} accepts no input up to {limit}x{limit}")
-            hi = limit
-        lo = 1  # invariant: hi accepted
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if fits(mid):
-                hi = mid
-            else:
-                lo = mid + 1
-        _MIN_SIZES[key] = hi
-    return _MIN_SIZES[key]
+    only grow with the input, so acceptance is monotone). The probes' answers are kept, so a
+    second search for the same model costs a dozen lookups."""
+    fits = _shape_probe(name, in_channels, knobs)
+    hi = get_spec(name).resolution
+    if not fits(hi):
+        if not fits(limit):
+            raise ModelError(f"model {name} accepts no input up to {limit}x{limit}")
+        hi = limit
+    lo = 1  # invariant: hi accepted
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
