@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data browser run test test-slow test-all bench models-table clean
+.PHONY: install data browser run test test-slow test-all bench gpu-kit models-table clean
 
 install: $(STAMP)
 
@@ -49,6 +49,17 @@ test-all: install data browser
 
 bench: install data
 	$(BIN)/python benchmarks/pipeline_cpu.py
+
+# What a lent GPU machine lacks, into the git-ignored .carry/ that the device call carries: wheels of
+# hydra-core, omegaconf and antlr4 (the versions installed here) and the dataset's four files. There:
+# python3 benchmarks/gpu_session.py --out "$$OUT" (BENCHMARKS.md, "GPU").
+GPU_WHEELS := hydra-core omegaconf antlr4-python3-runtime
+gpu-kit: install data
+	mkdir -p .carry/whl .carry/fashion-mnist
+	$(BIN)/python -m pip wheel --quiet --no-deps -w .carry/whl $$($(BIN)/python -c "import importlib.metadata as m; \
+	  print(*(f'{p}=={m.version(p)}' for p in '$(GPU_WHEELS)'.split()))")
+	cp $(DATA_DIR)/*-ubyte.gz .carry/fashion-mnist/
+	@du -sh .carry
 
 # Regenerate the README's models table and the exercise page's recipe jobs (tests fail while stale).
 models-table: install

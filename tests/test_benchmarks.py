@@ -48,3 +48,52 @@ def test_chapter_speed_rejects_unknown_models():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "chapter_speed.py"), "--models", "lenet5"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "--models: ['lenet5'] are not book runs" in proc.stderr
+
+
+def gpu_session(tmp_path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_session.py"), "--out", str(tmp_path / "out"),
+                           "--kit", str(tmp_path / "no-kit"), *args], capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_gpu_session_skips_what_its_budget_cannot_hold_and_says_so(tmp_path):
+    proc = gpu_session(tmp_path, "--budget", "20", "--steps", "book,seeds")
+    assert proc.returncode == 0, proc.stderr
+    assert "[book: skipped" in proc.stdout and "[seeds: skipped" in proc.stdout
+    results = (tmp_path / "out" / "results.md").read_text()
+    assert "run it again with --steps book" in results and "--steps seeds" in results
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.md", "runs.tar.gz", "session.log"]
+    bad = gpu_session(tmp_path, "--steps", "book,bok")
+    assert bad.returncode == 2 and "--steps: unknown bok; choose from env, gpu_tests, book" in bad.stderr
+
+
+@pytest.mark.slow  # two small sweeps of two recipes each, in fresh processes (about 30 s)
+def test_gpu_session_smoke_runs_the_book_sweeps_and_tabulates_them(tiny_data, tmp_path):
+    """The GPU session's plumbing on the CPU at toy scale: the sweeps run, their runs land in the
+    tables under the book's names, and the archive holds every run's summary."""
+    import tarfile
+
+    proc = gpu_session(tmp_path, "--smoke", "--steps", "env,book,seeds", "--data-root", str(tiny_data), "--budget", "500")
+    assert proc.returncode == 0, proc.stderr
+    results = (tmp_path / "out" / "results.md").read_text()
+    assert "## Machine" in results and "torch " in results and "hydra " in results
+    book = results.split("## The nine book runs")[1].split("##")[0]
+    assert "| bn_lenet | completed |" in book and "| bn_lenet_scratch | completed |" in book
+    seeds = results.split("## The book runs over seeds 0-2")[1]
+    assert "| bn_lenet | 3 |" in seeds and "| bn_lenet_scratch | 3 |" in seeds  # seed 0 from the first sweep
+    with tarfile.open(tmp_path / "out" / "runs.tar.gz") as tar:
+        names = tar.getnames()
+    assert sum(n.endswith("summary.json") for n in names) == 6 and not any(n.endswith(".pt") for n in names)
+
+
+def test_gpu_session_stops_a_step_at_its_time_limit(tmp_path):
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_session", ROOT / "benchmarks" / "gpu_session.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    session = module.Session(argparse.Namespace(out=tmp_path, budget=60, smoke=True, data_root=None))
+    code, seconds = session.run("sleeper", [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"], 2)
+    assert code is None and 2 <= seconds < 30
+    assert session.last_lines == ["started"]
+    assert "[sleeper: stopped after" in (tmp_path / "session.log").read_text()

@@ -123,6 +123,25 @@ def test_every_documented_variant_trains_on_the_cuda_default_path(make_cfg, tiny
     assert len(read_run(tmp_path)[0]) == 2
 
 
+# The same on a real GPU (CUDA's defaults: bf16 autocast, channels_last, cudnn.benchmark), eager: a
+# CUDA-only failure in any model or variant shows here in about a second a model. The compiled step
+# is the graphed test's and the GPU session's book runs' (benchmarks/gpu_session.py).
+ON_CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+EVERY_MODEL_AND_VARIANT = [[f"model={name}"] for name in list_models()] + SMOKE_VARIANTS
+
+
+@pytest.mark.parametrize("overrides", [pytest.param(o, marks=ON_CUDA) for o in EVERY_MODEL_AND_VARIANT],
+                         ids=[" ".join(o) for o in EVERY_MODEL_AND_VARIANT])
+def test_every_model_and_variant_trains_on_cuda(make_cfg, tiny_data, tmp_path, overrides):
+    overrides = [*overrides, "trainer=smoke", "trainer.device=cuda", "trainer.compile=false",
+                 "trainer.limit_test_batches=1", f"data.root={tiny_data}"]
+    summary = run(make_cfg(*overrides, smoke_size(make_cfg, overrides)), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    assert summary["device"].startswith("cuda")
+    metrics = read_run(tmp_path)[0]
+    assert len(metrics) == 2 and metrics[["train_loss", "test_loss"]].notna().all().all()
+
+
 # fp16 autocast with its gradient scaler, where CPU autocast supports it (slow on a CPU: a few models
 # that cover the from-scratch batch norm, residual sums and grouped convolutions; RegNetX has both,
 # so ResNet-18, 20 s of emulated fp16, runs in the slow suite).
