@@ -5,6 +5,7 @@ import csv
 import errno
 import io
 import json
+import logging
 import math
 import os
 import platform
@@ -101,12 +102,17 @@ def _fmt(value: Any) -> Any:
 
 
 def show(text: str) -> None:
-    """Print a task's table on stdout. A reader that stops early (``cnnbench ... | head``) costs
+    """Print a task's table on stdout, and keep it in the run's log file (cnnbench.log), as a
+    training run's log keeps its epochs. A reader that stops early (``cnnbench ... | head``) costs
     the run nothing: the rest goes to /dev/null and the run carries on (its files are the record)."""
     try:
         print(text, flush=True)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    record = logging.LogRecord("cnnbench", logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:  # the files alone: the console has it on stdout
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -79,6 +79,10 @@ def test_summary_sweep_compares_models_in_results_csv(tmp_path):
     assert results.loc["googlenet", "params_linear"] < 20_000
     for column in ("flops", "params_conv", "flops_linear", "train_memory_mb", "infer_memory_mb"):
         assert results[column].notna().all(), column
+    # what a task prints stays in its log file too, once (the console has it on stdout, not twice)
+    log = (tmp_path / "0" / "cnnbench.log").read_text()
+    assert log.count("total:   46,764,746 params") == 1 and "memory at batch 128" in log
+    assert "46,764,746" not in proc.stderr
 
 
 def test_a_diverged_run_exits_3_and_keeps_its_files(tiny_data, tmp_path):
