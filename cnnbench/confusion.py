@@ -83,13 +83,15 @@ class Tally:
 
     @torch.no_grad()
     def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """The next batch of the split, in order (an unshuffled loader)."""
+        """The next batch of the split, in order (an unshuffled loader). No host sync and no
+        shape that depends on the values: right answers enter the top-k with confidence -1, below
+        any mistake, and ``errors`` drops them."""
         confidence, pred = logits.float().softmax(dim=1).max(dim=1)
-        self.confusion += torch.bincount(y * self.num_classes + pred, minlength=self.num_classes ** 2)
-        wrong = pred != y
+        cells = y * self.num_classes + pred
+        self.confusion.scatter_add_(0, cells, torch.ones_like(cells))  # bincount sizes its output from the values: a sync
         idx = torch.arange(self.seen, self.seen + len(y), device=y.device)
-        conf, best, preds = (torch.cat([self.best_conf, confidence[wrong]]), torch.cat([self.best_idx, idx[wrong]]),
-                             torch.cat([self.best_pred, pred[wrong]]))
+        conf = torch.cat([self.best_conf, torch.where(pred != y, confidence, -1.0)])
+        best, preds = torch.cat([self.best_idx, idx]), torch.cat([self.best_pred, pred])
         keep = conf.topk(min(self.top, len(conf))).indices
         self.best_conf, self.best_idx, self.best_pred = conf[keep], best[keep], preds[keep]
         self.seen += len(y)
@@ -97,6 +99,8 @@ class Tally:
     def errors(self) -> Errors:
         """What was counted, on the CPU (the one host sync)."""
         confusion, best_conf, best_idx, best_pred = (t.cpu() for t in (self.confusion, self.best_conf, self.best_idx, self.best_pred))
+        mistakes = best_conf >= 0
+        best_conf, best_idx, best_pred = best_conf[mistakes], best_idx[mistakes], best_pred[mistakes]
         on_device = best_idx.to(self.split.images.device)
         return Errors(
             confusion=confusion.view(self.num_classes, self.num_classes),

@@ -43,6 +43,28 @@ def test_analyse_matches_a_plain_count_across_batches():
     assert torch.equal(errors.mistake_images, split.images[top])
 
 
+def test_the_tally_keeps_only_real_mistakes_and_never_reads_the_device():
+    from cnnbench.confusion import Tally
+
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    split = Split(torch.zeros(8, 28, 28, dtype=torch.uint8), labels)
+    logits = torch.nn.functional.one_hot(labels, 10).float() * 5
+    logits[2] = torch.nn.functional.one_hot(torch.tensor(9), 10).float() * 3  # two mistakes, fewer than the top 5
+    logits[6] = torch.nn.functional.one_hot(torch.tensor(0), 10).float() * 6
+    tally = Tally(split, top=5)
+    tally.add(logits[:4], labels[:4])
+    tally.add(logits[4:], labels[4:])
+    errors = tally.errors()
+    assert errors.mistake_true == [6, 2] and errors.mistake_pred == [0, 9]  # most confident first
+    assert errors.confusion.trace() == 6 and errors.confusion[2, 9] == 1 and errors.confusion[6, 0] == 1
+    # On the meta device every value is unknown: a shape or a count that depended on one (a boolean
+    # mask, bincount's size) would raise here, and on a GPU it would be a host sync per batch.
+    meta = Tally(Split(split.images.to("meta"), labels.to("meta")), top=5)
+    meta.add(logits[:4].to("meta"), labels[:4].to("meta"))
+    meta.add(logits[4:].to("meta"), labels[4:].to("meta"))
+    assert meta.best_conf.shape == (5,) and meta.confusion.shape == (100,)
+
+
 def test_a_training_run_writes_per_class_results(make_cfg, tiny_data, tmp_path):
     summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "trainer.plot=true"), tmp_path)
     assert summary["status"] == "completed", summary.get("error")

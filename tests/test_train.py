@@ -142,6 +142,40 @@ def test_every_model_and_variant_trains_on_cuda(make_cfg, tiny_data, tmp_path, o
     assert len(metrics) == 2 and metrics[["train_loss", "test_loss"]].notna().all().all()
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("model, compiled", [("resnet18", False), ("bn_lenet", True)])
+def test_cuda_steps_and_the_per_class_tally_never_wait_for_the_gpu(make_cfg, tiny_data, model, compiled):
+    """The GPU path's one host sync per epoch: a training step (bf16, channels_last, fused SGD, a
+    per-step schedule, clipping; eager, or graphed once captured) and the per-class tally issue none.
+    CUDA's sync debug mode raises at the first call that would wait."""
+    from cnnbench.confusion import Tally
+    from cnnbench.data import DeviceLoader, load
+    from cnnbench.engine import build_trainer
+
+    cfg = make_cfg(f"data.root={tiny_data}", f"model={model}", "trainer.device=cuda", f"trainer.compile={compiled}",
+                   "scheduler=onecycle", "trainer.grad_clip=1.0")
+    device = torch.device("cuda")
+    train, test = (split.to(device) for split in load(str(tiny_data)))
+    trainer = build_trainer(cfg, device, (32, 32), model_knobs(cfg), steps_per_epoch=8)
+    batches = list(DeviceLoader(train, 16, (32, 32), shuffle=True))[:6]
+    test_batches = list(DeviceLoader(test, 16, (32, 32)))
+    for x, y in batches[:3]:  # cuDNN autotuning; compilation and graph capture
+        trainer.step(x, y)
+    torch.cuda.synchronize()
+    tally = Tally(test)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for x, y in batches[3:]:
+            trainer.step(x, y)
+        trainer.model.eval()
+        for x, y in test_batches:
+            tally.add(trainer.predict(x), y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert int(tally.errors().confusion.sum()) == len(test)
+
+
 # fp16 autocast with its gradient scaler, where CPU autocast supports it (slow on a CPU: a few models
 # that cover the from-scratch batch norm, residual sums and grouped convolutions; RegNetX has both,
 # so ResNet-18, 20 s of emulated fp16, runs in the slow suite).
