@@ -65,6 +65,14 @@ def style(i: int) -> dict:
             "markersize": 4}
 
 
+def spans_decades(values, decades: float = 1.0) -> bool:
+    """Whether the positive, finite ``values`` span ``decades`` powers of ten: an axis that does
+    is drawn on a log scale (learning rates 0.01..30; losses when one run of a sweep blew up)."""
+    v = pd.to_numeric(pd.Series(list(values)), errors="coerce")
+    v = v[(v > 0) & (v < float("inf"))]
+    return len(v) > 1 and v.max() / v.min() >= 10 ** decades
+
+
 def title(path: Path, results: pd.DataFrame, keys: list[str], what: str) -> str:
     """``what`` for the sweep: its models and what it sweeps, not the folder's time stamp."""
     models = list(dict.fromkeys(str(m) for m in results.get("model", pd.Series(dtype=str)).dropna()))
@@ -90,6 +98,8 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -
         ax_acc.plot(m["epoch"], m["test_acc"], **look)
         ax_acc.plot(m["epoch"], m["train_acc"], color=look["color"], linestyle=look["linestyle"], linewidth=0.8, alpha=0.35)
     ax_loss.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
+    if spans_decades(pd.concat([m["train_loss"] for _, m in runs]), decades=1.5):
+        ax_loss.set_yscale("log")  # a run that blew up would flatten every other curve to a line at 0
     ax_acc.set(xlabel="epoch", ylabel="accuracy (fraction correct)",
                title="test accuracy (bold), training accuracy (faint)")
     for ax in (ax_loss, ax_acc):
@@ -121,7 +131,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         else:
             x = [categories.index(v) + (i - (len(groups) - 1) / 2) * width for v in group[key].astype(str)]
             ax.plot(x, y, label=name, **(look | {"linestyle": "none", "markersize": 8}))
-    if numeric and x_num.min() > 0 and x_num.max() / x_num.min() >= 10:
+    if numeric and x_num.min() > 0 and spans_decades(x_num):
         ax.set_xscale("log")
         ticks = sorted(x_num.unique())
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])

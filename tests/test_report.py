@@ -45,6 +45,18 @@ def test_sixteen_jobs_get_sixteen_looks_and_the_legend_sits_outside(tmp_path, fi
     assert len(legend.get_texts()) == 16 and legend.get_title().get_text() == "model.norm_at x optimizer.lr"
     assert fig._suptitle.get_text() == "learning curves: lenet, 16 runs (model.norm_at x optimizer.lr)"
     assert len({(s["color"], s["linestyle"], s["marker"]) for s in map(report.style, range(40))}) == 40
+    assert fig.axes[0].get_yscale() == "linear"  # losses from 2 to 1
+
+
+def test_a_run_that_blew_up_puts_the_losses_on_a_log_axis(tmp_path, figures):
+    for i, lr in enumerate([0.1, 30.0]):
+        fake_run(tmp_path / str(i), [f"optimizer.lr={lr}"])
+    metrics = tmp_path / "1" / "metrics.csv"
+    blown = pd.read_csv(metrics).assign(train_loss=[250.0, float("nan")])  # the high rate's loss, then a diverged epoch
+    blown.to_csv(metrics, index=False)
+    report.report(tmp_path)
+    assert figures["report_curves.png"].axes[0].get_yscale() == "log"
+    assert report.spans_decades([2.0, 250.0, float("nan"), float("inf")], 1.5) and not report.spans_decades([2.0, 50.0], 1.5)
 
 
 def test_a_categorical_key_keeps_the_sweeps_order_and_a_numeric_one_gets_a_log_axis(tmp_path, figures):
