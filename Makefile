@@ -51,9 +51,9 @@ bench: install data
 	$(BIN)/python benchmarks/pipeline_cpu.py
 
 # What a lent GPU machine lacks, into the git-ignored .carry/ that the device call carries: wheels of
-# hydra-core, omegaconf and antlr4 (the versions installed here) and the dataset's four files. There:
-# python3 benchmarks/gpu_session.py --out "$$OUT" (BENCHMARKS.md, "GPU").
-GPU_WHEELS := hydra-core omegaconf antlr4-python3-runtime
+# hydra-core, omegaconf, antlr4 and the parallel launcher (the versions installed here) and the
+# dataset's four files. There: python3 benchmarks/gpu_session.py --out "$$OUT" (BENCHMARKS.md, "GPU").
+GPU_WHEELS := hydra-core omegaconf antlr4-python3-runtime hydra-submitit-launcher submitit
 gpu-kit: install data
 	mkdir -p .carry/whl .carry/fashion-mnist
 	$(BIN)/python -m pip wheel --quiet --no-deps -w .carry/whl $$($(BIN)/python -c "import importlib.metadata as m; \

@@ -66,20 +66,21 @@ def test_gpu_session_skips_what_its_budget_cannot_hold_and_says_so(tmp_path):
     assert bad.returncode == 2 and "--steps: unknown bok; choose from env, gpu_tests, book" in bad.stderr
 
 
-@pytest.mark.slow  # two small sweeps of two recipes each, in fresh processes (about 30 s)
+@pytest.mark.slow  # three small sweeps of two recipes each, in fresh processes (about 40 s)
 def test_gpu_session_smoke_runs_the_book_sweeps_and_tabulates_them(tiny_data, tmp_path):
     """The GPU session's plumbing on the CPU at toy scale: the sweeps run, their runs land in the
     tables under the book's names, and the archive holds every run's summary."""
     import tarfile
 
-    proc = gpu_session(tmp_path, "--smoke", "--steps", "env,book,seeds", "--data-root", str(tiny_data), "--budget", "500")
+    proc = gpu_session(tmp_path, "--smoke", "--steps", "env,book,parallel,seeds", "--data-root", str(tiny_data), "--budget", "500")
     assert proc.returncode == 0, proc.stderr
     results = (tmp_path / "out" / "results.md").read_text()
     assert "## Machine" in results and "torch " in results and "hydra " in results
-    book = results.split("## The nine book runs")[1].split("##")[0]
-    assert "| bn_lenet | completed |" in book and "| bn_lenet_scratch | completed |" in book
+    for heading in ("## The nine book runs, one after another", "## The nine book runs at once"):
+        table = results.split(heading)[1].split("##")[0]
+        assert "| bn_lenet | completed |" in table and "| bn_lenet_scratch | completed |" in table, heading
     seeds = results.split("## The book runs over seeds 0-2")[1]
-    assert "| bn_lenet | 3 |" in seeds and "| bn_lenet_scratch | 3 |" in seeds  # seed 0 from the first sweep
+    assert "| bn_lenet | 3 |" in seeds and "| bn_lenet_scratch | 3 |" in seeds  # one seed from each sweep
     with tarfile.open(tmp_path / "out" / "runs.tar.gz") as tar:
         names = tar.getnames()
     assert sum(n.endswith("summary.json") for n in names) == 6 and not any(n.endswith(".pt") for n in names)
