@@ -6,7 +6,8 @@ learning rate), in one process and on one device:
 
 - ``book``: the book's pipeline: torchvision's dataset with a per-image ``Resize`` + ``ToTensor``,
   a DataLoader with ``--workers`` workers, an fp32 model, a host sync every step (d2l's trainer
-  reads every step's loss to plot it);
+  reads every step's loss to plot it), PyTorch's default backend switches (no cuDNN autotuning,
+  full-fp32 matmuls), whatever cnnbench's own pipelines set;
 - ``eager``: cnnbench's pipeline and trainer (device-resident uint8 data resized once, one host
   sync per epoch; precision and channels_last from the trainer config) with ``trainer.compile=false``;
 - ``graphed``: the same with ``trainer.compile=true``: the step compiled by torch.compile, replayed
@@ -47,12 +48,13 @@ from torchvision import datasets, transforms
 
 from cnnbench import data
 from cnnbench.analysis import count_flops
-from cnnbench.config import compose, model_knobs, resolution
+from cnnbench.config import compose, enum_value, model_knobs, resolution
 from cnnbench.engine import (
     Trainer,
     autocast_dtype,
     build_trainer,
     resolve_device,
+    set_backends,
     synchronize,
 )
 from cnnbench.models import create_model
@@ -83,6 +85,10 @@ def book_pipeline(cfg, device: torch.device, size, workers: int, limit: int | No
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr)
 
     def epoch() -> tuple[float, float]:
+        set_backends(deterministic=False)
+        torch.backends.cudnn.benchmark = False  # the book's script leaves PyTorch's defaults: no autotuning,
+        torch.set_float32_matmul_precision("highest")  # full-fp32 matmuls (convolutions may use TF32)
+        torch.backends.cudnn.allow_tf32 = True
         model.train()
         seen = 0
         synchronize(device)
@@ -104,9 +110,11 @@ def book_pipeline(cfg, device: torch.device, size, workers: int, limit: int | No
     return epoch
 
 
-def on(trainer: Trainer, batches):
-    """An epoch of ``trainer.train_one_epoch`` over ``batches``: (seconds, images/s)."""
+def on(trainer: Trainer, batches, cfg):
+    """An epoch of ``trainer.train_one_epoch`` over ``batches``: (seconds, images/s), with the
+    backend switches a cnnbench run sets (the book's epochs set PyTorch's defaults)."""
     def epoch() -> tuple[float, float]:
+        set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision))
         stats = trainer.train_one_epoch(batches)
         return stats["epoch_time_s"], stats["train_images_per_s"]
     return epoch
@@ -145,8 +153,8 @@ def measure(name: str, overrides: list[str], args) -> list[dict]:
     for mode, compiled in (("eager", False), ("graphed", True)):
         cfg.trainer.compile = compiled
         trainers[mode] = build_trainer(cfg, device, size, model_knobs(cfg), len(loader))
-        pipelines[mode] = on(trainers[mode], loader)
-    pipelines["synthetic"] = on(trainers["graphed"], [(x, y)] * len(loader))  # the same batch, len(loader) times
+        pipelines[mode] = on(trainers[mode], loader, cfg)
+    pipelines["synthetic"] = on(trainers["graphed"], [(x, y)] * len(loader), cfg)  # the same batch, len(loader) times
     rows = []
     for pipeline, epoch in pipelines.items():
         (warm_s, _), steady = epoch(), [epoch() for _ in range(args.epochs)]
@@ -222,12 +230,14 @@ def main() -> None:
     if unknown:
         parser.error(f"--models: {sorted(unknown)} are not book runs; choose from {', '.join(BOOK_RUNS)}")
 
-    rows = [row for name in models for row in measure(name, args.overrides, args)]
-    df = pd.DataFrame(rows)
+    rows = []
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out, index=False)
-    summary = summarise(df)
-    summary.to_csv(args.out.with_name(args.out.stem + "_summary.csv"))
+    for name in models:  # both tables after every model: a run stopped part-way keeps what it measured
+        rows += measure(name, args.overrides, args)
+        df = pd.DataFrame(rows)
+        df.to_csv(args.out, index=False)
+        summary = summarise(df)
+        summary.to_csv(args.out.with_name(args.out.stem + "_summary.csv"))
     print(f"\n{df.device.iloc[0]}, torch {torch.__version__}, overrides: {' '.join(args.overrides) or '(none)'}")
     print(summary.to_string(float_format=lambda v: f"{v:.3g}"))
 

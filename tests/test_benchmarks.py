@@ -63,7 +63,7 @@ def test_gpu_session_skips_what_its_budget_cannot_hold_and_says_so(tmp_path):
     assert "run it again with --steps book" in results and "--steps seeds" in results
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.md", "runs.tar.gz", "session.log"]
     bad = gpu_session(tmp_path, "--steps", "book,bok")
-    assert bad.returncode == 2 and "--steps: unknown bok; choose from env, gpu_tests, book" in bad.stderr
+    assert bad.returncode == 2 and "--steps: unknown bok; choose from env, gpu_tests, parallel, book" in bad.stderr
 
 
 @pytest.mark.slow  # three small sweeps of two recipes each, in fresh processes (about 40 s)
@@ -72,11 +72,11 @@ def test_gpu_session_smoke_runs_the_book_sweeps_and_tabulates_them(tiny_data, tm
     tables under the book's names, and the archive holds every run's summary."""
     import tarfile
 
-    proc = gpu_session(tmp_path, "--smoke", "--steps", "env,book,parallel,seeds", "--data-root", str(tiny_data), "--budget", "500")
+    proc = gpu_session(tmp_path, "--smoke", "--steps", "env,parallel,book,seeds", "--data-root", str(tiny_data), "--budget", "500")
     assert proc.returncode == 0, proc.stderr
     results = (tmp_path / "out" / "results.md").read_text()
     assert "## Machine" in results and "torch " in results and "hydra " in results
-    for heading in ("## The nine book runs, one after another", "## The nine book runs at once"):
+    for heading in ("## The nine book runs one after another", "## The nine book runs at once"):
         table = results.split(heading)[1].split("##")[0]
         assert "| bn_lenet | completed |" in table and "| bn_lenet_scratch | completed |" in table, heading
     seeds = results.split("## The book runs over seeds 0-2")[1]
