@@ -164,15 +164,17 @@ def memory_estimate(name: str, size: tuple[int, int], batch_size: int, optimizer
 
 def measure_steps(trainer: Trainer, loader, steps: int, warmup: int, train: bool) -> dict[str, float]:
     """Median step time over ``steps`` steps after ``warmup`` steps, synchronised, with the
-    device's peak memory. Training times ``Trainer.step``, the step ``task=train`` runs
+    device's peak memory over those steps. Training times ``Trainer.step``, the step ``task=train`` runs
     (clipping, per-step schedule and compilation included); prediction times ``Trainer.predict``.
     Batches come from the real device-resident loader."""
     trainer.model.train(train)
     batches = iter(loader)
     times = []
-    if trainer.device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(trainer.device)
     for i in range(warmup + steps):
+        if i == warmup and trainer.device.type == "cuda":
+            # the steady steps' peak: cuDNN's autotuning workspaces, compilation and graph capture
+            # in the warm-up are not what a step needs
+            torch.cuda.reset_peak_memory_stats(trainer.device)
         try:
             x, y = next(batches)
         except StopIteration:

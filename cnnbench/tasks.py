@@ -205,15 +205,20 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def _bench_one(cfg, device, size, knobs, train_split, batch_size, warmup, steps) -> dict[str, dict[str, float]]:
-    """Training then inference steps of a fresh model at one batch size, on real batches."""
+    """Training then inference steps at one batch size, on real batches, each with a fresh model:
+    inference's peak memory must not hold training's gradients, optimizer state and graphs."""
     idx = torch.arange(batch_size * (warmup + steps)) % len(train_split)  # wraps round a small split
     split = Split(train_split.images[idx], train_split.labels[idx]).to(device)
     loader = DeviceLoader(split, batch_size, size, shuffle=True, drop_last=True, seed=cfg.seed)
-    trainer = build_trainer(cfg, device, size, knobs, len(loader))
-    return {
-        "train": measure_steps(trainer, loader, steps, warmup, train=True),
-        "infer": measure_steps(trainer, loader, steps, warmup, train=False),
-    }
+    out = {}
+    for mode in ("train", "infer"):
+        trainer = build_trainer(cfg, device, size, knobs, len(loader))
+        out[mode] = measure_steps(trainer, loader, steps, warmup, train=mode == "train")
+        del trainer
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
 
 
 def min_size_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:

@@ -176,6 +176,18 @@ def test_cuda_steps_and_the_per_class_tally_never_wait_for_the_gpu(make_cfg, tin
     assert int(tally.errors().confusion.sum()) == len(test)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_bench_measures_inference_without_the_training_steps_memory(make_cfg, tiny_data, tmp_path):
+    summary = run(make_cfg("task=bench", "model=resnet18", "data.resize=64", "trainer.device=cuda", "bench.batch_sizes=[32]",
+                           f"data.root={tiny_data}"), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    peak = pd.read_csv(tmp_path / "bench.csv").set_index("mode")["peak_mem_mb"]
+    weights_mb = summary["params"] * 4 / 2**20
+    assert peak["train"] > 2 * weights_mb  # weights and their gradients at least
+    assert peak["infer"] < 2 * weights_mb  # no gradients, optimizer state or graphs left over from training
+
+
 # fp16 autocast with its gradient scaler, where CPU autocast supports it (slow on a CPU: a few models
 # that cover the from-scratch batch norm, residual sums and grouped convolutions; RegNetX has both,
 # so ResNet-18, 20 s of emulated fp16, runs in the slow suite).
