@@ -34,6 +34,15 @@ class World:
             dist.all_reduce(values, op=dist.ReduceOp.SUM)
         return values
 
+    def agreed_signal(self, signum: int | None, device: torch.device) -> int | None:
+        """The stop signal any rank has received (the highest number if several), else None. A
+        collective (and a host sync): every rank calls it at the same point."""
+        if not self.distributed:
+            return signum
+        flag = torch.tensor([signum or 0], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
 
 def from_env() -> World:
     """The process's place in a torchrun launch (one process: rank 0 of 1)."""

@@ -49,6 +49,9 @@ class Interrupted(KeyboardInterrupt):
 
 # SIGUSR2 is what SLURM (through submitit) sends a job that is about to time out or be preempted.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
+# Under torchrun the ranks agree on a stop every this many steps (and at each epoch's end): a read
+# of one number from the device, where one process reads a Python flag after every step.
+STOP_CHECK_STEPS = 20
 
 
 @contextmanager
@@ -280,7 +283,7 @@ class Trainer:
             seen += len(y)
             done += 1
             bar.update()
-            if stop and done < len(loader):
+            if stop is not None and done < len(loader) and self.stopping(stop, done):
                 bar.close()
                 loss_total, correct_total, seen_total = self._totals(loss_sum, correct, seen)
                 raise EpochCut({"loss_sum": loss_total, "correct": int(correct_total), "seen": int(seen_total),
@@ -297,6 +300,18 @@ class Trainer:
             "epoch_time_s": elapsed,
             "train_images_per_s": seen_total / elapsed,
         }
+
+    def stopping(self, stop: StopFlag, done: int | None = None) -> bool:
+        """Whether to stop now, after ``done`` steps of an epoch (None: at its end). Under torchrun
+        every rank must stop after the same step: a rank stopping alone would meet the others'
+        gradient all-reduce with a collective of its own, and all would hang. So they agree every
+        STOP_CHECK_STEPS steps, a signal on any rank stopping all (``stop.signum`` becomes it)."""
+        if not self.world.distributed:
+            return bool(stop)
+        if done is not None and done % STOP_CHECK_STEPS:
+            return False
+        stop.signum = self.world.agreed_signal(stop.signum, self.device)
+        return bool(stop)
 
     def _totals(self, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> tuple[float, float, float]:
         """Loss sum, correct count and images seen, summed over the ranks and read once."""
@@ -378,7 +393,7 @@ def fit(
             raise Diverged(f"the training loss became {loss:.4g}{why} in epoch {epoch}")
         if checkpoint:
             checkpoint(epoch, None)
-        if stop and epoch < max_epochs:
+        if stop is not None and epoch < max_epochs and trainer.stopping(stop):
             raise Interrupted(stop.signum, f"after epoch {epoch}")
 
 
