@@ -287,7 +287,12 @@ class DeviceLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self.order_rng.set_state(state["order_rng"])
-        self.aug_rng.set_state(state["aug_rng"])
+        try:
+            self.aug_rng.set_state(state["aug_rng"])
+        except RuntimeError:  # saved on another kind of device: a CUDA generator's state is not a CPU one's
+            if self.crop_padding or self.hflip:
+                log.warning("the checkpoint was written on another kind of device: its augmentation draws cannot "
+                            "continue here, so they start afresh from the seed (the resume is not exact)")
         self._skip = state["batches_done"]
 
     def __len__(self) -> int:

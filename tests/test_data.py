@@ -170,3 +170,18 @@ def test_augmentation_keeps_shape_and_content():
     assert left_bright.any() and right_bright.any()  # some images were flipped, some not
     # a crop shifts by at most 3 px, so the bright area keeps 14 columns minus the shift
     assert ((x[:, 0, 14] > 0.5).sum(dim=1) >= 11).all()
+
+
+def test_a_loader_state_from_another_kind_of_device_resumes_the_order_and_says_so(caplog):
+    """A checkpoint written on a GPU holds a CUDA generator's 16-byte augmentation state, which a
+    CPU generator refuses: the order resumes exactly, the augmentation draws start afresh, with a warning."""
+    split = data.Split(torch.randint(0, 255, (40, 28, 28), dtype=torch.uint8), torch.arange(40) % 10)
+    saved = data.DeviceLoader(split, 8, shuffle=True, seed=5, hflip=True)
+    next(iter(saved))
+    state = saved.state_dict(batches_done=1) | {"aug_rng": torch.zeros(16, dtype=torch.uint8)}  # as CUDA's would be
+    resumed = data.DeviceLoader(split, 8, shuffle=True, seed=5, hflip=True)
+    resumed.load_state_dict(state)
+    assert "written on another kind of device" in caplog.text
+    rest = list(resumed)
+    uninterrupted = list(data.DeviceLoader(split, 8, shuffle=True, seed=5, hflip=True))[1:]
+    assert len(rest) == 4 and torch.equal(torch.cat([y for _, y in rest]), torch.cat([y for _, y in uninterrupted]))
