@@ -539,5 +539,6 @@ def restore(state: dict, trainer: Trainer, loader: DeviceLoader) -> None:
     trainer.scaler.load_state_dict(state["scaler"])
     loader.load_state_dict(state["loader"])
     torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():  # as many GPUs as both machines have
+        for index, rng in enumerate(state["rng"]["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(rng, index)
