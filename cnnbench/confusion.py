@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
 from .data import DeviceLoader, build_loaders, load
-from .engine import autocast_dtype, load_checkpoint, resolve_device, unwrap
+from .engine import autocast_dtype, load_checkpoint, resolve_device, set_backends, unwrap
 from .metrics import atomic_write, environment, pyplot, save_figure, show, write_csv
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     unless data.resize sets another (a test of how the model copes); data.* (root, test_subset,
     test_batch_size, normalize) and trainer.device/precision come from the config."""
     from . import loggers
-    from .config import ConfigError, resolution
+    from .config import ConfigError, enum_value, resolution
     from .models import create_model
 
     path = checkpoint_path(cfg.trainer.resume)
@@ -284,6 +284,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     except Exception as err:
         raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: {path} is not a readable cnnbench checkpoint ({err})") from None
     device = resolve_device(cfg.trainer.device)
+    set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision))  # nothing left from an earlier job
     # data.resize's default follows the configured model (an interpolation): only a size the user
     # set overrides the checkpoint's own
     asked = cfg.data.resize is not None and not OmegaConf.is_interpolation(cfg.data, "resize")

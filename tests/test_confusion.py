@@ -116,11 +116,12 @@ def test_plot_false_writes_the_tables_without_the_pictures(make_cfg, tiny_data, 
 
 def test_evaluate_a_checkpoint(make_cfg, tiny_data, tmp_path):
     train = ["trainer=smoke", f"data.root={tiny_data}", "trainer.checkpoint=true", "trainer.save_best=true"]
-    assert run(make_cfg(*train), tmp_path / "run")["status"] == "completed"
+    assert run(make_cfg(*train, "trainer.deterministic=true"), tmp_path / "run")["status"] == "completed"
     # the model comes from the checkpoint: no model= override needed
     summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}",
                            "trainer.limit_test_batches=2", "data.test_batch_size=8"), tmp_path / "dir")
     assert summary["status"] == "completed", summary.get("error")
+    assert not torch.are_deterministic_algorithms_enabled()  # its own switches, not the training job's
     assert summary["model"] == "bn_lenet" and summary["eval_images"] == 16 and summary["checkpoint"].endswith("last.pt")
     trained = pd.read_csv(tmp_path / "run" / "confusion.csv", index_col=0)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "dir" / "confusion.csv", index_col=0), trained)
