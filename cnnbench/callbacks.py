@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -52,8 +53,12 @@ class OutputCheck(Callback):
         except DirBusy as err:
             refuse(str(err))
         if completed_run(run_dir) and not config.trainer.get("resume"):
+            started = json.loads((run_dir / "summary.json").read_text()).get("overrides") or []
+            again = [o for o in started if not o.startswith(("hydra.run.dir=", "trainer.max_epochs=", "trainer.resume="))]
+            command = " ".join(shlex.quote(o) for o in ["cnnbench", *again, f"hydra.run.dir={run_dir}", f"trainer.resume={run_dir}"])
             refuse(f"hydra.run.dir={run_dir} holds a completed run (summary.json), which a new run would overwrite; "
-                   f"choose another dir, or continue that run with trainer.resume={run_dir} and more trainer.max_epochs")
+                   f"choose another dir, or continue that run, in its own settings, for more epochs: {command} "
+                   f"trainer.max_epochs=N (a cosine or one-cycle schedule cannot be lengthened)")
 
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

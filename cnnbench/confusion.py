@@ -271,8 +271,9 @@ def checkpoint_path(resume: str | None) -> Path:
 def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     """task=evaluate trainer.resume=RUN_OR_PT: the per-class files of a checkpoint's model on
     the test set. The model and its knobs come from the checkpoint, and so does the resolution
-    unless data.resize sets another (a test of how the model copes); data.* (root, test_subset,
-    test_batch_size, normalize) and trainer.device/precision come from the config."""
+    unless data.resize sets another (a test of how the model copes), and the inputs' normalisation
+    (checkpoints record it); data.* (root, test_subset, test_batch_size) and
+    trainer.device/precision come from the config."""
     from . import loggers
     from .config import ConfigError, enum_value, resolution
     from .models import create_model
@@ -301,6 +302,8 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
                 "resolution": list(size), **environment(device)}
     train_split, test_split = load(cfg.data.root, cfg.data.download)
     _, loader = build_loaders(cfg, train_split, test_split, size, device)
+    if "inputs" in meta:  # the normalisation the weights were trained with, whatever data.normalize says here
+        loader.mean, loader.std = meta["inputs"]["mean"], meta["inputs"]["std"]
     loggers.start(cfg, out_dir)  # logger=...: the tracker run gets the files below (run() finishes it)
     errors = analyse(model, full_test_loader(loader), autocast_dtype(cfg.trainer.precision, device))
     write_outputs(errors, out_dir, summary, f"{meta['model']} ({path.name})", cfg.trainer.plot)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm import tqdm
 
@@ -507,9 +507,25 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
 
 
+def training_recipe(cfg: DictConfig) -> dict:
+    """What a resumed run must share with the run that wrote its checkpoint, beyond the model,
+    its knobs, the resolution and the batch size: the optimizer, the schedule, the data's
+    treatment and the loss, and the run's length where the schedule spans it (cosine and
+    one-cycle are built for trainer.max_epochs of trainer.limit_train_batches steps)."""
+    sections = {name: OmegaConf.to_container(cfg[name], resolve=True, enum_to_str=True) for name in ("optimizer", "scheduler")}
+    recipe = {f"{name}.{key}": value for name, section in sections.items() for key, value in section.items()}
+    recipe |= {f"data.{key}": cfg.data[key] for key in ("normalize", "crop_padding", "hflip", "subset", "drop_last")}
+    recipe |= {f"trainer.{key}": cfg.trainer[key] for key in ("label_smoothing", "grad_clip")}
+    if enum_value(cfg.scheduler.name) in ("cosine", "onecycle"):
+        recipe |= {f"trainer.{key}": cfg.trainer[key] for key in ("max_epochs", "limit_train_batches")}
+    return recipe
+
+
 def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
     """The checkpoint ``trainer.resume`` names (a run dir or a .pt file) and its state, checked
-    against this run's model before anything is trained."""
+    against this run's model and training recipe before anything is trained: a resume in other
+    settings would train on silently (a cosine schedule at its end, other inputs) while its files
+    name this run's."""
     path = Path(resume).expanduser()
     path = path / "last.pt" if path.is_dir() else path
     if not path.is_file():
@@ -521,12 +537,20 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
         raise ConfigError(f"trainer.resume={resume!r}: {err}") from None
     except (KeyError, TypeError):
         raise ConfigError(f"trainer.resume={resume!r}: {path} is not a cnnbench checkpoint (it has no meta record)") from None
+    started = " ".join(theirs.get("overrides") or []) or "(no overrides)"
+    advice = f"resume with the overrides of the run that wrote it: {started}"
     for key in ("model", "knobs", "resolution", "batch_size"):
         if theirs.get(key) != meta[key]:
-            raise ConfigError(
-                f"trainer.resume={resume!r}: the checkpoint is of {key}={theirs.get(key)!r}, this run has "
-                f"{key}={meta[key]!r}; resume with the overrides of the run that wrote it"
-            )
+            raise ConfigError(f"trainer.resume={resume!r}: the checkpoint is of {key}={theirs.get(key)!r}, this run has "
+                              f"{key}={meta[key]!r}; {advice}")
+    if "recipe" in theirs:  # checkpoints before the recipe was recorded are checked as above only
+        differ = [key for key in sorted(set(theirs["recipe"]) | set(meta["recipe"]))
+                  if theirs["recipe"].get(key) != meta["recipe"].get(key)]
+        if differ:
+            was = ", ".join(f"{key}={theirs['recipe'].get(key)}" for key in differ)
+            now = ", ".join(f"{key}={meta['recipe'].get(key)}" for key in differ)
+            raise ConfigError(f"trainer.resume={resume!r}: the checkpoint's run had {was}; this run has {now}. An exact "
+                              f"resume needs the same settings; {advice}")
     return path, state
 
 

@@ -38,6 +38,7 @@ from .engine import (
     restore,
     save_checkpoint,
     save_weights,
+    training_recipe,
 )
 from .metrics import (
     MetricsWriter,
@@ -73,11 +74,14 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     """task=train: fit, evaluating every epoch; metrics.csv, curves.png, checkpoints."""
     distributed.init(cfg.trainer.device)  # under torchrun: join the other ranks
     device, size, knobs = describe(cfg, summary)
-    meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size}
+    meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size,
+            "recipe": training_recipe(cfg), "overrides": [o for o in summary.get("overrides", [])
+                                                            if not o.lstrip("+~").startswith(("hydra.", "trainer.resume="))]}
     resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
     write_json(out_dir / "summary.json", summary)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download)
     train_loader, test_loader = build_loaders(cfg, train_split, test_split, size, device)
+    meta["inputs"] = {"mean": train_loader.mean, "std": train_loader.std}  # what task=evaluate must feed the weights
     trainer = build_trainer(cfg, device, size, knobs, len(train_loader))
     start_epoch, partial = 1, None
     if resume:

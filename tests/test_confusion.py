@@ -136,6 +136,14 @@ def test_evaluate_a_checkpoint(make_cfg, tiny_data, tmp_path):
     assert larger["bad_input"] and "was trained at 28x28 and its layers do not fit 36x36" in larger["error"]
 
 
+def test_evaluate_feeds_the_weights_inputs_normalised_as_in_training(make_cfg, tiny_data, tmp_path):
+    train = [f"data.root={tiny_data}", "data.normalize=true", "trainer.max_epochs=3", "data.batch_size=16", "trainer.checkpoint=true"]
+    trained = run(make_cfg(*train), tmp_path / "run")
+    summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}"), tmp_path / "eval")
+    assert summary["status"] == "completed", summary.get("error")
+    assert summary["eval_test_acc"] == trained["final_test_acc"]  # data.normalize is false here: the checkpoint says
+
+
 def test_evaluate_needs_a_checkpoint(make_cfg, tmp_path):
     summary = run(make_cfg("task=evaluate"), tmp_path / "a")
     assert summary["status"] == "failed" and summary["bad_input"] and "trainer.resume=RUN_DIR" in summary["error"]

@@ -139,6 +139,32 @@ def test_a_checkpoint_of_another_model_is_refused(make_cfg, tiny_data, tmp_path,
     assert not (tmp_path / "b" / "metrics.csv").exists()
 
 
+@pytest.mark.parametrize(
+    "first, then, message",
+    [
+        (["optimizer.lr=0.05"], [], "the checkpoint's run had optimizer.lr=0.05; this run has optimizer.lr=0.1. An exact resume"),
+        (["data.normalize=true"], [], "had data.normalize=True; this run has data.normalize=False"),
+        # a cosine schedule spans the run it was built for: a longer resume would climb back up
+        (["scheduler=cosine"], ["scheduler=cosine", "trainer.max_epochs=3"], "had trainer.max_epochs=1; this run has trainer.max_epochs=3"),
+    ],
+)
+def test_a_resume_in_other_settings_is_refused_with_the_first_runs_overrides(make_cfg, tiny_data, tmp_path, first, then, message):
+    start = [f"data.root={tiny_data}", "trainer.max_epochs=1", "trainer.checkpoint=true", *first]
+    run(make_cfg(*start), tmp_path / "a", overrides=start)
+    summary = run(make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=2", *then, f"trainer.resume={tmp_path / 'a'}"), tmp_path / "b")
+    assert summary["status"] == "failed" and summary["bad_input"] and message in summary["error"], summary["error"]
+    assert f"resume with the overrides of the run that wrote it: {' '.join(start)}" in summary["error"]
+    assert not (tmp_path / "b" / "metrics.csv").exists()
+
+
+def test_more_epochs_of_a_run_without_a_spanning_schedule_resume(make_cfg, tiny_data, tmp_path):
+    start = [f"data.root={tiny_data}", "trainer.max_epochs=1", "trainer.checkpoint=true", "scheduler=step"]
+    run(make_cfg(*start), tmp_path)
+    summary = run(make_cfg(*start[:1], "trainer.max_epochs=2", "scheduler=step", f"trainer.resume={tmp_path}"), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2]
+
+
 def test_missing_or_broken_checkpoints_are_refused(make_cfg, tiny_data, tmp_path):
     summary = run(make_cfg(f"data.root={tiny_data}", f"trainer.resume={tmp_path}"), tmp_path / "b")
     assert "no checkpoint at" in summary["error"] and summary["bad_input"]

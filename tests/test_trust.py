@@ -112,6 +112,9 @@ def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(r
     third = subprocess.run([sys.executable, "-m", "cnnbench", "trainer=smoke", f"hydra.run.dir={run_dir}"],
                            capture_output=True, text=True, timeout=120)
     assert third.returncode == 2 and "holds a completed run" in third.stderr
+    # ... and the refusal spells out how to continue it, in the settings it was started with
+    assert ("cnnbench model=lenet data.subset=8192 data.test_subset=1000 trainer.plot=false "
+            f"hydra.run.dir={run_dir} trainer.resume={run_dir} trainer.max_epochs=N") in " ".join(third.stderr.split())
     assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [1, 2]
 
 
