@@ -264,7 +264,8 @@ def checkpoint_path(resume: str | None) -> Path:
     if path.is_dir():
         path = next((p for p in (path / "last.pt", path / "best.pt") if p.is_file()), path / "last.pt")
     if not path.is_file():
-        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with last.pt or best.pt, or a .pt file)")
+        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with last.pt or best.pt, or a .pt file; "
+                          "a run keeps them when trained with trainer.checkpoint=true or trainer.save_best=true)")
     return path
 
 
@@ -290,6 +291,8 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     # set overrides the checkpoint's own
     asked = cfg.data.resize is not None and not OmegaConf.is_interpolation(cfg.data, "resize")
     size = resolution(cfg) if asked else tuple(meta["resolution"])
+    if asked_model := [o for o in summary.get("overrides", []) if o.lstrip("+~").startswith(("model=", "model."))]:
+        log.warning("task=evaluate takes the model from the checkpoint (%s): %s is ignored", meta["model"], " ".join(asked_model))
     model = create_model(meta["model"], image_size=size, **meta["knobs"])
     try:
         model.load_state_dict(state["model"])

@@ -529,7 +529,8 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
     path = Path(resume).expanduser()
     path = path / "last.pt" if path.is_dir() else path
     if not path.is_file():
-        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with last.pt, or a .pt file)")
+        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with last.pt, or a .pt file; "
+                          "a run writes last.pt every epoch with trainer.checkpoint=true, and when a signal stops it)")
     try:
         state = load_checkpoint(path)
         theirs = state["meta"]

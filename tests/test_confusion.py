@@ -136,19 +136,22 @@ def test_evaluate_a_checkpoint(make_cfg, tiny_data, tmp_path):
     assert larger["bad_input"] and "was trained at 28x28 and its layers do not fit 36x36" in larger["error"]
 
 
-def test_evaluate_feeds_the_weights_inputs_normalised_as_in_training(make_cfg, tiny_data, tmp_path):
+def test_evaluate_feeds_the_weights_inputs_normalised_as_in_training(make_cfg, tiny_data, tmp_path, caplog):
     train = [f"data.root={tiny_data}", "data.normalize=true", "trainer.max_epochs=3", "data.batch_size=16", "trainer.checkpoint=true"]
     trained = run(make_cfg(*train), tmp_path / "run")
-    summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}"), tmp_path / "eval")
+    asked = ["task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}", "model=resnet18"]
+    summary = run(make_cfg(*asked), tmp_path / "eval", overrides=asked)
     assert summary["status"] == "completed", summary.get("error")
     assert summary["eval_test_acc"] == trained["final_test_acc"]  # data.normalize is false here: the checkpoint says
+    assert summary["model"] == "bn_lenet"
+    assert "takes the model from the checkpoint (bn_lenet): model=resnet18 is ignored" in caplog.text
 
 
 def test_evaluate_needs_a_checkpoint(make_cfg, tmp_path):
     summary = run(make_cfg("task=evaluate"), tmp_path / "a")
     assert summary["status"] == "failed" and summary["bad_input"] and "trainer.resume=RUN_DIR" in summary["error"]
     summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path}"), tmp_path / "b")
-    assert summary["bad_input"] and "no checkpoint at" in summary["error"]
+    assert summary["bad_input"] and "no checkpoint at" in summary["error"] and "trainer.checkpoint=true" in summary["error"]
 
 
 def test_an_evaluation_dir_is_named_after_the_checkpoints_run(make_cfg):
