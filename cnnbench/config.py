@@ -363,6 +363,19 @@ SECTIONS = {"data": DataConfig, "trainer": TrainerConfig, "scheduler": Scheduler
 GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "experiment", "logger", "hparams_search")
 
 
+def typed_value_error(err) -> str:
+    """cnnbench's message for OmegaConf's ValidationError of a typed key: the key, the value and
+    what is allowed (Hydra prints the error's object types and a stack-trace hint)."""
+    key, value = err.full_key, err.value if hasattr(err, "value") else None
+    shown = f"{key}={value}" if value is not None else key
+    reason = str(err).splitlines()[0]
+    allowed = re.search(r"expected one of \[(.*)\]", reason)
+    if allowed:
+        options = [o.strip() for o in allowed.group(1).split(",")]
+        return f"{shown} is not allowed{_nearest(str(value), options)}; choose one of: {', '.join(options)}"
+    return f"{shown}: {reason}"
+
+
 def _nearest(word: str, options) -> str:
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
@@ -610,7 +623,8 @@ def _validate_optimizer(cfg: DictConfig) -> None:
             continue
         if key not in params or key in ("self", "params"):
             allowed = [k for k in params if k not in ("self", "params")]
-            raise ConfigError(f"optimizer.{key} is not an argument of {cls.__name__}; allowed: {', '.join(allowed)}")
+            raise ConfigError(f"optimizer.{key} is not an argument of {cls.__name__}{_nearest(key, allowed).replace('mean ', 'mean optimizer.')}; "
+                              f"allowed: {', '.join(allowed)}")
         default = params[key].default
         number = isinstance(default, (int, float)) and not isinstance(default, bool)
         if number and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):

@@ -20,13 +20,16 @@ from typing import Any, Iterable
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, ValidationError
 
 from . import STARTED, data, distributed, loggers
 from .config import (
     CONF_DIR,
     ConfigError,
+    compose,
+    typed_value_error,
     check_choice_keys,
     check_overrides,
     enum_value,
@@ -144,7 +147,28 @@ def checked_args(args: list[str]) -> list[str]:
     if multirun_requested(args) and not INFO_FLAGS & set(args):
         return one_value_sweeps(args)
     check_choice_keys(overrides)
+    if not INFO_FLAGS & set(args):
+        check_values(overrides)
     return args
+
+
+def check_values(overrides: list[str]) -> None:
+    """A single run's values, checked before Hydra makes its run dir: a typo must not leave a
+    failed run behind. A value of the wrong type gets cnnbench's message, not Hydra's; a config
+    that only a run can resolve (``${hydra:...}``) is left to the run's own check."""
+    try:
+        cfg = compose(*overrides)
+    except ConfigCompositionException as err:
+        cause = err.__cause__
+        if isinstance(cause, ValidationError) and cause.full_key:
+            raise ConfigError(typed_value_error(cause)) from None
+        return  # Hydra says what is wrong with it, as before
+    try:
+        validate(cfg)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - an interpolation only a run resolves
+        return
 
 
 def main() -> None:

@@ -137,15 +137,16 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path, args, message):
     [
         (["data.batch_sise=64"], "data.batch_sise is not a key of data (did you mean data.batch_size?)"),
         (["data.batch_size=many"], "Value 'many' of type 'str' could not be converted to Integer"),
-        (["trainer.precision=fp8"], "Invalid value 'fp8', expected one of [auto, fp32, bf16, fp16]"),
+        (["trainer.precision=fp8"], "cnnbench: trainer.precision=fp8 is not allowed; choose one of: auto, fp32, bf16, fp16"),
         (["model=resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
     ],
 )
 def test_schema_rejects_typos_and_wrong_types(tmp_path, args, message):
-    proc = cnnbench(*args, f"hydra.run.dir={tmp_path}")
+    proc = cnnbench(*args, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
     assert message in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
+    assert not (tmp_path / "run").exists()  # refused before Hydra made the run dir
 
 
 @pytest.mark.slow  # builds a wheel with pip (10 s)

@@ -213,7 +213,7 @@ def test_unknown_model_lists_the_models():
 
 
 def test_bad_knob_names_key_and_choices():
-    with pytest.raises(ModelError, match="model.widht is not a knob of model vgg11; its knobs are: arch, width"):
+    with pytest.raises(ModelError, match=r"model.widht is not a knob of model vgg11 \(did you mean model.width\?\); its knobs are: arch, width"):
         create_model("vgg11", widht=0.5)
     with pytest.raises(ModelError, match=r"model.init='he' is not allowed; choose one of: xavier, pytorch"):
         create_model("resnet18", init="he")

@@ -114,14 +114,21 @@ def test_what_hydra_gets_from_the_command_line():
     assert checked_args(["model=vgg11", "model.width=${hydra:job.name}"]) == ["model=vgg11", "model.width=${hydra:job.name}"]
     with pytest.raises(ConfigError, match="model=resnet19 is not an option"):
         checked_args(["model=resnet19"])
+    # a single run's values too, in cnnbench's words (not Hydra's object types), before any dir is made
+    with pytest.raises(ConfigError, match=r"^task=sumary is not allowed \(did you mean summary\?\); choose one of: train, summary"):
+        checked_args(["task=sumary"])
+    with pytest.raises(ConfigError, match=r"^trainer.max_epochs=two: Value 'two' of type 'str' could not be converted to Integer"):
+        checked_args(["trainer.max_epochs=two"])
+    with pytest.raises(ConfigError, match=r"^data.resize=28 \(28x28\) is too small for model alexnet"):
+        checked_args(["model=alexnet", "data.resize=28"])
 
 
 def test_a_misspelt_knob_or_optimizer_argument_is_named_with_what_is_allowed(tmp_path):
     from cnnbench.config import ConfigError, check_choice_keys, one_value_sweeps, validate_sweep
 
-    with pytest.raises(ConfigError, match=r"^model.widht is not a knob of model vgg11; its knobs are: arch, width, "):
+    with pytest.raises(ConfigError, match=r"^model.widht is not a knob of model vgg11 \(did you mean model.width\?\); its knobs are: arch, width, "):
         check_choice_keys(["model=vgg11", "model.widht=0.5", "trainer.max_epochs=2", f"hydra.run.dir={tmp_path}"])
-    with pytest.raises(ConfigError, match=r"^optimizer.lrr is not an argument of SGD; allowed: lr, momentum"):
+    with pytest.raises(ConfigError, match=r"^optimizer.lrr is not an argument of SGD \(did you mean optimizer.lr\?\); allowed: lr, momentum"):
         check_choice_keys(["optimizer.lrr=0.1"])
     check_choice_keys(["model=vgg11", "model.width=0.5", "optimizer.lr=0.1"])
     # in a sweep, each job's model: cnnbench's message, not Hydra's "not in struct" (the sweep's

@@ -349,7 +349,7 @@ BAD_INPUTS = [
     # values in a knob's range that still leave a layer with no channel name that knob
     ("model=resnet50 model.bottleneck_ratio=1e-9", r"model.bottleneck_ratio=1e-09 leaves the block's inner width at 0 .* above 0.00195"),
     ("model=densenet model.compression=1e-9", r"model.compression=1e-09 keeps no channel of the 192 after dense block 1"),
-    ("+optimizer.momentun=0.9", r"optimizer.momentun is not an argument of SGD; allowed: lr, momentum"),
+    ("+optimizer.momentun=0.9", r"optimizer.momentun is not an argument of SGD \(did you mean optimizer.momentum\?\); allowed: lr, momentum"),
     ("optimizer.momentum=-1", r"optimizer: SGD rejects its arguments: Invalid momentum value: -1"),
     ("optimizer.momentum=fast", r"optimizer.momentum='fast' is not allowed; SGD takes a finite number"),
     ("optimizer.nesterov=1", r"optimizer.nesterov=1 is not allowed; SGD takes true or false"),

@@ -91,6 +91,10 @@ def test_a_model_name_cannot_move_the_run_dir_out_of_outputs(tmp_path):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "is not a registered model" in err
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # refused before Hydra made any dir
+    proc = cnnbench("trainer=smoke", "data.resize=-3", cwd=tmp_path)  # a bad value: no failed run left behind either
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "data.resize=-3 is not allowed" in err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
 def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(real_data, tmp_path):

@@ -131,9 +131,10 @@ def check_knobs(name: str, knobs: dict[str, Any], prefix: str = "model") -> dict
     out = {}
     for key, value in knobs.items():
         if key not in allowed:
+            close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
             raise ModelError(
-                f"{prefix}.{key} is not a knob of model {name}; its knobs are: "
-                f"{', '.join(allowed) or '(none)'}"
+                f"{prefix}.{key} is not a knob of model {name}{f' (did you mean {prefix}.{close[0]}?)' if close else ''}; "
+                f"its knobs are: {', '.join(allowed) or '(none)'}"
             )
         out[key] = _check_type(f"{prefix}.{key}", value, allowed[key].default, hints.get(key))
     return out
