@@ -1,8 +1,12 @@
-"""The GPU issue's measurements in one call on a lent GPU machine: most important first, each
-step in its own process under a time limit, and whatever no longer fits the budget skipped and
-said so.
+"""Measure cnnbench on a GPU in one call: tests, the book's nine runs, speed and accuracy.
 
-Here (a machine that reaches PyPI), once per checkout:
+The steps run most important first, each in its own process under a time limit; what no longer
+fits the budget is skipped and said so. On a GPU machine of your own, with cnnbench installed:
+
+    python benchmarks/gpu_session.py --out gpu_results --budget 1800
+
+On a lent GPU machine without network (this project's sessions), prepare here, on a machine that
+reaches PyPI, once per checkout:
 
     make gpu-kit        # fills the git-ignored .carry/: wheels the GPU machine lacks, the dataset
 
@@ -327,7 +331,9 @@ def _status(code: int | None) -> str:
 
 def pack(session: Session) -> None:
     """results.md and runs.tar.gz into --out: the run files, no checkpoints."""
-    (session.out / "results.md").write_text("# GPU session\n\n" + "\n".join(session.results))
+    banner = ("**A smoke run: toy data, a few batches, on whatever device there was. Nothing here is a measurement, "
+              "and no target is judged.**\n\n" if session.smoke else "")
+    (session.out / "results.md").write_text("# GPU session\n\n" + banner + "\n".join(session.results))
     with tarfile.open(session.out / "runs.tar.gz", "w:gz") as tar:
         for path in sorted(session.work.rglob("*")):
             if path.is_file() and path.suffix in (".json", ".csv", ".log", ".xml", ".yaml") and "cache" not in path.parts \
@@ -337,7 +343,8 @@ def pack(session: Session) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/gpu_session")))
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "outputs/gpu_session")),
+                        help="where session.log, results.md and runs.tar.gz go (default: $OUT, else outputs/gpu_session)")
     parser.add_argument("--budget", type=float, default=540, help="seconds for the whole session, packing included")
     parser.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, from: {', '.join(STEPS)}")
     parser.add_argument("--kit", type=Path, default=ROOT / ".carry", help="what `make gpu-kit` filled")
@@ -356,6 +363,7 @@ def main() -> None:
         else:
             globals()[f"step_{name}"](session)
         pack(session)  # after every step: a call cut short still returns what was measured
+    shutil.rmtree(session.work, ignore_errors=True)  # everything worth keeping is in runs.tar.gz
     session.say(f"\nresults in {session.out}: {', '.join(sorted(p.name for p in session.out.iterdir()))}")
 
 

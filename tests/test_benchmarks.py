@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end at small scale (their numbers are for BENCHMARKS.md, not tests)."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,7 @@ def test_gpu_session_smoke_runs_the_book_sweeps_and_tabulates_them(tiny_data, tm
     proc = gpu_session(tmp_path, "--smoke", "--steps", "env,parallel,book,seeds", "--data-root", str(tiny_data), "--budget", "500")
     assert proc.returncode == 0, proc.stderr
     results = (tmp_path / "out" / "results.md").read_text()
+    assert "**A smoke run: toy data" in results  # never to be read as a measurement
     assert "## Machine" in results and "torch " in results and "hydra " in results
     for heading in ("## The nine book runs one after another", "## The nine book runs at once"):
         table = results.split(heading)[1].split("##")[0]
@@ -98,3 +100,4 @@ def test_gpu_session_stops_a_step_at_its_time_limit(tmp_path):
     assert code is None and 2 <= seconds < 30
     assert session.last_lines == ["started"]
     assert "[sleeper: stopped after" in (tmp_path / "session.log").read_text()
+    shutil.rmtree(session.work)
