@@ -180,6 +180,20 @@ def save_figure(fig, path: Path) -> Path:
         pyplot().close(fig)
 
 
+def epoch_axis(ax, epochs) -> None:
+    """An x axis of whole epochs: each epoch a tick when there are few (one epoch, or a resumed
+    run's last few, would otherwise get fractional ticks), else whole-number ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    shown = sorted({int(e) for e in epochs})
+    if len(shown) <= 12:
+        ax.set_xticks(shown)
+        if len(shown) == 1:
+            ax.set_xlim(shown[0] - 0.5, shown[0] + 0.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
     """Loss and accuracy per epoch, train and test, side by side (like the book's plots)."""
     plt = pyplot()
@@ -193,7 +207,7 @@ def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))  # epochs are whole numbers
+        epoch_axis(ax, epochs)
     fig.suptitle(title)
     save_figure(fig, path)
 

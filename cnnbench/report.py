@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import collect_results, pyplot, save_figure, show, whole_numbers
+from .metrics import collect_results, epoch_axis, pyplot, save_figure, show, whole_numbers
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
 TABLE = ["status", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
@@ -96,7 +96,8 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -
         look = style(i)
         ax_loss.plot(m["epoch"], m["train_loss"], label=label(row, keys), **look)
         ax_acc.plot(m["epoch"], m["test_acc"], **look)
-        ax_acc.plot(m["epoch"], m["train_acc"], color=look["color"], linestyle=look["linestyle"], linewidth=0.8, alpha=0.35)
+        ax_acc.plot(m["epoch"], m["train_acc"], color=look["color"], linestyle=look["linestyle"], linewidth=0.8, alpha=0.35,
+                    marker=look["marker"], markersize=3)  # a point too: one epoch has no line to draw
     ax_loss.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
     if spans_decades(pd.concat([m["train_loss"] for _, m in runs]), decades=1.5):
         ax_loss.set_yscale("log")  # a run that blew up would flatten every other curve to a line at 0
@@ -104,7 +105,7 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -
                title="test accuracy (bold), training accuracy (faint)")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(plt.MaxNLocator(integer=True))
+        epoch_axis(ax, pd.concat([m["epoch"] for _, m in runs]))
     fig.legend(loc="outside right upper", fontsize="small", title=" x ".join(keys) or None)
     fig.suptitle(title(path, results, keys, "learning curves"))
     return save_figure(fig, path / "report_curves.png")

@@ -91,3 +91,19 @@ def test_tables_show_integers_as_integers(tmp_path, capsys, figures):
     assert "steady_epoch_time_s" in printed.splitlines()[0]  # runs compare by their steady-state epochs, warm-up apart
     write_results(tmp_path)
     assert "61706.0" not in (tmp_path / "results.csv").read_text() and "61706" in (tmp_path / "results.csv").read_text()
+
+
+def test_epoch_axes_tick_whole_epochs_even_for_one_epoch(tmp_path, figures, monkeypatch):
+    from cnnbench import metrics
+
+    for i, lr in enumerate([0.1, 1.0]):
+        fake_run(tmp_path / str(i), [f"optimizer.lr={lr}"], epochs=1)
+    report.report(tmp_path)
+    for ax in figures["report_curves.png"].axes:
+        assert list(ax.get_xticks()) == [1] and ax.get_xlim() == (0.5, 1.5)
+    # a resumed run's curves: its own epochs only, no fractional ticks
+    kept = {}
+    monkeypatch.setattr(metrics, "save_figure", lambda fig, path: kept.setdefault("fig", fig))
+    rows = [{"epoch": e, "train_loss": 1.0, "test_loss": 1.1, "train_acc": 0.5, "test_acc": 0.5} for e in (11, 12)]
+    metrics.plot_curves(rows, tmp_path / "curves.png", "resumed")
+    assert all(list(ax.get_xticks()) == [11, 12] for ax in kept["fig"].axes)
