@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -25,9 +26,19 @@ TABLE = ["status", "final_test_acc", "best_test_acc", "worst_class", "worst_clas
          "wall_time_s"]  # steady_epoch_time_s: the median epoch without the first, which pays the warm-up
 
 
+# Overrides that say where or how a run was done, not what it tried: never an axis of a plot.
+BOOKKEEPING = {"task", "trainer.resume", "data.root", "data.download", "trainer.checkpoint", "trainer.save_best",
+               "trainer.plot", "trainer.progress", "trainer.device", "logger", "objective"}
+
+
 def swept_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:
     """Override keys whose value differs between jobs."""
     return [k for k in overrides if k in results and results[k].astype(str).nunique() > 1]
+
+
+def plotted_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:
+    """The swept keys worth an axis: what the runs tried, not where they wrote or which task ran."""
+    return [k for k in swept_keys(results, overrides) if k not in BOOKKEEPING and not k.startswith("hydra.")]
 
 
 def load_runs(path: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -50,12 +61,29 @@ def load_runs(path: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows), keys
 
 
+def fill_unset(path: Path, results: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """A run that did not set a key ran at the config's value: read it from the run's summary.json
+    (a folder of runs mixes ones that swept optimizer.lr with ones that left it at its default)."""
+    for key in (k for k in keys if k in results and results[k].isna().any()):
+        for i in results.index[results[key].isna()]:
+            try:
+                value = json.loads((job_dir(path, results.at[i, "job"]) / "summary.json").read_text())["config"]
+                for part in key.split("."):
+                    value = value[part]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if not isinstance(value, (dict, list)):
+                results.at[i, key] = str(value)
+    return results
+
+
 def job_dir(path: Path, job) -> Path:
     return path if (path / "summary.json").is_file() else path / str(job)
 
 
 def label(row: pd.Series, keys: list[str]) -> str:
-    return ", ".join(f"{k}={row[k]}" for k in keys) or str(row["job"])
+    """What sets the run apart (a key it did not set is left out), else its dir's name."""
+    return ", ".join(f"{k}={row[k]}" for k in keys if pd.notna(row[k])) or str(row["job"])
 
 
 def style(i: int) -> dict:
@@ -78,7 +106,7 @@ def title(path: Path, results: pd.DataFrame, keys: list[str], what: str) -> str:
     models = list(dict.fromkeys(str(m) for m in results.get("model", pd.Series(dtype=str)).dropna()))
     shown = ", ".join(models[:4]) + (f" and {len(models) - 4} more" if len(models) > 4 else "")
     swept = " x ".join(keys) or "one run"
-    return f"{what}: {shown or path.name}, {len(results)} run{'s' if len(results) != 1 else ''} ({swept})"
+    return textwrap.fill(f"{what}: {shown or path.name}, {len(results)} run{'s' if len(results) != 1 else ''} ({swept})", 100)
 
 
 def job_tables(path: Path, results: pd.DataFrame, name: str) -> list[tuple[pd.Series, pd.DataFrame]]:
@@ -88,13 +116,17 @@ def job_tables(path: Path, results: pd.DataFrame, name: str) -> list[tuple[pd.Se
 
 
 def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
+    """Every run's learning curves, told apart by the keys that differ between those runs."""
     runs = job_tables(path, results, "metrics.csv")
     if not runs:
         return None
+    keys = plotted_keys(pd.DataFrame([row for row, _ in runs]), keys)
+    labels = [label(row, keys) for row, _ in runs]
+    labels = [f"{text} [{row['job']}]" if labels.count(text) > 1 else text for text, (row, _) in zip(labels, runs)]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
     for i, (row, m) in enumerate(runs):
         look = style(i)
-        ax_loss.plot(m["epoch"], m["train_loss"], label=label(row, keys), **look)
+        ax_loss.plot(m["epoch"], m["train_loss"], label=labels[i], **look)
         ax_acc.plot(m["epoch"], m["test_acc"], **look)
         ax_acc.plot(m["epoch"], m["train_acc"], color=look["color"], linestyle=look["linestyle"], linewidth=0.8, alpha=0.35,
                     marker=look["marker"], markersize=3)  # a point too: one epoch has no line to draw
@@ -106,8 +138,8 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         epoch_axis(ax, pd.concat([m["epoch"] for _, m in runs]))
-    fig.legend(loc="outside right upper", fontsize="small", title=" x ".join(keys) or None)
-    fig.suptitle(title(path, results, keys, "learning curves"))
+    fig.legend(loc="outside right center", fontsize="small", title=" x ".join(keys) or None)  # centred: clear of the title
+    fig.suptitle(title(path, pd.DataFrame([row for row, _ in runs]), keys, "learning curves"))
     return save_figure(fig, path / "report_curves.png")
 
 
@@ -123,7 +155,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     width = 0.6 / max(len(groups), 1)
     for i, (values, group) in enumerate(groups):
         values = values if isinstance(values, tuple) else (values,)
-        name = ", ".join(f"{k}={v}" for k, v in zip(others, values)) or metric.replace("_", " ")
+        name = ", ".join(f"{k}={v if pd.notna(v) else 'default'}" for k, v in zip(others, values)) or metric.replace("_", " ")
         y = pd.to_numeric(group[metric], errors="coerce")
         look = style(i)
         if numeric:
@@ -142,7 +174,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         ax.set_xlim(-0.6, len(categories) - 0.4)
     ax.set(xlabel=key, ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} against {key}")
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside right upper", fontsize="small", title=" x ".join(others) or None)
+    fig.legend(loc="outside right center", fontsize="small", title=" x ".join(others) or None)
     fig.suptitle(title(path, results, [key, *others], "sweep"))
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 
@@ -180,6 +212,7 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
     table alone (a sweep run with ``trainer.plot=false``)."""
     path = Path(path)
     results, keys = load_runs(path)
+    results = fill_unset(path, results, keys)
     swept = swept_keys(results, keys)
     columns = ["job", *swept, *[c for c in TABLE if c in results and results[c].notna().any()]]
     table = whole_numbers(results[columns].copy())
@@ -189,11 +222,13 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
         show(f"no plots (trainer.plot=false): cnnbench-report {path} --html draws them")
         return results, []
     plt = pyplot()
-    written = [plot_sweep_curves(path, results, swept, plt), plot_sweep_bench(path, results, swept, plt)]
+    written = [plot_sweep_curves(path, results, keys, plt), plot_sweep_bench(path, results, plotted_keys(results, keys), plt)]
     metric = next((m for m in ("final_test_acc", "best_train_images_per_s", "params") if m in results and results[m].notna().any()), None)
-    if metric and len(results) > 1:
-        for key in swept:
-            written.append(plot_against(path, results, key, [k for k in swept if k != key], metric, plt))
+    if metric:  # against each key the runs that measured it tried (a folder may mix tasks, resumes, ...)
+        measured = results[results[metric].notna()]
+        axes = plotted_keys(measured, keys)
+        for key in axes if len(measured) > 1 else []:
+            written.append(plot_against(path, measured, key, [k for k in axes if k != key], metric, plt))
     if "model.space" in results:  # a design-space study (experiment=ds_anynet): EDFs, trends, good regions
         from .design_study import study_report
         written += study_report(path, results, plt)

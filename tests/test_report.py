@@ -12,10 +12,10 @@ from cnnbench import report
 from cnnbench.metrics import write_results
 
 
-def fake_run(folder: Path, overrides: list[str], status="completed", acc=0.5, params=61706, epochs=2) -> None:
+def fake_run(folder: Path, overrides: list[str], status="completed", acc=0.5, params=61706, epochs=2, config=None) -> None:
     folder.mkdir(parents=True)
     summary = {"task": "train", "model": "lenet", "status": status, "overrides": overrides, "final_test_acc": acc,
-               "steady_epoch_time_s": 1.5, "wall_time_s": 9.0}
+               "steady_epoch_time_s": 1.5, "wall_time_s": 9.0, "config": config or {}}
     if status == "completed":
         summary["params"] = params
         rows = [{"epoch": e, "train_loss": 2.0 / e, "train_acc": acc * e / epochs, "test_loss": 2.1 / e,
@@ -107,3 +107,22 @@ def test_epoch_axes_tick_whole_epochs_even_for_one_epoch(tmp_path, figures, monk
     rows = [{"epoch": e, "train_loss": 1.0, "test_loss": 1.1, "train_acc": 0.5, "test_acc": 0.5} for e in (11, 12)]
     metrics.plot_curves(rows, tmp_path / "curves.png", "resumed")
     assert all(list(ax.get_xticks()) == [11, 12] for ax in kept["fig"].axes)
+
+
+def test_a_folder_of_unrelated_runs_plots_what_they_tried(tmp_path, figures):
+    """outputs/ mixes sweeps, plain runs (at the config's values) and other tasks: the plain run's
+    learning rate comes from its config, and no plot is drawn against the task or the resume."""
+    for i, lr in enumerate([0.01, 1.0]):
+        fake_run(tmp_path / "sweep" / str(i), [f"optimizer.lr={lr}"], acc=0.3 + i / 10)
+    fake_run(tmp_path / "plain", [], acc=0.8, config={"optimizer": {"lr": 0.1}})
+    fake_run(tmp_path / "twice", [], acc=0.8, config={"optimizer": {"lr": 0.1}})
+    summary = tmp_path / "layers"
+    summary.mkdir()
+    (summary / "summary.json").write_text(json.dumps({"task": "summary", "model": "alexnet", "status": "completed",
+                                                      "overrides": ["task=summary", "model=alexnet"], "params": 46764746}))
+    results, written = report.report(tmp_path)
+    assert sorted(p.name for p in written) == ["report_curves.png", "report_vs_optimizer.lr.png"]
+    by_lr = figures["report_vs_optimizer.lr.png"].axes[0]
+    assert by_lr.get_xscale() == "log" and sorted(by_lr.get_lines()[0].get_xdata()) == [0.01, 0.1, 0.1, 1.0]
+    labels = [t.get_text() for t in figures["report_curves.png"].legends[0].get_texts()]
+    assert sorted(labels) == ["optimizer.lr=0.01", "optimizer.lr=0.1 [plain]", "optimizer.lr=0.1 [twice]", "optimizer.lr=1.0"]
