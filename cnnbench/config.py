@@ -14,6 +14,7 @@ import inspect
 import math
 import os
 import re
+import textwrap
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -229,7 +230,8 @@ def catalog(what: str) -> str:
         plain = re.sub(r"\((d2l \d+\.\d+)[;,][^()]*\)", r"(\1)", comment.split("(Dive into")[0])
         plain = re.sub(r"\s*\((?!d2l \d+\.\d+\))[^()]*\)", "", plain)
         first = re.split(r"(?<=[.?])\s", plain)[0].rstrip(" .:")
-        lines.append(f"  {name:30} {first if len(first) <= 90 else first[:89] + '…'}")
+        wrapped = textwrap.wrap(first, 86) or [""]  # whole, on as many lines as it takes
+        lines += [f"  {name if i == 0 else '':30} {text}" for i, text in enumerate(wrapped)]
     return "\n".join(lines)
 
 

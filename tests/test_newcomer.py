@@ -162,6 +162,8 @@ def test_help_lists_the_tasks_and_every_recipe_once(tmp_path):
         assert f"  {task:10} {text}" in lines
     for recipe in group_options("experiment"):
         assert sum(line.startswith(f"  {recipe} ") for line in lines) == 1, recipe
+    # a long description is wrapped, not cut: ds_anynet's ends with what the study compares
+    assert "…" not in proc.stdout and any(line.strip() == "their test errors" for line in lines)
 
 
 def test_interrupted_advice_is_a_command_to_paste(make_cfg, tiny_data, tmp_path, monkeypatch):
