@@ -544,6 +544,8 @@ def check_known_keys(cfg: DictConfig) -> None:
 def validate(cfg: DictConfig) -> None:
     """Everything that can be checked without data: raises ConfigError naming key and value."""
     check_known_keys(cfg)
+    if enum_value(cfg.task) == "evaluate" and not cfg.trainer.resume:
+        raise ConfigError("task=evaluate needs a checkpoint: trainer.resume=RUN_DIR (its last.pt, else best.pt) or a .pt file")
     if "name" not in cfg.model:
         raise ConfigError("model.name is missing; choose a model with model=NAME")
     name = cfg.model.name
