@@ -52,13 +52,16 @@ class NoSpace(OSError):
 class MetricsWriter:
     """Writes one complete row per epoch to metrics.csv and flushes it to disk at once,
     so a run killed at any moment leaves only whole rows. A new run starts the file
-    afresh; ``keep_epochs=N`` (a resumed run) keeps its first N rows and continues."""
+    afresh; ``keep_epochs=N`` (a resumed run) keeps its first N rows and continues, taken from
+    ``history`` when given (the checkpoint's run's file: a run resumed into another dir carries
+    the curve so far)."""
 
-    def __init__(self, path: Path, keep_epochs: int | None = None):
+    def __init__(self, path: Path, keep_epochs: int | None = None, history: Path | None = None):
         self.path = path
         self.rows: list[dict[str, float]] = []
-        if keep_epochs is not None and path.exists():
-            with open(path, newline="") as f:
+        source = history if history is not None and history.is_file() else path
+        if keep_epochs is not None and source.exists():
+            with open(source, newline="") as f:
                 self.rows = [
                     {k: float(v) if k != "epoch" else int(v) for k, v in row.items()}
                     for row in csv.DictReader(f)

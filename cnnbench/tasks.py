@@ -97,7 +97,8 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
         train_loader.num_samples, cfg.data.batch_size, device,
     )
     # A resumed run continues its metrics.csv from the checkpoint's epoch (later rows dropped).
-    writer = MetricsWriter(out_dir / "metrics.csv", keep_epochs=start_epoch - 1 if resume else None)
+    writer = MetricsWriter(out_dir / "metrics.csv", keep_epochs=start_epoch - 1 if resume else None,
+                           history=resume.parent / "metrics.csv" if resume else None)
     trackers = loggers.start(cfg, out_dir, resumed=resume is not None)  # logger=...: finished by run()
     stop = StopFlag()
 

@@ -165,6 +165,17 @@ def test_more_epochs_of_a_run_without_a_spanning_schedule_resume(make_cfg, tiny_
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2]
 
 
+def test_a_run_resumed_into_another_dir_carries_the_curve_so_far(make_cfg, tiny_data, tmp_path):
+    start = [f"data.root={tiny_data}", "trainer.max_epochs=2", "trainer.checkpoint=true"]
+    run(make_cfg(*start), tmp_path / "a")
+    summary = run(make_cfg(*start[:1], "trainer.max_epochs=3", f"trainer.resume={tmp_path / 'a'}"), tmp_path / "b")
+    assert summary["status"] == "completed", summary.get("error")
+    first, resumed = pd.read_csv(tmp_path / "a" / "metrics.csv"), pd.read_csv(tmp_path / "b" / "metrics.csv")
+    assert resumed["epoch"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(resumed.iloc[:2], first)  # the first run's rows as they were
+    assert first["epoch"].tolist() == [1, 2]  # and its own file untouched
+
+
 def test_missing_or_broken_checkpoints_are_refused(make_cfg, tiny_data, tmp_path):
     summary = run(make_cfg(f"data.root={tiny_data}", f"trainer.resume={tmp_path}"), tmp_path / "b")
     assert "no checkpoint at" in summary["error"] and summary["bad_input"]
