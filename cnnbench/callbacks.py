@@ -40,6 +40,19 @@ def completed_run(folder: Path) -> bool:
         return False
 
 
+def continuation(run_dir: Path) -> str:
+    """How a completed run can go on for more epochs, if it can: it kept a checkpoint and its
+    schedule does not span the run (a cosine or one-cycle schedule has ended)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    if not (run_dir / "last.pt").is_file():
+        return " (that run kept no checkpoint to continue from: trainer.checkpoint=true keeps one)"
+    if str((summary.get("config") or {}).get("scheduler", {}).get("name")) in ("cosine", "onecycle"):
+        return " (that run's schedule spanned it and has ended: it cannot be lengthened)"
+    again = [o for o in summary.get("overrides") or [] if not o.startswith(("hydra.run.dir=", "trainer.max_epochs=", "trainer.resume="))]
+    command = " ".join(shlex.quote(o) for o in ["cnnbench", *again, f"hydra.run.dir={run_dir}", f"trainer.resume={run_dir}"])
+    return f", or continue that run, in its own settings, for more epochs: {command} trainer.max_epochs=N"
+
+
 class OutputCheck(Callback):
     """Before Hydra writes a run or sweep dir: it must be writable and have no other writer (an
     OS lock held for the process's life, see ``rundir``), and a run dir holding a completed run
@@ -53,12 +66,8 @@ class OutputCheck(Callback):
         except DirBusy as err:
             refuse(str(err))
         if completed_run(run_dir) and not config.trainer.get("resume"):
-            started = json.loads((run_dir / "summary.json").read_text()).get("overrides") or []
-            again = [o for o in started if not o.startswith(("hydra.run.dir=", "trainer.max_epochs=", "trainer.resume="))]
-            command = " ".join(shlex.quote(o) for o in ["cnnbench", *again, f"hydra.run.dir={run_dir}", f"trainer.resume={run_dir}"])
             refuse(f"hydra.run.dir={run_dir} holds a completed run (summary.json), which a new run would overwrite; "
-                   f"choose another dir, or continue that run, in its own settings, for more epochs: {command} "
-                   f"trainer.max_epochs=N (a cosine or one-cycle schedule cannot be lengthened)")
+                   f"choose another dir{continuation(run_dir)}")
 
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -100,7 +100,7 @@ def test_a_model_name_cannot_move_the_run_dir_out_of_outputs(tmp_path):
 def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(real_data, tmp_path):
     run_dir = tmp_path / "run"
     first = cnnbench("model=lenet", "data.subset=8192", "data.test_subset=1000", "trainer.max_epochs=2", "trainer.plot=false",
-                     f"hydra.run.dir={run_dir}")
+                     "trainer.checkpoint=true", f"hydra.run.dir={run_dir}")
     deadline = time.time() + 120
     while not (run_dir / ".cnnbench.lock").exists():
         assert first.poll() is None and time.time() < deadline
@@ -117,7 +117,7 @@ def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(r
                            capture_output=True, text=True, timeout=120)
     assert third.returncode == 2 and "holds a completed run" in third.stderr
     # ... and the refusal spells out how to continue it, in the settings it was started with
-    assert ("cnnbench model=lenet data.subset=8192 data.test_subset=1000 trainer.plot=false "
+    assert ("cnnbench model=lenet data.subset=8192 data.test_subset=1000 trainer.plot=false trainer.checkpoint=true "
             f"hydra.run.dir={run_dir} trainer.resume={run_dir} trainer.max_epochs=N") in " ".join(third.stderr.split())
     assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [1, 2]
 
@@ -300,3 +300,13 @@ def test_absurd_sizes_are_refused_before_allocating(make_cfg, tmp_path, monkeypa
     summary = run(make_cfg(override, "data.root=/nonexistent"), tmp_path)
     assert summary["status"] == "failed" and summary["bad_input"]
     assert __import__("re").search(message, summary["error"]), summary["error"]
+
+
+def test_a_completed_run_is_offered_for_continuing_only_where_it_can_go_on(tmp_path):
+    from cnnbench.callbacks import continuation
+
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "completed", "overrides": ["experiment=quickstart"],
+                                                       "config": {"scheduler": {"name": "cosine"}}}))
+    assert "kept no checkpoint to continue from: trainer.checkpoint=true keeps one" in continuation(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert "schedule spanned it and has ended" in continuation(tmp_path)
