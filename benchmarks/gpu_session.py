@@ -336,8 +336,8 @@ def pack(session: Session) -> None:
     (session.out / "results.md").write_text("# GPU session\n\n" + banner + "\n".join(session.results))
     with tarfile.open(session.out / "runs.tar.gz", "w:gz") as tar:
         for path in sorted(session.work.rglob("*")):
-            if path.is_file() and path.suffix in (".json", ".csv", ".log", ".xml", ".yaml") and "cache" not in path.parts \
-                    and "site" not in path.parts:
+            if path.is_file() and path.suffix in (".json", ".csv", ".log", ".xml", ".yaml") \
+                    and not any("cache" in part for part in path.parts) and "site" not in path.parts:
                 tar.add(path, arcname=str(path.relative_to(session.work)))
 
 

@@ -44,9 +44,13 @@ def continuation(run_dir: Path) -> str:
     """How a completed run can go on for more epochs, if it can: it kept a checkpoint and its
     schedule does not span the run (a cosine or one-cycle schedule has ended)."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    if not (run_dir / "last.pt").is_file():
-        return " (that run kept no checkpoint to continue from: trainer.checkpoint=true keeps one)"
-    if str((summary.get("config") or {}).get("scheduler", {}).get("name")) in ("cosine", "onecycle"):
+    config = summary.get("config") or {}
+    if summary.get("task", "train") != "train":
+        return ""
+    # a last.pt that a signal wrote, in a run not asked to keep one, is the state of that moment, not of the end
+    if not ((run_dir / "last.pt").is_file() and config.get("trainer", {}).get("checkpoint")):
+        return " (that run kept no checkpoint of its end to continue from: trainer.checkpoint=true keeps one)"
+    if str(config.get("scheduler", {}).get("name")) in ("cosine", "onecycle"):
         return " (that run's schedule spanned it and has ended: it cannot be lengthened)"
     again = [o for o in summary.get("overrides") or [] if not o.startswith(("hydra.run.dir=", "trainer.max_epochs=", "trainer.resume="))]
     command = " ".join(shlex.quote(o) for o in ["cnnbench", *again, f"hydra.run.dir={run_dir}", f"trainer.resume={run_dir}"])

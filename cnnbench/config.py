@@ -365,11 +365,12 @@ SECTIONS = {"data": DataConfig, "trainer": TrainerConfig, "scheduler": Scheduler
 GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "experiment", "logger", "hparams_search")
 
 
-def typed_value_error(err) -> str:
-    """cnnbench's message for OmegaConf's ValidationError of a typed key: the key, the value and
-    what is allowed (Hydra prints the error's object types and a stack-trace hint)."""
+def typed_value_error(err, typed: str | None = None) -> str:
+    """cnnbench's message for OmegaConf's ValidationError of a typed key: the key, the value as
+    typed (``typed``: the override) and what is allowed (Hydra prints the error's object types
+    and a stack-trace hint)."""
     key, value = err.full_key, err.value if hasattr(err, "value") else None
-    shown = f"{key}={value}" if value is not None else key
+    shown = typed or (f"{key}={value}" if value is not None else key)
     reason = str(err).splitlines()[0]
     allowed = re.search(r"expected one of \[(.*)\]", reason)
     if allowed:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import struct
 import zlib
 from dataclasses import dataclass
@@ -151,8 +152,12 @@ def _prepare(source: Path) -> Path:
         if src.suffix == ".gz":
             _decompressed(src, dst)
         elif not (dst.is_symlink() and dst.resolve() == src.resolve()):
-            dst.unlink(missing_ok=True)
-            dst.symlink_to(src.resolve())
+            # made aside and renamed into place: processes preparing the cache at once (torchrun's
+            # ranks) each succeed, where unlink-then-link let the second one fail
+            aside = dst.with_name(f".{dst.name}.{os.getpid()}.{threading.get_ident()}")
+            aside.unlink(missing_ok=True)
+            aside.symlink_to(src.resolve())
+            os.replace(aside, dst)
     counts = {name: _check_idx(raw / name, magic) for name, magic in FILES.items()}
     for split in ("train", "t10k"):
         if counts[f"{split}-images-idx3-ubyte"] != counts[f"{split}-labels-idx1-ubyte"]:

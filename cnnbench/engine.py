@@ -391,9 +391,11 @@ def fit(
         if diverged:
             why = f" (above trainer.diverge_loss={diverge_loss:g})" if math.isfinite(loss) else ""
             raise Diverged(f"the training loss became {loss:.4g}{why} in epoch {epoch}")
+        # agreed before saving: rank 0 saves when any rank was signalled (trainer.stopping sets its flag)
+        stopping = stop is not None and epoch < max_epochs and trainer.stopping(stop)
         if checkpoint:
             checkpoint(epoch, None)
-        if stop is not None and epoch < max_epochs and trainer.stopping(stop):
+        if stopping:
             raise Interrupted(stop.signum, f"after epoch {epoch}")
 
 

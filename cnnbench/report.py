@@ -73,8 +73,20 @@ def fill_unset(path: Path, results: pd.DataFrame, keys: list[str]) -> pd.DataFra
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             if not isinstance(value, (dict, list)):
-                results.at[i, key] = str(value)
+                results.at[i, key] = _as_typed(value)
+    for key in (k for k in keys if k in results):  # an override's False and true: spelt as one
+        results[key] = results[key].map(_as_typed)
     return results
+
+
+def _as_typed(value):
+    """A value the way an override spells it: true, false and null (Hydra reads booleans in any
+    case), anything else as it is."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool) or (isinstance(value, str) and value.lower() in ("true", "false")):
+        return str(value).lower()
+    return value if isinstance(value, str) or pd.isna(value) else str(value)
 
 
 def job_dir(path: Path, job) -> Path:

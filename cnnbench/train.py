@@ -54,6 +54,7 @@ log = logging.getLogger("cnnbench")
 _first_job = True  # the first run() of this process pays its start-up (imports, Hydra)
 EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "oom": 4, "interrupted": 130}
 BAD_INPUT_EXIT = 2
+CONFIG_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"}
 INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}  # Hydra runs nothing
 
 
@@ -148,21 +149,26 @@ def checked_args(args: list[str]) -> list[str]:
         return one_value_sweeps(args)
     check_choice_keys(overrides)
     if not INFO_FLAGS & set(args):
-        check_values(overrides)
+        check_values(overrides, args)
     return args
 
 
-def check_values(overrides: list[str]) -> None:
+def check_values(overrides: list[str], args: list[str] = ()) -> None:
     """A single run's values, checked before Hydra makes its run dir: a typo must not leave a
     failed run behind. A value of the wrong type gets cnnbench's message, not Hydra's; a config
     that only a run can resolve (``${hydra:...}``) is left to the run's own check."""
+    if CONFIG_FLAGS & {a.split("=")[0] for a in args}:
+        return  # another primary config or config dir: the run's own check judges it
     try:
         cfg = compose(*overrides)
     except ConfigCompositionException as err:
         cause = err.__cause__
         if isinstance(cause, ValidationError) and cause.full_key:
-            raise ConfigError(typed_value_error(cause)) from None
+            typed = next((o.lstrip("+~") for o in overrides if o.lstrip("+~").partition("=")[0] == cause.full_key), None)
+            raise ConfigError(typed_value_error(cause, typed)) from None
         return  # Hydra says what is wrong with it, as before
+    except Exception:  # noqa: BLE001 - a malformed override: Hydra's parser says where, as before
+        return
     try:
         validate(cfg)
     except ConfigError:

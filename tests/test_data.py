@@ -185,3 +185,14 @@ def test_a_loader_state_from_another_kind_of_device_resumes_the_order_and_says_s
     rest = list(resumed)
     uninterrupted = list(data.DeviceLoader(split, 8, shuffle=True, seed=5, hflip=True))[1:]
     assert len(rest) == 4 and torch.equal(torch.cat([y for _, y in rest]), torch.cat([y for _, y in uninterrupted]))
+
+
+def test_processes_preparing_the_cache_at_once_all_succeed(tmp_path, monkeypatch):
+    """torchrun's ranks prepare a new data root's cache at the same moment: none may fail."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("CNNBENCH_CACHE", str(tmp_path / "cache"))
+    root = write_idx(tmp_path / "raw")  # raw files: the cache links them
+    with ThreadPoolExecutor(8) as pool:
+        roots = list(pool.map(lambda _: data.locate(str(root), download=False), range(16)))
+    assert len(set(roots)) == 1 and len(data.load(str(root), download=False)[0]) == 96

@@ -89,12 +89,12 @@ SIGNAL_ONE_RANK = '''
 import os, signal
 import cnnbench.engine as engine
 engine.STOP_CHECK_STEPS = 2  # the ranks agree every 2 steps (6 steps an epoch here)
-if os.environ.get("RANK") == "1":  # rank 1 alone is sent SIGTERM, after its 9th step (epoch 2, step 3)
+if os.environ.get("RANK") == "1":  # rank 1 alone is sent SIGTERM, after its SIGNAL_AFTER-th step
     original, calls = engine.Trainer.step, []
     def step(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
         calls.append(1)
-        if len(calls) == 9:
+        if len(calls) == int(os.environ["SIGNAL_AFTER"]):
             os.kill(os.getpid(), signal.SIGTERM)
         return out
     engine.Trainer.step = step
@@ -102,20 +102,23 @@ if os.environ.get("RANK") == "1":  # rank 1 alone is sent SIGTERM, after its 9th
 
 
 @pytest.mark.slow  # several processes
-def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tiny_data, tmp_path):
+@pytest.mark.parametrize("after, where", [(9, "in epoch 2 after step 4"), (5, "after epoch 1")])
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tiny_data, tmp_path, after, where):
     """A rank stopping alone would meet its peers' gradient all-reduce with a collective of its
-    own, and the run would hang: the ranks agree on a stop, so all stop after step 4, checkpointed."""
+    own, and the run would hang: the ranks agree on a stop (every 2 steps here, and at an epoch's
+    end), and rank 0, signalled or not, writes the checkpoint."""
     (tmp_path / "inject").mkdir()
     (tmp_path / "inject" / "sitecustomize.py").write_text(SIGNAL_ONE_RANK)
     run_dir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            *RUN, f"data.root={tiny_data}", f"hydra.run.dir={run_dir}"],
                           capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(tmp_path / "inject")})
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "inject"), "SIGNAL_AFTER": str(after)})
     assert proc.returncode != 0
     summary = json.loads((run_dir / "summary.json").read_text())  # rank 0's, which got no signal itself
     assert summary["status"] == "interrupted", summary
-    assert summary["error"].startswith("stopped by SIGTERM in epoch 2 after step 4"), summary["error"]
+    assert summary["error"].startswith(f"stopped by SIGTERM {where}"), summary["error"]
+    assert "nothing was trained" not in summary["error"]
     assert (run_dir / "last.pt").is_file() and len(pd.read_csv(run_dir / "metrics.csv")) == 1
 
 

@@ -121,6 +121,12 @@ def test_what_hydra_gets_from_the_command_line():
         checked_args(["trainer.max_epochs=two"])
     with pytest.raises(ConfigError, match=r"^data.resize=28 \(28x28\) is too small for model alexnet"):
         checked_args(["model=alexnet", "data.resize=28"])
+    with pytest.raises(ConfigError, match=r"^seed=1e3: "):  # the value as typed, not as converted
+        checked_args(["seed=1e3"])
+    # a malformed override is Hydra's to point at (its parser says where), not a traceback here
+    assert checked_args(["data.root=~/data"]) == ["data.root=~/data"]
+    # another primary config or config dir: the run's own check judges its values
+    assert checked_args(["--config-name", "mine", "task=sumary"]) == ["--config-name", "mine", "task=sumary"]
 
 
 def test_a_misspelt_knob_or_optimizer_argument_is_named_with_what_is_allowed(tmp_path):

@@ -126,3 +126,11 @@ def test_a_folder_of_unrelated_runs_plots_what_they_tried(tmp_path, figures):
     assert by_lr.get_xscale() == "log" and sorted(by_lr.get_lines()[0].get_xdata()) == [0.01, 0.1, 0.1, 1.0]
     labels = [t.get_text() for t in figures["report_curves.png"].legends[0].get_texts()]
     assert sorted(labels) == ["optimizer.lr=0.01", "optimizer.lr=0.1 [plain]", "optimizer.lr=0.1 [twice]", "optimizer.lr=1.0"]
+
+
+def test_a_default_and_an_override_of_the_same_value_are_one_value(tmp_path, figures):
+    fake_run(tmp_path / "a", ["data.normalize=false"], config={"data": {"normalize": False}})
+    fake_run(tmp_path / "b", ["data.normalize=True"], config={"data": {"normalize": True}})
+    fake_run(tmp_path / "c", [], config={"data": {"normalize": False}})
+    results, _ = report.report(tmp_path)
+    assert sorted(results["data.normalize"]) == ["false", "false", "true"]

@@ -305,8 +305,15 @@ def test_absurd_sizes_are_refused_before_allocating(make_cfg, tmp_path, monkeypa
 def test_a_completed_run_is_offered_for_continuing_only_where_it_can_go_on(tmp_path):
     from cnnbench.callbacks import continuation
 
-    (tmp_path / "summary.json").write_text(json.dumps({"status": "completed", "overrides": ["experiment=quickstart"],
-                                                       "config": {"scheduler": {"name": "cosine"}}}))
-    assert "kept no checkpoint to continue from: trainer.checkpoint=true keeps one" in continuation(tmp_path)
-    (tmp_path / "last.pt").write_bytes(b"")
+    def completed(**config):
+        (tmp_path / "summary.json").write_text(json.dumps({"task": "train", "status": "completed", "config": config,
+                                                           "overrides": ["experiment=quickstart"]}))
+
+    completed(scheduler={"name": "cosine"}, trainer={"checkpoint": False})
+    assert "kept no checkpoint of its end to continue from: trainer.checkpoint=true keeps one" in continuation(tmp_path)
+    (tmp_path / "last.pt").write_bytes(b"")  # a signal's, mid-run: not the end
+    assert "kept no checkpoint of its end" in continuation(tmp_path)
+    completed(scheduler={"name": "cosine"}, trainer={"checkpoint": True})
     assert "schedule spanned it and has ended" in continuation(tmp_path)
+    completed(scheduler={"name": "none"}, trainer={"checkpoint": True})
+    assert continuation(tmp_path).startswith(", or continue that run, in its own settings, for more epochs: cnnbench experiment=quickstart")
