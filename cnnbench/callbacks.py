@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from .config import ConfigError, validate_sweep
+from .config import ConfigError, resume_command, validate_sweep
 from .metrics import collect_results, write_results
 from .rundir import DirBusy, hold
 
@@ -52,8 +51,7 @@ def continuation(run_dir: Path) -> str:
         return " (that run kept no checkpoint of its end to continue from: trainer.checkpoint=true keeps one)"
     if str(config.get("scheduler", {}).get("name")) in ("cosine", "onecycle"):
         return " (that run's schedule spanned it and has ended: it cannot be lengthened)"
-    again = [o for o in summary.get("overrides") or [] if not o.startswith(("hydra.run.dir=", "trainer.max_epochs=", "trainer.resume="))]
-    command = " ".join(shlex.quote(o) for o in ["cnnbench", *again, f"hydra.run.dir={run_dir}", f"trainer.resume={run_dir}"])
+    command = resume_command(summary.get("overrides") or [], run_dir, "trainer.max_epochs")
     return f", or continue that run, in its own settings, for more epochs: {command} trainer.max_epochs=N"
 
 

@@ -14,6 +14,7 @@ import inspect
 import math
 import os
 import re
+import shlex
 import textwrap
 from dataclasses import dataclass, field
 from enum import Enum
@@ -22,8 +23,9 @@ from typing import Any, Dict, Optional
 
 import torch
 from hydra.core.config_store import ConfigStore
+from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, ValidationError, open_dict
 
 from . import distributed
 from .loggers import config_problem
@@ -365,11 +367,35 @@ SECTIONS = {"data": DataConfig, "trainer": TrainerConfig, "scheduler": Scheduler
 GROUPS = ("model", "data", "optimizer", "scheduler", "trainer", "experiment", "logger", "hparams_search")
 
 
-def typed_value_error(err, typed: str | None = None) -> str:
-    """cnnbench's message for OmegaConf's ValidationError of a typed key: the key, the value as
-    typed (``typed``: the override) and what is allowed (Hydra prints the error's object types
-    and a stack-trace hint)."""
-    key, value = err.full_key, err.value if hasattr(err, "value") else None
+def own_overrides(overrides: list[str], *also: str) -> list[str]:
+    """A run's overrides that set what it does: not where it wrote (hydra.run.dir), not what it
+    resumed (trainer.resume), nor any key in ``also``."""
+    drop = {"hydra.run.dir", "trainer.resume", *also}
+    return [o for o in overrides if o.lstrip("+~").partition("=")[0] not in drop]
+
+
+def resume_command(overrides: list[str], run_dir, *also: str) -> str:
+    """The command that continues the run in ``run_dir`` in its own settings, to paste."""
+    command = ["cnnbench", *own_overrides(overrides, *also), f"hydra.run.dir={run_dir}", f"trainer.resume={run_dir}"]
+    return " ".join(shlex.quote(c) for c in command)
+
+
+def compose_checked(*overrides: str) -> DictConfig:
+    """``compose``, with a typed key's bad value (``task=sumary``, ``trainer.max_epochs=two``) as
+    cnnbench's ConfigError: the value as typed and what is allowed, where Hydra prints the
+    error's object types and a stack-trace hint. Other composition errors pass through."""
+    try:
+        return compose(*overrides)
+    except ConfigCompositionException as err:
+        cause = err.__cause__
+        if isinstance(cause, ValidationError) and cause.full_key:
+            typed = next((o.lstrip("+~") for o in overrides if o.lstrip("+~").partition("=")[0] == cause.full_key), None)
+            raise ConfigError(_typed_value_error(cause, typed)) from None
+        raise
+
+
+def _typed_value_error(err, typed: str | None) -> str:
+    key, value = err.full_key, getattr(err, "value", None)
     shown = typed or (f"{key}={value}" if value is not None else key)
     reason = str(err).splitlines()[0]
     allowed = re.search(r"expected one of \[(.*)\]", reason)
@@ -517,7 +543,7 @@ def validate_sweep(overrides: list[str], params: dict | None) -> None:
     jobs = sweep_jobs(overrides, params)
     for number, job in enumerate(jobs):
         try:
-            validate(compose(*set_or_add(job)))
+            validate(compose_checked(*set_or_add(job)))
         except ConfigError as err:
             bad.append(f"job {number} ({' '.join(job)}): {err}")
         except Exception as err:  # Hydra's composition errors name the key

@@ -13,8 +13,8 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path

@@ -61,19 +61,29 @@ def load_runs(path: Path) -> tuple[pd.DataFrame, list[str]]:
     return pd.DataFrame(rows), keys
 
 
+_MISSING = object()
+
+
 def fill_unset(path: Path, results: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """A run that did not set a key ran at the config's value: read it from the run's summary.json
     (a folder of runs mixes ones that swept optimizer.lr with ones that left it at its default)."""
+    configs: dict = {}  # each run's config, read once
+
+    def config(job) -> dict:
+        if job not in configs:
+            try:
+                configs[job] = json.loads((job_dir(path, job) / "summary.json").read_text()).get("config") or {}
+            except (OSError, ValueError, AttributeError):
+                configs[job] = {}
+        return configs[job]
+
     for key in (k for k in keys if k in results and results[k].isna().any()):
         for i in results.index[results[key].isna()]:
-            try:
-                value = json.loads((job_dir(path, results.at[i, "job"]) / "summary.json").read_text())["config"]
-                for part in key.split("."):
-                    value = value[part]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if not isinstance(value, (dict, list)):
-                results.at[i, key] = _as_typed(value)
+            value = config(results.at[i, "job"])
+            for part in key.split("."):
+                value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+            if value is not _MISSING and not isinstance(value, (dict, list)):
+                results.at[i, key] = _as_typed(value)  # null too: the config's own value
     for key in (k for k in keys if k in results):  # an override's False and true: spelt as one
         results[key] = results[key].map(_as_typed)
     return results

@@ -27,7 +27,7 @@ from .analysis import (
     min_size_report,
     split_by_kind,
 )
-from .config import model_knobs, resolution
+from .config import model_knobs, own_overrides, resolution
 from .data import DeviceLoader, Split, build_loaders
 from .engine import (
     StopFlag,
@@ -75,8 +75,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     distributed.init(cfg.trainer.device)  # under torchrun: join the other ranks
     device, size, knobs = describe(cfg, summary)
     meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size,
-            "recipe": training_recipe(cfg), "overrides": [o for o in summary.get("overrides", [])
-                                                            if not o.lstrip("+~").startswith(("hydra.", "trainer.resume="))]}
+            "recipe": training_recipe(cfg), "overrides": own_overrides(summary.get("overrides", []))}
     resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
     write_json(out_dir / "summary.json", summary)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download)

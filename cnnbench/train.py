@@ -8,7 +8,6 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
-import shlex
 import shutil
 import signal
 import sys
@@ -20,23 +19,22 @@ from typing import Any, Iterable
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import ConfigCompositionException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, ValidationError
+from omegaconf import DictConfig, OmegaConf
 
 from . import STARTED, data, distributed, loggers
 from .config import (
     CONF_DIR,
     ConfigError,
-    compose,
-    typed_value_error,
     check_choice_keys,
     check_overrides,
+    compose_checked,
     enum_value,
     first_line,
     multirun_requested,
     one_value_sweeps,
     register_configs,
+    resume_command,
     validate,
 )
 from .engine import (
@@ -130,9 +128,7 @@ def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
     """What to do after an interruption: a command to paste, or that rerunning is all there is."""
     if summary["task"] != "train" or not (out_dir / "last.pt").exists():
         return "nothing was trained yet: run the same command again to start over"
-    keep = [o for o in summary["overrides"] if o.partition("=")[0].lstrip("+~") not in ("hydra.run.dir", "trainer.resume")]
-    command = ["cnnbench", *keep, f"hydra.run.dir={out_dir}", f"trainer.resume={out_dir}"]
-    return "resume with: " + " ".join(shlex.quote(c) for c in command)
+    return "resume with: " + resume_command(summary["overrides"], out_dir)
 
 
 register_configs()
@@ -153,21 +149,17 @@ def checked_args(args: list[str]) -> list[str]:
     return args
 
 
-def check_values(overrides: list[str], args: list[str] = ()) -> None:
+def check_values(overrides: list[str], args: list[str]) -> None:
     """A single run's values, checked before Hydra makes its run dir: a typo must not leave a
     failed run behind. A value of the wrong type gets cnnbench's message, not Hydra's; a config
     that only a run can resolve (``${hydra:...}``) is left to the run's own check."""
     if CONFIG_FLAGS & {a.split("=")[0] for a in args}:
         return  # another primary config or config dir: the run's own check judges it
     try:
-        cfg = compose(*overrides)
-    except ConfigCompositionException as err:
-        cause = err.__cause__
-        if isinstance(cause, ValidationError) and cause.full_key:
-            typed = next((o.lstrip("+~") for o in overrides if o.lstrip("+~").partition("=")[0] == cause.full_key), None)
-            raise ConfigError(typed_value_error(cause, typed)) from None
-        return  # Hydra says what is wrong with it, as before
-    except Exception:  # noqa: BLE001 - a malformed override: Hydra's parser says where, as before
+        cfg = compose_checked(*overrides)
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - a malformed override or another composition error: Hydra says where, as before
         return
     try:
         validate(cfg)

@@ -142,6 +142,9 @@ def test_a_misspelt_knob_or_optimizer_argument_is_named_with_what_is_allowed(tmp
     with pytest.raises(ConfigError, match=r"1 of the sweep's 2 jobs are not valid, so none was started:\n  job 1 "
                                           r"\(model=lenet model.width=0.5\): model.width is not a knob of model lenet;"):
         validate_sweep(one_value_sweeps(["model=vgg11,lenet", "model.width=0.5"]), None)
+    # a typed value in a sweep's job: cnnbench's message too, as in a single run
+    with pytest.raises(ConfigError, match=r"job 1 \(task=sumary\): task=sumary is not allowed \(did you mean summary\?\)"):
+        validate_sweep(["task=train,sumary"], None)
 
 
 def test_the_smoke_preset_shortens_bench_recipes_and_bench_writes_every_row(make_cfg, tiny_data, tmp_path, monkeypatch):
