@@ -26,9 +26,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
-from .data import DeviceLoader, build_loaders, load
+from .data import CLASSES, DeviceLoader, build_loaders, load
 from .engine import autocast_dtype, load_checkpoint, resolve_device, set_backends, unwrap
-from .metrics import atomic_write, environment, pyplot, save_figure, show, write_csv
+from .metrics import environment, pyplot, save_figure, show, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,8 @@ FILES = ("per_class.csv", "confusion.csv", "confusion.png", "mistakes.png")
 
 
 def class_names() -> list[str]:
-    """Fashion-MNIST's class names, from torchvision's dataset class."""
-    from torchvision.datasets import FashionMNIST
-
-    return list(FashionMNIST.classes)
+    """Fashion-MNIST's class names (a constant: importing torchvision for them cost every run 0.3 s)."""
+    return list(CLASSES)
 
 
 @dataclass
@@ -145,13 +143,11 @@ def write_outputs(errors: Errors, out_dir: Path, summary: dict[str, Any], title:
     """per_class.csv, confusion.csv, and unless ``plot`` is off confusion.png and mistakes.png;
     the per-class accuracies in ``summary``. A plot that fails is logged and skipped (the tables
     are written first)."""
-    import pandas as pd
-
     names = class_names()
     rows = per_class_rows(errors, names)
     write_csv(out_dir / "per_class.csv", rows)
-    table = pd.DataFrame(errors.confusion.numpy(), index=pd.Index(names, name="true \\ predicted"), columns=names)
-    atomic_write(out_dir / "confusion.csv", lambda f: table.to_csv(f))
+    write_csv(out_dir / "confusion.csv", [{"true \\ predicted": name, **dict(zip(names, counts))}
+                                          for name, counts in zip(names, errors.confusion.tolist())])
     present = [r for r in rows if r["count"]]
     worst = min(present, key=lambda r: r["accuracy"]) if present else None
     summary |= {

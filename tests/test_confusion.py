@@ -14,7 +14,7 @@ from cnnbench.data import DeviceLoader, Split, load
 from cnnbench.train import run
 
 
-def test_class_names_come_from_the_dataset():
+def test_class_names_are_the_datasets():
     from torchvision.datasets import FashionMNIST
 
     assert class_names() == FashionMNIST.classes and class_names()[6] == "Shirt"

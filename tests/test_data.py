@@ -34,6 +34,17 @@ def test_reads_torchvision_layout(tmp_path):
     assert len(train) == 30
 
 
+def test_our_idx_reader_reads_what_torchvisions_does(tmp_path):
+    from torchvision.datasets import FashionMNIST
+
+    write_idx(tmp_path / "FashionMNIST" / "raw", n_train=30, n_test=10)
+    train, test = data.load(str(tmp_path), download=False)
+    for ours, train_split in ((train, True), (test, False)):
+        theirs = FashionMNIST(str(data.locate(str(tmp_path), download=False)), train=train_split)
+        assert torch.equal(ours.images, theirs.data) and torch.equal(ours.labels, theirs.targets)
+        assert ours.labels.dtype == torch.int64 and ours.images.is_contiguous()
+
+
 def test_root_that_is_a_file(tmp_path):
     f = tmp_path / "file.txt"
     f.write_text("x")

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from cnnbench import report
-from cnnbench.metrics import write_results
+from cnnbench.metrics import whole_numbers, write_csv, write_results
 
 
 def fake_run(folder: Path, overrides: list[str], status="completed", acc=0.5, params=61706, epochs=2, config=None) -> None:
@@ -91,6 +91,20 @@ def test_tables_show_integers_as_integers(tmp_path, capsys, figures):
     assert "steady_epoch_time_s" in printed.splitlines()[0]  # runs compare by their steady-state epochs, warm-up apart
     write_results(tmp_path)
     assert "61706.0" not in (tmp_path / "results.csv").read_text() and "61706" in (tmp_path / "results.csv").read_text()
+
+
+def test_a_runs_tables_read_as_pandas_would_write_them(tmp_path):
+    """write_csv (the csv module) and a DataFrame through whole_numbers give the same file: gaps
+    empty, whole floats as integers, numpy floats as numbers, quoting, columns in order of first use."""
+    import numpy as np
+
+    rows = [{"a": 1.0, "b": 0.1, "c": None, "d": "x,y", "e": True},
+            {"a": None, "b": np.float64(2.5), "c": 3, "d": "z", "f": float("nan"), "e": False},
+            {"a": 61706.0, "b": 1e-05, "g": [1, 2]}]
+    write_csv(tmp_path / "ours.csv", rows)
+    whole_numbers(pd.DataFrame(rows)).to_csv(tmp_path / "pandas.csv", index=False)
+    assert (tmp_path / "ours.csv").read_text() == (tmp_path / "pandas.csv").read_text()
+    assert (tmp_path / "ours.csv").read_text().splitlines()[3] == '61706,1e-05,,,,,"[1, 2]"'
 
 
 def test_epoch_axes_tick_whole_epochs_even_for_one_epoch(tmp_path, figures, monkeypatch):
