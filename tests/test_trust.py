@@ -105,8 +105,12 @@ def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(r
     while not (run_dir / ".cnnbench.lock").exists():
         assert first.poll() is None and time.time() < deadline
         time.sleep(0.05)
-    second = subprocess.run([sys.executable, "-m", "cnnbench", "trainer=smoke", f"hydra.run.dir={run_dir}"],
-                            capture_output=True, text=True, timeout=120)
+    os.kill(first.pid, signal.SIGSTOP)  # still writing when the second looks, however slow the second's start
+    try:
+        second = subprocess.run([sys.executable, "-m", "cnnbench", "trainer=smoke", f"hydra.run.dir={run_dir}"],
+                                capture_output=True, text=True, timeout=120)
+    finally:
+        os.kill(first.pid, signal.SIGCONT)
     assert second.returncode == 2
     assert f"is being written by another cnnbench process (PID {first.pid})" in second.stderr
     assert first.wait(timeout=300) == 0, first.stderr.read()
