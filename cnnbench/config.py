@@ -27,7 +27,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, ValidationError, open_dict
 
-from . import distributed
+from . import data, distributed
 from .loggers import config_problem
 from .models import ModelError, get_spec, min_input_size
 from .models.registry import Range, accepts_input, check_knobs
@@ -186,6 +186,18 @@ RANGE_NOTES = {
     "trainer.diverge_loss": " (0: only NaN/inf)",
 }
 MAX_SIDE = 4096  # data.resize: the largest side in pixels
+
+# What ``objective`` may name: the numbers each task writes to summary.json (a test runs every
+# task and checks that each is there). A sweeper maximises or minimises it as it is configured.
+_MODEL = ("params", "flops", "wall_time_s")
+OBJECTIVES = {
+    "train": ("best_test_acc", "final_test_acc", "worst_class_acc", "final_train_loss", "steady_epoch_time_s",
+              "training_s", "peak_mem_mb", *_MODEL),
+    "evaluate": ("test_acc", "worst_class_acc", "wall_time_s"),
+    "bench": ("best_train_images_per_s", *_MODEL),
+    "summary": ("train_memory_mb", "infer_memory_mb", *_MODEL),
+    "min_size": ("min_size", "no_collapse_size", "wall_time_s"),
+}
 
 
 def register_configs() -> None:
@@ -402,6 +414,13 @@ def _typed_value_error(err, typed: str | None) -> str:
     if allowed:
         options = [o.strip() for o in allowed.group(1).split(",")]
         return f"{shown} is not allowed{_nearest(str(value), options)}; choose one of: {', '.join(options)}"
+    kind = re.search(r"could not be converted to (Integer|Float)|is not a valid (bool)", reason)
+    if kind:
+        takes = {"Integer": "a whole number", "Float": "a number", "bool": "true or false"}[kind.group(1) or kind.group(2)]
+        bounds = f" in {RANGES[key]}{RANGE_NOTES.get(key, '')}" if key in RANGES else ""
+        return f"{shown} is not allowed; {key} takes {takes}{bounds}"
+    if "is not a ListConfig" in reason:
+        return f"{shown} is not allowed; {key} takes a list, e.g. {key}=[32,64]"
     return f"{shown}: {reason}"
 
 
@@ -549,7 +568,7 @@ def validate_sweep(overrides: list[str], params: dict | None) -> None:
         except Exception as err:  # Hydra's composition errors name the key
             bad.append(f"job {number} ({' '.join(job)}): {str(err).splitlines()[0]}")
     if bad:
-        raise ConfigError(f"{len(bad)} of the sweep's {len(jobs)} jobs are not valid, so none was started:\n  "
+        raise ConfigError(f"{len(bad)} of the sweep's {len(jobs)} jobs {'is' if len(bad) == 1 else 'are'} not valid, so none was started:\n  "
                           + "\n  ".join(bad))
 
 
@@ -569,7 +588,21 @@ def check_known_keys(cfg: DictConfig) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Everything that can be checked without data: raises ConfigError naming key and value."""
+    """Everything that can be checked without data: raises ConfigError naming key and value.
+    The settings first, then the paths the run will read (the checkpoint to resume, data.root)."""
+    _validate_settings(cfg)
+    if cfg.trainer.resume:
+        from .engine import checkpoint_path  # engine imports this module
+
+        checkpoint_path(cfg.trainer.resume, evaluate=enum_value(cfg.task) == "evaluate")
+    if cfg.data.root is not None:
+        try:
+            data.check_root(cfg.data.root)
+        except data.DataError as err:
+            raise ConfigError(str(err)) from None
+
+
+def _validate_settings(cfg: DictConfig) -> None:
     check_known_keys(cfg)
     if enum_value(cfg.task) == "evaluate" and not cfg.trainer.resume:
         raise ConfigError("task=evaluate needs a checkpoint: trainer.resume=RUN_DIR (its last.pt, else best.pt) or a .pt file")
@@ -596,8 +629,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.device={device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
 
     _validate_optimizer(cfg)
+    lr, min_lr = cfg.optimizer.get("lr"), cfg.scheduler.min_lr
+    if enum_value(cfg.scheduler.name) == "cosine" and min_lr > lr:
+        raise ConfigError(f"scheduler.min_lr={min_lr!r} is not allowed with optimizer.lr={lr!r}: the cosine schedule "
+                          "decays from optimizer.lr to scheduler.min_lr, so it must be at most the learning rate")
     if problem := config_problem(cfg.get("logger")):
         raise ConfigError(problem)
+    task = enum_value(cfg.task)
+    objectives = OBJECTIVES[task]
+    default = cfg.objective == Config.objective and task != "train"  # the default is training's; other tasks ignore it
+    if cfg.objective not in objectives and not default:
+        raise ConfigError(f"objective={cfg.objective} is not a number a task={task} run reports{_nearest(cfg.objective, objectives)}; "
+                          f"choose one of: {', '.join(objectives)}")
 
     world = distributed.from_env()
     if world.distributed:
@@ -665,6 +708,10 @@ def _validate_optimizer(cfg: DictConfig) -> None:
     lr = cfg.optimizer.get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
         raise ConfigError(f"optimizer.lr={lr!r} is not allowed; the learning rate must be a positive number")
+    momentum = cfg.optimizer.get("momentum")
+    if isinstance(momentum, (int, float)) and not isinstance(momentum, bool) and momentum >= 1:
+        # torch checks only momentum >= 0; at 1 or more the velocity never decays and the steps grow without bound
+        raise ConfigError(f"optimizer.momentum={momentum!r} is not allowed; momentum must be in [0, 1) (0.9 is usual)")
     try:  # the optimizer's own checks (momentum >= 0, betas in [0, 1), ...) on a stand-in parameter
         instantiate(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(1))])
     except Exception as err:

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
 from .data import CLASSES, DeviceLoader, build_loaders, load
-from .engine import autocast_dtype, load_checkpoint, resolve_device, set_backends, unwrap
+from .engine import autocast_dtype, checkpoint_path, load_checkpoint, resolve_device, set_backends, unwrap
 from .metrics import environment, pyplot, save_figure, show, write_csv
 
 log = logging.getLogger(__name__)
@@ -251,20 +251,6 @@ def after_training(trainer, test_loader: DeviceLoader, out_dir: Path, summary: d
 # --- task=evaluate ------------------------------------------------------------------------
 
 
-def checkpoint_path(resume: str | None) -> Path:
-    from .config import ConfigError
-
-    if not resume:
-        raise ConfigError("task=evaluate needs a checkpoint: trainer.resume=RUN_DIR (its last.pt, else best.pt) or a .pt file")
-    path = Path(resume).expanduser()
-    if path.is_dir():
-        path = next((p for p in (path / "last.pt", path / "best.pt") if p.is_file()), path / "last.pt")
-    if not path.is_file():
-        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with last.pt or best.pt, or a .pt file; "
-                          "a run keeps them when trained with trainer.checkpoint=true or trainer.save_best=true)")
-    return path
-
-
 def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     """task=evaluate trainer.resume=RUN_OR_PT: the per-class files of a checkpoint's model on
     the test set. The model and its knobs come from the checkpoint, and so does the resolution
@@ -275,7 +261,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     from .config import ConfigError, enum_value, resolution
     from .models import create_model
 
-    path = checkpoint_path(cfg.trainer.resume)
+    path = checkpoint_path(cfg.trainer.resume, evaluate=True)  # validate has refused a run without one
     try:
         state = load_checkpoint(path)
         meta = state["meta"]

@@ -168,13 +168,19 @@ def _prepare(source: Path) -> Path:
     return root
 
 
+def check_root(root: str) -> Path:
+    """``data.root`` as a folder (checked before a run makes its dir, and again here)."""
+    folder = Path(root).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"data.root={root!r} is not a directory; {HOW_TO_GET}")
+    return folder
+
+
 def locate(root: str | None, download: bool = True) -> Path:
     """Find Fashion-MNIST: ``root`` if given, else the Debian package, else torchvision's
-    download (into ``root`` or the cache). Returns a root torchvision's reader accepts."""
+    download (into ``root`` or the cache). Returns a root cnnbench's reader (and torchvision's) accepts."""
     if root is not None:
-        folder = Path(root).expanduser()
-        if not folder.is_dir():
-            raise DataError(f"data.root={root!r} is not a directory; {HOW_TO_GET}")
+        folder = check_root(root)
         try:
             return _prepare(folder)
         except FileNotFoundError as missing:

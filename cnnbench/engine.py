@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import zipfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -494,9 +495,30 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or holds more than tensors and plain values."""
 
 
+def checkpoint_path(resume: str, evaluate: bool = False) -> Path:
+    """The file ``trainer.resume`` names: a .pt file, or a run dir's last.pt (for task=evaluate,
+    its last.pt, else its best.pt). Checked before a run makes its dir: it must exist and be a
+    file torch.save wrote (a zip archive), so a typo or a wrong file is refused at once."""
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        names = ("last.pt", "best.pt") if evaluate else ("last.pt",)
+        path = next((path / name for name in names if (path / name).is_file()), path / names[0])
+    if not path.is_file():
+        kept = "last.pt or best.pt" if evaluate else "last.pt"
+        how = ("a run keeps them when trained with trainer.checkpoint=true or trainer.save_best=true" if evaluate else
+               "a run writes last.pt every epoch with trainer.checkpoint=true, and when a signal stops it")
+        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with {kept}, or a .pt file; {how})")
+    if not zipfile.is_zipfile(path):
+        raise ConfigError(f"trainer.resume={resume!r}: {path} is not a checkpoint (torch.save writes a zip archive; "
+                          "this file is not one)")
+    return path
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint's contents, loaded weights-only: tensors and plain Python values, never
     objects whose unpickling could run code (a crafted file is refused, and nothing in it runs)."""
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a checkpoint (torch.save writes a zip archive; this file is not one)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -528,11 +550,7 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
     against this run's model and training recipe before anything is trained: a resume in other
     settings would train on silently (a cosine schedule at its end, other inputs) while its files
     name this run's."""
-    path = Path(resume).expanduser()
-    path = path / "last.pt" if path.is_dir() else path
-    if not path.is_file():
-        raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with last.pt, or a .pt file; "
-                          "a run writes last.pt every epoch with trainer.checkpoint=true, and when a signal stops it)")
+    path = checkpoint_path(resume)
     try:
         state = load_checkpoint(path)
         theirs = state["meta"]

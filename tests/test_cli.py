@@ -136,7 +136,9 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path, args, message):
     "args, message",
     [
         (["data.batch_sise=64"], "data.batch_sise is not a key of data (did you mean data.batch_size?)"),
-        (["data.batch_size=many"], "Value 'many' of type 'str' could not be converted to Integer"),
+        (["data.batch_size=many"], "data.batch_size=many is not allowed; data.batch_size takes a whole number in [1, 65536]"),
+        (["trainer.plot=maybe"], "trainer.plot=maybe is not allowed; trainer.plot takes true or false"),
+        (["bench.batch_sizes=32"], "bench.batch_sizes=32 is not allowed; bench.batch_sizes takes a list, e.g. bench.batch_sizes=[32,64]"),
         (["trainer.precision=fp8"], "cnnbench: trainer.precision=fp8 is not allowed; choose one of: auto, fp32, bf16, fp16"),
         (["model=resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
     ],

@@ -357,6 +357,13 @@ BAD_INPUTS = [
     ("trainer.diverge_loss=-1", r"trainer.diverge_loss=-1.0 is not allowed; it must be in \[0, inf\) \(0: only NaN/inf\)"),
     ("trainer.label_smoothing=1.5", r"trainer.label_smoothing=1.5 is not allowed; it must be in \[0, 1\)"),
     ("trainer.device=tpu", r"trainer.device='tpu' is not allowed; choose auto, cpu, cuda or cuda:N"),
+    ("optimizer.momentum=1.5", r"optimizer.momentum=1.5 is not allowed; momentum must be in \[0, 1\)"),
+    ("scheduler=cosine scheduler.min_lr=5", r"scheduler.min_lr=5.0 is not allowed with optimizer.lr=0.1: the cosine"),
+    ("objective=best_test_accc", r"objective=best_test_accc is not a number a task=train run reports \(did you mean best_test_acc\?\)"),
+    ("task=bench objective=test_acc", r"objective=test_acc is not a number a task=bench run reports; choose one of: best_train_images_per_s"),
+    ("trainer.resume=/nonexistent", r"trainer.resume='/nonexistent': no checkpoint at /nonexistent \(a run dir with last.pt"),
+    ("task=evaluate trainer.resume=/etc/hostname", r"/etc/hostname is not a checkpoint \(torch.save writes a zip archive"),
+    ("task=summary", r"data.root='/nonexistent' is not a directory"),  # every other setting is fine
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append(("trainer.device=cuda", r"trainer.device='cuda': CUDA is not available on this machine"))
@@ -407,3 +414,23 @@ def test_a_new_run_in_an_old_dir_starts_fresh_files(make_cfg, tiny_data, tmp_pat
     run(make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=1", "data.batch_size=32"), tmp_path)
     metrics, summary = read_run(tmp_path)
     assert metrics["epoch"].tolist() == [1] and summary["epochs_completed"] == 1
+
+
+def test_every_objective_a_task_offers_is_a_number_in_its_summary(make_cfg, tiny_data, tmp_path):
+    from cnnbench.config import OBJECTIVES
+
+    common = [f"data.root={tiny_data}", "trainer=smoke"]
+    tasks = {
+        "train": ["trainer.checkpoint=true"],
+        "evaluate": [f"trainer.resume={tmp_path / 'train'}"],  # the run above's checkpoint
+        "bench": ["bench.batch_sizes=[8]", "bench.warmup_steps=0", "bench.steps=1"],
+        "summary": [],
+        "min_size": [],
+    }
+    assert set(tasks) == set(OBJECTIVES)
+    for task, overrides in tasks.items():
+        summary = run(make_cfg(f"task={task}", *common, *overrides), tmp_path / task)
+        assert summary["status"] == "completed", (task, summary.get("error"))
+        for name in OBJECTIVES[task]:
+            value = summary.get(name)
+            assert isinstance(value, (int, float)) and not isinstance(value, bool), (task, name, value)
