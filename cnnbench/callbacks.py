@@ -11,7 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from .config import ConfigError, resume_command, validate_sweep
-from .metrics import collect_results, write_results
+from .metrics import atomic_write, collect_results, write_results
 from .rundir import DirBusy, hold
 
 
@@ -83,6 +83,39 @@ class OutputCheck(Callback):
             hold(sweep_dir, "hydra.sweep.dir")
         except DirBusy as err:
             refuse(str(err))
+        check_sweep_dir(sweep_dir, config)
+
+
+SWEEP_RECORD = ".cnnbench-sweep.json"  # what the sweep in a dir was: its overrides and sweeper
+
+
+def check_sweep_dir(sweep_dir: Path, config) -> None:
+    """A sweep dir holding jobs of another sweep is refused: its completed runs would be
+    overwritten, or listed in results.csv beside this sweep's as if one experiment. The same
+    sweep run again is welcome (its completed jobs are skipped, interrupted ones resume), unless
+    it is a search (Optuna) that draws its trials afresh."""
+    sweeper = str(config.hydra.sweeper.get("_target_", ""))
+    ours = {"overrides": sorted(config.hydra.overrides.task), "sweeper": sweeper,
+            "params": {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}}
+    earlier = sorted({path.parent.name for path in sweep_dir.glob("*/summary.json")})
+    if earlier:
+        try:
+            theirs = json.loads((sweep_dir / SWEEP_RECORD).read_text())
+        except (OSError, ValueError):
+            theirs = None
+        if theirs is None:
+            what = "an earlier sweep (one that left no record of its command)"
+        elif theirs != ours:
+            what = f"another sweep ({' '.join(theirs['overrides']) or 'no overrides'})"
+        elif "BasicSweeper" not in sweeper:
+            what = "an earlier run of this search, which draws its trials afresh"
+        else:
+            what = None  # the same sweep again
+        if what:
+            refuse(f"hydra.sweep.dir={sweep_dir} holds {len(earlier)} job(s) of {what}: this sweep would overwrite them or "
+                   "mix with them in results.csv; choose another hydra.sweep.dir (the same grid sweep run again skips "
+                   "its completed jobs and resumes interrupted ones)")
+    atomic_write(sweep_dir / SWEEP_RECORD, lambda f: f.write(json.dumps(ours) + "\n"))
 
 
 class SweepResults(Callback):

@@ -181,6 +181,12 @@ def test_missing_or_broken_checkpoints_are_refused(make_cfg, tiny_data, tmp_path
     assert "no checkpoint at" in summary["error"] and summary["bad_input"]
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     summary = run(make_cfg(f"data.root={tiny_data}", f"trainer.resume={tmp_path}"), tmp_path / "c")
+    assert "last.pt is not a checkpoint (torch.save writes a zip archive" in summary["error"] and summary["bad_input"]
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "last.pt", "w") as z:  # a zip archive, but not one torch.save wrote
+        z.writestr("notes.txt", "hello")
+    summary = run(make_cfg(f"data.root={tiny_data}", f"trainer.resume={tmp_path}"), tmp_path / "d")
     assert "is not a readable checkpoint" in summary["error"] and summary["bad_input"]
 
 

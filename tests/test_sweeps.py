@@ -124,6 +124,11 @@ def test_rerunning_a_sweep_skips_completed_jobs(tiny_data, tmp_path):
     results = pd.read_csv(tmp_path / "results.csv")
     assert results["status"].tolist() == ["completed", "failed"]
     assert not list(tmp_path.glob("report*")) and "no plots (trainer.plot=false)" in second.stdout  # the table alone
+    # another sweep into the same dir would overwrite job 0's completed run and list job 1 beside its own
+    other = cnnbench("-m", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data}", "optimizer.lr=0.3",
+                     f"hydra.sweep.dir={tmp_path}")
+    assert other.returncode == 2 and f"hydra.sweep.dir={tmp_path} holds 2 job(s) of another sweep (" in other.stderr
+    assert (tmp_path / "0" / "metrics.csv").stat().st_mtime_ns == done
 
 
 def test_report_of_a_sweep(tiny_data, tmp_path):
@@ -171,6 +176,11 @@ def test_optuna_search_returns_the_objective(tiny_data, tmp_path):
     best = (tmp_path / "optimization_results.yaml").read_text()
     # the value Optuna saw is the objective each run returned: its best test accuracy
     assert f"best_value: {results['best_test_acc'].max()}" in best
+    # run again into its dir, the search would draw new trials over the completed ones
+    again = cnnbench("-m", "+hparams_search=lenet_lr", "hydra.sweeper.n_trials=3", "trainer=smoke", f"data.root={tiny_data}",
+                     f"hydra.sweep.dir={tmp_path}")
+    assert again.returncode == 2 and "holds 3 job(s) of an earlier run of this search" in again.stderr, again.stderr
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 3
 
 
 @pytest.mark.slow  # composes all 140 recipe jobs (40 s on 2 cores); CI runs it (make test-slow)
