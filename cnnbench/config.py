@@ -79,7 +79,7 @@ class Task(str, Enum):
 
 TASK_HELP = {
     "train": "train and evaluate every epoch: metrics.csv, summary.json, curves.png",
-    "summary": "layers, parameter and FLOP split, memory at the batch size (no training): layers.csv",
+    "summary": "layers, parameter and FLOP split, memory at the batch size (no training): layers.csv, layers.png",
     "bench": "training and prediction throughput and memory per batch size: bench.csv, bench.png",
     "min_size": "the smallest input the model accepts, and each stage's shape there: stages.csv",
     "evaluate": "a checkpoint (trainer.resume=RUN_OR_PT) on the test set: per_class.csv, confusion.png, mistakes.png",
@@ -138,7 +138,7 @@ class TrainerConfig:
     resume: Optional[str] = None  # a run dir (or .pt file) to continue from, e.g. hydra.run.dir=D trainer.resume=D
     deterministic: bool = False  # deterministic algorithms on the GPU (slower); the CPU is deterministic anyway
     progress: bool = True  # tqdm bar per epoch when stderr is a terminal
-    plot: bool = True  # write the run's plots (curves.png, confusion.png, mistakes.png; task=bench: bench.png; a sweep's report); false: the tables only
+    plot: bool = True  # write the run's plots (curves.png, confusion.png, mistakes.png; task=bench: bench.png; task=summary: layers.png; a sweep's report); false: the tables only
 
 
 @dataclass

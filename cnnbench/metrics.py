@@ -267,6 +267,60 @@ def plot_bench(rows: list[dict[str, Any]], path: Path, title: str, measured: boo
     save_figure(fig, path)
 
 
+LAYERS_SHOWN = 24  # bars in layers.png; a deeper network's smaller layers are summed in one bar
+
+
+def plot_layers(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
+    """task=summary's answer to "which layers dominate?": each layer's share of the parameters and
+    of the FLOPs, side by side, in forward order, coloured by kind. Layers with neither are left
+    out; beyond LAYERS_SHOWN, the layers with the smallest shares are summed in a last bar."""
+    plt = pyplot()
+    weighted = dominant_layers(rows)
+    total_p, total_f = max(sum(r["params"] for r in rows), 1), max(sum(r["flops"] for r in rows), 1)
+    colors = {"conv": "tab:blue", "linear": "tab:orange", "norm": "tab:green", "other": "tab:gray", "summed": "silver"}
+    labels = [f"{r['layer']} ({r['type']})" if r["type"] else r["layer"] for r in weighted]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.28 * len(weighted)), sharey=True, constrained_layout=True)
+    y = range(len(weighted))
+    for ax, key, total, name in ((axes[0], "params", total_p, "parameters"), (axes[1], "flops", total_f, "FLOPs")):
+        values = [100 * r[key] / total for r in weighted]
+        ax.barh(y, values, color=[colors.get(r["kind"], "tab:gray") for r in weighted])
+        for i, v in zip(y, values):
+            if v >= 0.05:
+                ax.annotate(f"{v:.1f}%", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.set_xlim(0, max(values + [1]) * 1.18)
+        ax.set(xlabel=f"share of the {name} (%)", title=f"{name}: {_si(total)}")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(list(y), labels, fontsize=8)
+    axes[0].invert_yaxis()  # forward order, top to bottom
+    shown = [k for k in colors if any(r["kind"] == k for r in weighted)]
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in shown], shown, loc="outside lower center",
+               ncols=len(shown), frameon=False)
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def dominant_layers(rows: list[dict[str, Any]], shown: int = LAYERS_SHOWN) -> list[dict[str, Any]]:
+    """The layers with parameters or FLOPs, in forward order; beyond ``shown``, those with the
+    largest share of either are kept and the rest summed in one last row (kind ``summed``)."""
+    weighted = [r for r in rows if r["params"] or r["flops"]]
+    if len(weighted) <= shown:
+        return weighted
+    total_p, total_f = max(sum(r["params"] for r in rows), 1), max(sum(r["flops"] for r in rows), 1)
+    largest = sorted(weighted, key=lambda r: max(r["params"] / total_p, r["flops"] / total_f), reverse=True)
+    keep = {id(r) for r in largest[:shown - 1]}
+    rest = [r for r in weighted if id(r) not in keep]
+    return [r for r in weighted if id(r) in keep] + [{
+        "layer": f"the other {len(rest)} layers", "type": "", "kind": "summed",
+        "params": sum(r["params"] for r in rest), "flops": sum(r["flops"] for r in rest)}]
+
+
+def _si(n: float) -> str:
+    for factor, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= factor:
+            return f"{n / factor:.2f}{unit}"
+    return f"{n:.0f}"
+
+
 def collect_results(folder: Path, recursive: bool = False) -> list[dict[str, Any]]:
     """One row per run, failed ones included: the job (its dir, relative to ``folder``), its
     overrides as columns, then the scalar fields of its summary.json (status, accuracies,

@@ -44,6 +44,7 @@ from .metrics import (
     MetricsWriter,
     environment,
     plot_bench,
+    plot_layers,
     plot_curves,
     show,
     write_csv,
@@ -166,6 +167,12 @@ def summary_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> Non
     summary |= split_by_kind(rows)
     summary |= memory_estimate(cfg.model.name, size, cfg.data.batch_size, cfg.optimizer, **knobs)
     summary["batch_size"] = cfg.data.batch_size
+    if cfg.trainer.plot:
+        try:
+            plot_layers(rows, out_dir / "layers.png", f"{cfg.model.name} at {size[0]}x{size[1]} px: where the parameters "
+                        "and the FLOPs (per image, forward) are")
+        except Exception as err:  # a plot must never cost the run its status
+            log.warning("could not plot the layers: %s", err)
     if device.type == "cuda":  # the real thing, next to the estimate
         train_split, _ = data.load(cfg.data.root, cfg.data.download)
         measured = _bench_one(cfg, device, size, knobs, train_split, cfg.data.batch_size, warmup=1, steps=2)

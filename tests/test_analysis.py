@@ -89,6 +89,23 @@ def test_summary_task_writes_layers_csv(make_cfg, tmp_path):
     assert saved["params_conv"] + saved["params_linear"] == saved["params"]
     assert saved["train_memory_mb"] > saved["infer_memory_mb"]
     assert not (tmp_path / "metrics.csv").exists()
+    assert not (tmp_path / "layers.png").exists()  # trainer.plot=false (the tests' default)
+
+
+def test_layers_png_answers_which_layers_dominate(make_cfg, tmp_path):
+    from cnnbench.metrics import LAYERS_SHOWN, dominant_layers
+
+    summary = run(make_cfg("task=summary", "model=alexnet", "trainer.plot=true"), tmp_path / "alexnet")
+    assert summary["status"] == "completed" and (tmp_path / "alexnet" / "layers.png").stat().st_size > 10_000
+    rows = pd.read_csv(tmp_path / "alexnet" / "layers.csv").to_dict("records")
+    shown = dominant_layers(rows)  # AlexNet's 8 weighted layers, all shown, in forward order
+    assert [r["layer"] for r in shown] == [r["layer"] for r in rows if r["params"] or r["flops"]]
+    assert max(shown, key=lambda r: r["params"])["layer"] == "head.0"  # the first dense layer: 56% of the parameters
+    deep = analysis.layer_table("resnet50", (96, 96))
+    shown = dominant_layers(deep)
+    assert len(shown) == LAYERS_SHOWN and shown[-1]["kind"] == "summed"
+    assert sum(r["params"] for r in shown) == sum(r["params"] for r in deep)  # nothing lost, the rest summed
+    assert sum(r["flops"] for r in shown) == sum(r["flops"] for r in deep)
 
 
 def test_bench_times_the_training_step_that_train_runs(make_cfg, tiny_data, tmp_path, monkeypatch):
