@@ -3,7 +3,7 @@
 For a sweep it prints results.csv's essentials and writes, into the sweep dir:
 ``report_curves.png`` (every job's learning curves overlaid), ``report_vs_<key>.png`` (the
 final metric against each swept key, one line per setting of the other swept keys) and,
-when jobs ran ``task=bench``, ``report_bench.png``. For one run it prints its summary and
+when jobs ran ``task=bench``, ``report_bench.png``; ``task=summary``, ``report_summary.png``. For one run it prints its summary and
 writes ``report_curves.png``. With ``--html``, ``report.html`` too: the table (sortable),
 these plots and every job's curves and confusion matrix in one self-contained page. The
 same report, report.html included, is written at the end of every sweep.
@@ -228,6 +228,38 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) ->
     return save_figure(fig, path / "report_bench.png")
 
 
+def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
+    """Runs of task=summary side by side: parameters and FLOPs per image, each split by layer
+    kind (stacked), and the memory training and prediction need at the run's batch size."""
+    runs = results[results.get("params_conv", pd.Series(dtype=float)).notna()] if "params_conv" in results else None
+    if runs is None or len(runs) < 2:
+        return None
+    kinds = [k for k in ("conv", "linear", "norm", "other") if runs[[f"params_{k}", f"flops_{k}"]].fillna(0).to_numpy().any()]
+    colors = {"conv": "tab:blue", "linear": "tab:orange", "norm": "tab:green", "other": "tab:gray"}
+    names = [label(row, keys) for _, row in runs.iterrows()]
+    y = range(len(runs))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 1.6 + 0.35 * len(runs)), sharey=True, constrained_layout=True)
+    for ax, measure, unit, scale in ((axes[0], "params", "millions", 1e6), (axes[1], "flops", "GFLOPs per image", 1e9)):
+        left = [0.0] * len(runs)
+        for kind in kinds:
+            values = (runs[f"{measure}_{kind}"].fillna(0) / scale).tolist()
+            ax.barh(y, values, left=left, color=colors[kind], label=kind)
+            left = [a + b for a, b in zip(left, values)]
+        ax.set(xlabel=unit, title="parameters" if measure == "params" else "FLOPs (forward)")
+    if "train_memory_mb" in runs:
+        axes[2].barh([i - 0.2 for i in y], runs["train_memory_mb"], height=0.4, color="tab:red", label="training")
+        axes[2].barh([i + 0.2 for i in y], runs["infer_memory_mb"], height=0.4, color="tab:purple", label="prediction")
+        axes[2].set(xlabel="MB (estimate, at data.batch_size)", title="memory")
+        axes[2].legend(loc="lower right", fontsize="small")
+    for ax in axes:
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(list(y), names)
+    axes[0].invert_yaxis()
+    axes[0].legend(loc="lower right", fontsize="small")
+    fig.suptitle(f"{path.name}: what each run's network costs (task=summary)")
+    return save_figure(fig, path / "report_summary.png")
+
+
 def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd.DataFrame, list[Path]]:
     """Print the table of the run(s) under ``path`` and write the report's PNGs there (and,
     with ``html``, report.html: everything in one self-contained page). ``plots=False``: the
@@ -244,8 +276,9 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
         show(f"no plots (trainer.plot=false): cnnbench-report {path} --html draws them")
         return results, []
     plt = pyplot()
-    written = [plot_sweep_curves(path, results, keys, plt), plot_sweep_bench(path, results, plotted_keys(results, keys), plt)]
-    metric = next((m for m in ("final_test_acc", "best_train_images_per_s", "params") if m in results and results[m].notna().any()), None)
+    written = [plot_sweep_curves(path, results, keys, plt), plot_sweep_bench(path, results, plotted_keys(results, keys), plt),
+               plot_sweep_summary(path, results, plotted_keys(results, keys), plt)]
+    metric = next((m for m in ("final_test_acc", "best_train_images_per_s") if m in results and results[m].notna().any()), None)
     if metric:  # against each key the runs that measured it tried (a folder may mix tasks, resumes, ...)
         measured = results[results[metric].notna()]
         axes = plotted_keys(measured, keys)

@@ -83,6 +83,10 @@ def test_summary_sweep_compares_models_in_results_csv(tmp_path):
     log = (tmp_path / "0" / "cnnbench.log").read_text()
     assert log.count("total:   46,764,746 params") == 1 and "memory at batch 128" in log
     assert "46,764,746" not in proc.stderr
+    from cnnbench.report import report
+
+    _, written = report(tmp_path)  # the pictures: each network's parameters, FLOPs and memory side by side
+    assert [w.name for w in written] == ["report_summary.png"] and written[0].stat().st_size > 10_000
 
 
 def test_a_diverged_run_exits_3_and_keeps_its_files(tiny_data, tmp_path):
