@@ -445,8 +445,14 @@ def check_overrides(overrides: list[str]) -> None:
     except Exception:  # Hydra's own parse error names the override; let it speak
         return
     fields = {f.name for f in dataclasses.fields(Config)}
+    groups_given = {o.key_or_group for o in parsed}
     for override in parsed:
         key = override.key_or_group
+        if key == "model.name" and "model" not in groups_given and not override.is_sweep_override() \
+                and str(override.value()) in group_options("model"):
+            # the name alone keeps the default model's knobs (bn_lenet's norm_at, say), which the named model lacks
+            raise ConfigError(f"model.name={override.value()} sets the name alone, keeping the default model's knobs; "
+                              f"choose the model with model={override.value()}")
         if key.startswith("hydra") or override.is_delete():  # Hydra's own keys and groups (hydra/launcher below)
             continue
         if key in GROUPS:

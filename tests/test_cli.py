@@ -145,6 +145,7 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path, args, message):
         (["bench.batch_sizes=32"], "bench.batch_sizes=32 is not allowed; bench.batch_sizes takes a list, e.g. bench.batch_sizes=[32,64]"),
         (["trainer.precision=fp8"], "cnnbench: trainer.precision=fp8 is not allowed; choose one of: auto, fp32, bf16, fp16"),
         (["model=resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
+        (["model.name=resnet18"], "model.name=resnet18 sets the name alone, keeping the default model's knobs; choose the model with model=resnet18"),
     ],
 )
 def test_schema_rejects_typos_and_wrong_types(tmp_path, args, message):

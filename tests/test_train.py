@@ -364,6 +364,9 @@ BAD_INPUTS = [
     ("trainer.resume=/nonexistent", r"trainer.resume='/nonexistent': no checkpoint at /nonexistent \(a run dir with last.pt"),
     ("task=evaluate trainer.resume=/etc/hostname", r"/etc/hostname is not a checkpoint \(torch.save writes a zip archive"),
     ("task=summary", r"data.root='/nonexistent' is not a directory"),  # every other setting is fine
+    ("model=vgg11 model.arch=[[1,64],M]", r"model.arch=\[\[1, 64\], 'M'\]: each stage is \[convolutions, channels\], two positive"),
+    ("model=vgg11 model.hidden=[foo]", r"model vgg11 with model.hidden=\['foo'\] accepts no input up to 4096x4096 \(building or "
+                                       r"running it fails with TypeError"),
 ]
 if not torch.cuda.is_available():
     BAD_INPUTS.append(("trainer.device=cuda", r"trainer.device='cuda': CUDA is not available on this machine"))

@@ -238,12 +238,14 @@ def _shape_probe(name: str, in_channels: int, knobs: dict[str, Any]) -> Callable
                 built = None if spec.takes_image_size else model
                 with torch.no_grad():  # eval mode: the same shapes, half the cost of training mode
                     model(torch.empty(2, in_channels, h, w))
-        except (RuntimeError, ValueError) as err:
+        except (RuntimeError, ValueError, TypeError, IndexError) as err:
             if isinstance(err, ModelError):
                 raise
+            fits.failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
             return False
         return True
 
+    fits.failure = ""  # the last probe's error: a knob the builder cannot use fails at every size
     return fits
 
 
@@ -255,7 +257,9 @@ def min_input_size(name: str, in_channels: int = 1, limit: int = 4096, **knobs: 
     hi = get_spec(name).resolution
     if not fits(hi):
         if not fits(limit):
-            raise ModelError(f"model {name} accepts no input up to {limit}x{limit}")
+            given = "".join(f" model.{k}={v!r}" for k, v in knobs.items() if v != get_spec(name).knobs[k].default)
+            raise ModelError(f"model {name}{' with' + given if given else ''} accepts no input up to {limit}x{limit}"
+                             + (f" (building or running it fails with {fits.failure})" if fits.failure else ""))
         hi = limit
     lo = 1  # invariant: hi accepted
     while lo < hi:

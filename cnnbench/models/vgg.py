@@ -49,6 +49,11 @@ def vgg(
     norm after every convolution (torchvision's vgg*_bn, which keeps the conv bias)."""
     if width <= 0:
         raise ModelError(f"model.width={width}: must be positive")
+    for stage in arch:
+        pair = None if isinstance(stage, (str, int, float)) else list(stage)
+        if not pair or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+            raise ModelError(f"model.arch={_plain(arch)}: each stage is [convolutions, channels], two positive whole "
+                             f"numbers (VGG-11: {VGG_STAGES['vgg11']}); {_plain(stage)!r} is not")
     stages, channels = [], in_channels
     for num_convs, out_channels in arch:
         out_channels = max(1, round(out_channels * width))
@@ -57,6 +62,11 @@ def vgg(
     features = nn.Sequential(*stages, nn.Flatten())
     head = dense_head(flat_features(features, in_channels, image_size), hidden, num_classes, dropout)
     return init_weights(Classifier(features, head), init)
+
+
+def _plain(value):
+    """A knob's value as the command line writes it (a Hydra ListConfig prints as a list)."""
+    return [_plain(v) for v in value] if hasattr(value, "__iter__") and not isinstance(value, str) else value
 
 
 for _name, _depth in (("vgg11", "A"), ("vgg13", "B"), ("vgg16", "D"), ("vgg19", "E")):
