@@ -245,7 +245,9 @@ def after_training(trainer, test_loader: DeviceLoader, out_dir: Path, summary: d
     else:
         errors = analyse(unwrap(trainer.model), full_test_loader(test_loader), trainer.amp_dtype, trainer.channels_last)
     write_outputs(errors, out_dir, summary, title, plot)
-    log.info("per-class test accuracy: %s", ", ".join(f"{k} {v:.3f}" for k, v in summary["per_class_acc"].items()))
+    absent = [name for name in CLASSES if name not in summary["per_class_acc"]]  # a small data.test_subset
+    log.info("per-class test accuracy: %s%s", ", ".join(f"{k} {v:.3f}" for k, v in summary["per_class_acc"].items()),
+             f" (no test images of {', '.join(absent)})" if absent else "")
 
 
 # --- task=evaluate ------------------------------------------------------------------------

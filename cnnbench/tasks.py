@@ -187,6 +187,9 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     ``peak_mem_mb`` is measured (CUDA's peak allocation; on the CPU the process's peak
     resident memory, which only grows); ``estimated_mem_mb`` is ``memory_estimate``'s."""
     device, size, knobs = describe(cfg, summary)
+    log.info("%s: %s params, %.3g GFLOPs/image at %dx%d, on %s: %d warm-up and %d timed steps at each batch size of %s",
+             cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size, device, cfg.bench.warmup_steps,
+             cfg.bench.steps, list(cfg.bench.batch_sizes))
     train_split, _ = data.load(cfg.data.root, cfg.data.download)
     rows = []
     for batch_size in cfg.bench.batch_sizes:

@@ -219,7 +219,7 @@ def hydra_main(cfg: DictConfig) -> float:
         sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
     if not multirun:
-        files = sorted(p.name for p in out_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        files = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if not p.name.startswith("."))
         print(f"cnnbench: run {status} in {out_dir}: {', '.join(files)}", file=sys.stderr)
     if status != "completed":  # run() has logged why
         # A sweep goes on with its other jobs; a single run exits non-zero.
