@@ -115,6 +115,19 @@ def style(i: int) -> dict:
             "markersize": 4}
 
 
+def looks(rows: pd.DataFrame, keys: list[str]) -> list[dict]:
+    """A look per run. With two swept keys the colour follows the one with more values and the
+    dash the other (ex_bn_lr: each learning rate its colour, solid without batch norm, dashed
+    with it); otherwise each run its own (``style``)."""
+    if len(keys) == 2:
+        hue, dash = sorted(keys, key=lambda k: rows[k].astype(str).nunique(), reverse=True)
+        hues, dashes = (list(dict.fromkeys(rows[k].astype(str))) for k in (hue, dash))
+        if len(hues) <= 10 and len(dashes) <= 4:
+            return [{"color": f"C{hues.index(str(row[hue]))}", "linestyle": ["-", "--", "-.", ":"][dashes.index(str(row[dash]))],
+                     "marker": "os^D"[dashes.index(str(row[dash]))], "markersize": 4} for _, row in rows.iterrows()]
+    return [style(i) for i in range(len(rows))]
+
+
 def spans_decades(values, decades: float = 1.0) -> bool:
     """Whether the positive, finite ``values`` span ``decades`` powers of ten: an axis that does
     is drawn on a log scale (learning rates 0.01..30; losses when one run of a sweep blew up)."""
@@ -146,8 +159,9 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -
     labels = [label(row, keys) for row, _ in runs]
     labels = [f"{text} [{row['job']}]" if labels.count(text) > 1 else text for text, (row, _) in zip(labels, runs)]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    run_looks = looks(pd.DataFrame([row for row, _ in runs]), keys)
     for i, (row, m) in enumerate(runs):
-        look = style(i)
+        look = run_looks[i]
         ax_loss.plot(m["epoch"], m["train_loss"], label=labels[i], **look)
         ax_acc.plot(m["epoch"], m["test_acc"], **look)
         ax_acc.plot(m["epoch"], m["train_acc"], color=look["color"], linestyle=look["linestyle"], linewidth=0.8, alpha=0.35,

@@ -148,3 +148,13 @@ def test_a_default_and_an_override_of_the_same_value_are_one_value(tmp_path, fig
     fake_run(tmp_path / "c", [], config={"data": {"normalize": False}})
     results, _ = report.report(tmp_path)
     assert sorted(results["data.normalize"]) == ["false", "false", "true"]
+
+
+def test_two_swept_keys_give_colour_to_one_and_dashes_to_the_other():
+    rows = pd.DataFrame({"model.norm": ["none"] * 8 + ["batch"] * 8, "optimizer.lr": [0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30] * 2})
+    looks = report.looks(rows, ["model.norm", "optimizer.lr"])
+    assert [look["color"] for look in looks[:8]] == [look["color"] for look in looks[8:]]  # a rate keeps its colour
+    assert len({look["color"] for look in looks}) == 8
+    assert {look["linestyle"] for look in looks[:8]} == {"-"} and {look["linestyle"] for look in looks[8:]} == {"--"}
+    # one key, or too many values to tell apart this way: each run a look of its own
+    assert len({(look["color"], look["linestyle"]) for look in report.looks(rows, ["optimizer.lr"])}) == 16
