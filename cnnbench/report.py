@@ -200,8 +200,10 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         else:
             x = [categories.index(v) + (i - (len(groups) - 1) / 2) * width for v in group[key].astype(str)]
             ax.plot(x, y, label=name, **(look | {"linestyle": "none", "markersize": 8}))
-    if numeric and x_num.min() > 0 and spans_decades(x_num):
-        ax.set_xscale("log")
+    doubling = numeric and x_num.min() > 0 and x_num.max() >= 4 * x_num.min() and \
+        all(float(v).is_integer() and int(v) & (int(v) - 1) == 0 for v in x_num)  # batch sizes 32, 64, 128, 256
+    if numeric and x_num.min() > 0 and (spans_decades(x_num) or doubling):
+        ax.set_xscale("log", base=2 if doubling else 10)
         ticks = sorted(x_num.unique())
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
@@ -210,7 +212,8 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         ax.set_xlim(-0.6, len(categories) - 0.4)
     ax.set(xlabel=key, ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} against {key}")
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside right center", fontsize="small", title=" x ".join(others) or None)
+    if others:  # one series needs no legend
+        fig.legend(loc="outside right center", fontsize="small", title=" x ".join(others))
     fig.suptitle(title(path, results, [key, *others], "sweep"))
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 
@@ -219,16 +222,17 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) ->
     runs = job_tables(path, results, "bench.csv")
     if not runs:
         return None
-    fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
     measured = all(str(row.get("device", "cpu")).startswith("cuda") for row, _ in runs)
     # A CPU's peak resident memory only grows over a process (and a sweep is one process):
     # there the estimate of what each batch needs is the comparable number.
     memory = "peak_mem_mb" if measured else "estimated_mem_mb"
-    for row, b in runs:
-        for mode, style in (("train", "-"), ("infer", "--")):
+    for i, (row, b) in enumerate(runs):  # a run's colour; training solid, prediction dashed
+        for mode, dash in (("train", "-"), ("infer", "--")):
             sel = b[(b["mode"] == mode) & (b["status"] == "completed")]
-            line, = ax_speed.plot(sel["batch_size"], sel["images_per_s"], style, marker="o", label=f"{label(row, keys)} {mode}")
-            ax_mem.plot(sel["batch_size"], sel[memory], style, marker="o", color=line.get_color())
+            ax_speed.plot(sel["batch_size"], sel["images_per_s"], dash, marker="o", color=f"C{i % 10}",
+                          label=label(row, keys) if mode == "train" else None)
+            ax_mem.plot(sel["batch_size"], sel[memory], dash, marker="o", color=f"C{i % 10}")
     ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput (solid: training, dashed: prediction)")
     ax_mem.set(xlabel="batch size", ylabel="memory (MB)",
                title="measured peak GPU memory" if measured else "estimated memory (saved activations + weights + state)")
@@ -238,7 +242,8 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) ->
         ax.set_xticks(batch_sizes, [str(v) for v in batch_sizes])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-    ax_speed.legend(fontsize="small")
+    fig.legend(loc="outside right center", fontsize="small", title=" x ".join(keys) or None)
+    fig.suptitle(title(path, pd.DataFrame([row for row, _ in runs]), keys, "throughput and memory against batch size"))
     return save_figure(fig, path / "report_bench.png")
 
 

@@ -158,3 +158,12 @@ def test_two_swept_keys_give_colour_to_one_and_dashes_to_the_other():
     assert {look["linestyle"] for look in looks[:8]} == {"-"} and {look["linestyle"] for look in looks[8:]} == {"--"}
     # one key, or too many values to tell apart this way: each run a look of its own
     assert len({(look["color"], look["linestyle"]) for look in report.looks(rows, ["optimizer.lr"])}) == 16
+
+
+def test_batch_sizes_lie_on_a_doubling_axis_and_one_series_has_no_legend(tmp_path, figures):
+    for i, batch in enumerate([32, 64, 128, 256]):
+        fake_run(tmp_path / str(i), [f"data.batch_size={batch}"], acc=0.5 + i / 100)
+    report.report(tmp_path)
+    fig = figures["report_vs_data.batch_size.png"]
+    assert fig.axes[0].get_xscale() == "log" and [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["32", "64", "128", "256"]
+    assert not fig.legends
