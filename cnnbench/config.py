@@ -446,6 +446,15 @@ def check_overrides(overrides: list[str]) -> None:
         return
     fields = {f.name for f in dataclasses.fields(Config)}
     groups_given = {o.key_or_group for o in parsed}
+    seen: dict[str, str] = {}
+    for override in parsed:  # Hydra keeps the last of two values silently (hydra.* aside: torchrun's ranks add their own)
+        key = override.key_or_group
+        if key.startswith("hydra") or override.is_delete():
+            continue
+        text = override.input_line.partition("=")[2] if override.input_line else ""
+        if key in seen:
+            raise ConfigError(f"{key} is given twice ({key}={seen[key]}, then {key}={text}); give it once")
+        seen[key] = text
     for override in parsed:
         key = override.key_or_group
         if key == "model.name" and "model" not in groups_given and not override.is_sweep_override() \
@@ -472,6 +481,30 @@ def check_overrides(overrides: list[str]) -> None:
                                   f"its keys are: {', '.join(known)}")
         elif not name and key not in fields and key not in GROUPS:
             raise ConfigError(f"{key} is not a top-level key{_nearest(key, fields)}; the keys are: {', '.join(sorted(fields))}")
+
+
+def check_hydra_keys(overrides: list[str]) -> None:
+    """``hydra.KEY=V`` overrides must name a key of Hydra's config (with the launcher and
+    sweeper the command chose): ``hydra.run.dri=D`` gets cnnbench's message and the nearest key,
+    where Hydra prints its object types. ``+hydra...`` adds a key and is left alone."""
+    given = [o.partition("=")[0] for o in overrides if o.startswith("hydra.") and "=" in o]
+    if not given:
+        return
+    try:
+        cfg = compose(*[o for o in overrides if o.startswith("hydra/")], hydra=True)
+    except Exception:  # noqa: BLE001 - Hydra's composition says what is wrong
+        return
+    for key in given:
+        node, path = cfg, []
+        for part in key.split("."):
+            if not isinstance(node, DictConfig) or node._is_none() or not OmegaConf.is_struct(node):
+                break  # a value, an empty node (sweeper params) or an open dict: any key may go there
+            if part not in node:
+                where = ".".join(path)
+                options = [str(k) for k in node.keys()]
+                raise ConfigError(f"{key} is not a key of Hydra's config{_nearest(part, options).replace('mean ', f'mean {where}.')}; "
+                                  f"the keys of {where} are: {', '.join(options)}")
+            node, path = node._get_node(part), path + [part]
 
 
 # Keys that depend on the choice of model or optimizer: Hydra knows them only once it has composed.

@@ -27,6 +27,7 @@ from .config import (
     CONF_DIR,
     ConfigError,
     check_choice_keys,
+    check_hydra_keys,
     check_overrides,
     compose_checked,
     enum_value,
@@ -141,6 +142,7 @@ def checked_args(args: list[str]) -> list[str]:
     --info run nothing: Hydra composes them as one run, so they keep their values as typed."""
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     check_overrides(overrides)
+    check_hydra_keys(overrides)
     if multirun_requested(args) and not INFO_FLAGS & set(args):
         return one_value_sweeps(args)
     check_choice_keys(overrides)

@@ -145,6 +145,8 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path, args, message):
         (["bench.batch_sizes=32"], "bench.batch_sizes=32 is not allowed; bench.batch_sizes takes a list, e.g. bench.batch_sizes=[32,64]"),
         (["trainer.precision=fp8"], "cnnbench: trainer.precision=fp8 is not allowed; choose one of: auto, fp32, bf16, fp16"),
         (["model=resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
+        (["data.batch_size=128", "data.batch_size=64"], "data.batch_size is given twice (data.batch_size=128, then data.batch_size=64)"),
+        (["hydra.run.dri=/tmp/x"], "cnnbench: hydra.run.dri is not a key of Hydra's config (did you mean hydra.run.dir?)"),
         (["model.name=resnet18"], "model.name=resnet18 sets the name alone, keeping the default model's knobs; choose the model with model=resnet18"),
     ],
 )

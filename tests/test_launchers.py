@@ -27,6 +27,12 @@ def test_slurm_launcher_config_composes():
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.max_num_timeout > 0
     assert launcher.signal_delay_s > 0  # the SIGUSR2 warning that lets a job checkpoint before its time limit
+    # the command line's check of hydra.* keys knows the chosen launcher's keys, and only those
+    from cnnbench.config import ConfigError, check_hydra_keys
+
+    check_hydra_keys(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"])
+    with pytest.raises(ConfigError, match=r"hydra.launcher.partiton is not a key .*did you mean hydra.launcher.partition"):
+        check_hydra_keys(["hydra/launcher=slurm", "hydra.launcher.partiton=gpu"])
 
 
 @pytest.mark.slow  # several processes
