@@ -86,6 +86,20 @@ class OutputCheck(Callback):
         check_sweep_dir(sweep_dir, config)
 
 
+def best_job(rows: list[dict], config, sweep_dir: Path) -> str | None:
+    """A search's (Optuna's) best job, in the direction it optimised, for the sweep's last lines;
+    None for a grid sweep (its report compares the jobs) or when no job has the objective."""
+    direction = OmegaConf.select(config, "hydra.sweeper.direction")
+    if not isinstance(direction, str):  # a grid sweep, or a multi-objective search
+        return None
+    objective = OmegaConf.select(config, "objective", default="best_test_acc")
+    scored = [r for r in rows if isinstance(r.get(objective), (int, float)) and r[objective] == r[objective]]
+    if not scored:
+        return None
+    best = (max if str(direction).lower().endswith("maximize") else min)(scored, key=lambda r: r[objective])
+    return f"best job {best['job']} ({direction} {objective}): {objective}={best[objective]:.4g}, in {sweep_dir / str(best['job'])}"
+
+
 SWEEP_RECORD = ".cnnbench-sweep.json"  # what the sweep in a dir was: its overrides and sweeper
 
 
@@ -123,10 +137,10 @@ class SweepResults(Callback):
     not complete (after every job ran)."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_dir = Path(config.hydra.sweep.dir).absolute()
 
     def on_multirun_end(self, config, **kwargs) -> None:
-        sweep_dir = getattr(self, "sweep_dir", Path(config.hydra.sweep.dir))
+        sweep_dir = getattr(self, "sweep_dir", Path(config.hydra.sweep.dir).absolute())
         path = write_results(sweep_dir)
         if path:
             print(f"cnnbench: sweep results in {path}", file=sys.stderr)
@@ -136,7 +150,11 @@ class SweepResults(Callback):
                 report(sweep_dir, html=True, plots=bool(OmegaConf.select(config, "trainer.plot", default=True)))
             except Exception as err:  # a report must never cost the sweep its results
                 print(f"cnnbench: could not write the sweep report: {err}", file=sys.stderr)
-        unfinished = [r for r in collect_results(sweep_dir) if r.get("status") != "completed"]
+        rows = collect_results(sweep_dir)
+        best = best_job(rows, config, sweep_dir)
+        if best:  # a search's answer, last
+            print(f"cnnbench: {best}", file=sys.stderr)
+        unfinished = [r for r in rows if r.get("status") != "completed"]
         if unfinished:
             jobs = ", ".join(f"{r['job']} ({r.get('status')})" for r in unfinished)
             print(f"cnnbench: {len(unfinished)} job(s) did not complete: {jobs}", file=sys.stderr)

@@ -485,13 +485,13 @@ def check_overrides(overrides: list[str]) -> None:
 
 def check_hydra_keys(overrides: list[str]) -> None:
     """``hydra.KEY=V`` overrides must name a key of Hydra's config (with the launcher and
-    sweeper the command chose): ``hydra.run.dri=D`` gets cnnbench's message and the nearest key,
+    sweeper the command and its recipes chose): ``hydra.run.dri=D`` gets cnnbench's message and the nearest key,
     where Hydra prints its object types. ``+hydra...`` adds a key and is left alone."""
     given = [o.partition("=")[0] for o in overrides if o.startswith("hydra.") and "=" in o]
     if not given:
         return
     try:
-        cfg = compose(*[o for o in overrides if o.startswith("hydra/")], hydra=True)
+        cfg = compose(*[o for o in overrides if not o.startswith("hydra.")], hydra=True)  # a recipe may choose the sweeper
     except Exception:  # noqa: BLE001 - Hydra's composition says what is wrong
         return
     for key in given:

@@ -289,8 +289,13 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
     swept = swept_keys(results, keys)
     columns = ["job", *swept, *[c for c in TABLE if c in results and results[c].notna().any()]]
     table = whole_numbers(results[columns].copy())
+    for key in swept:  # an override's value is text: a search's 0.13397250122983567 reads 0.134
+        numbers = pd.to_numeric(table[key], errors="coerce")
+        if numbers.notna().all() and not (numbers == numbers.round()).all():
+            table[key] = numbers
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
-        show(table.to_string(index=False))  # whole numbers as integers, even beside a failed job's gap
+        # whole numbers as integers, even beside a failed job's gap; other numbers to 4 significant digits
+        show(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     if not plots:
         show(f"no plots (trainer.plot=false): cnnbench-report {path} --html draws them")
         return results, []

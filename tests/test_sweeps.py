@@ -176,6 +176,9 @@ def test_optuna_search_returns_the_objective(tiny_data, tmp_path):
     best = (tmp_path / "optimization_results.yaml").read_text()
     # the value Optuna saw is the objective each run returned: its best test accuracy
     assert f"best_value: {results['best_test_acc'].max()}" in best
+    top = results.loc[results["best_test_acc"].idxmax()]  # and the sweep's last line says which job that was
+    assert proc.stderr.strip().splitlines()[-1] == (f"cnnbench: best job {top['job']} (maximize best_test_acc): "
+                                                    f"best_test_acc={top['best_test_acc']:.4g}, in {tmp_path / str(top['job'])}")
     # run again into its dir, the search would draw new trials over the completed ones
     again = cnnbench("-m", "+hparams_search=lenet_lr", "hydra.sweeper.n_trials=3", "trainer=smoke", f"data.root={tiny_data}",
                      f"hydra.sweep.dir={tmp_path}")
