@@ -136,24 +136,35 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path, args, message):
     assert not (tmp_path / "metrics.csv").exists()
 
 
-@pytest.mark.parametrize(
-    "args, message",
-    [
-        (["data.batch_sise=64"], "data.batch_sise is not a key of data (did you mean data.batch_size?)"),
-        (["data.batch_size=many"], "data.batch_size=many is not allowed; data.batch_size takes a whole number in [1, 65536]"),
-        (["trainer.plot=maybe"], "trainer.plot=maybe is not allowed; trainer.plot takes true or false"),
-        (["bench.batch_sizes=32"], "bench.batch_sizes=32 is not allowed; bench.batch_sizes takes a list, e.g. bench.batch_sizes=[32,64]"),
-        (["trainer.precision=fp8"], "cnnbench: trainer.precision=fp8 is not allowed; choose one of: auto, fp32, bf16, fp16"),
-        (["model=resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
-        (["data.batch_size=128", "data.batch_size=64"], "data.batch_size is given twice (data.batch_size=128, then data.batch_size=64)"),
-        (["hydra.run.dri=/tmp/x"], "cnnbench: hydra.run.dri is not a key of Hydra's config (did you mean hydra.run.dir?)"),
-        (["model.name=resnet18"], "model.name=resnet18 sets the name alone, keeping the default model's knobs; choose the model with model=resnet18"),
-    ],
-)
+SCHEMA_ERRORS = [
+    (["data.batch_sise=64"], "data.batch_sise is not a key of data (did you mean data.batch_size?)"),
+    (["data.batch_size=many"], "data.batch_size=many is not allowed; data.batch_size takes a whole number in [1, 65536]"),
+    (["trainer.plot=maybe"], "trainer.plot=maybe is not allowed; trainer.plot takes true or false"),
+    (["bench.batch_sizes=32"], "bench.batch_sizes=32 is not allowed; bench.batch_sizes takes a list, e.g. bench.batch_sizes=[32,64]"),
+    (["trainer.precision=fp8"], "trainer.precision=fp8 is not allowed; choose one of: auto, fp32, bf16, fp16"),
+    (["model=resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
+    (["data.batch_size=128", "data.batch_size=64"], "data.batch_size is given twice (data.batch_size=128, then data.batch_size=64)"),
+    (["hydra.run.dri=/tmp/x"], "hydra.run.dri is not a key of Hydra's config (did you mean hydra.run.dir?)"),
+    (["model.name=resnet18"], "model.name=resnet18 sets the name alone, keeping the default model's knobs; choose the model with model=resnet18"),
+]
+
+
+@pytest.mark.parametrize("args, message", SCHEMA_ERRORS, ids=[" ".join(a) for a, _ in SCHEMA_ERRORS])
 def test_schema_rejects_typos_and_wrong_types(tmp_path, args, message):
+    from cnnbench.config import ConfigError
+    from cnnbench.train import checked_args
+
+    with pytest.raises(ConfigError) as refused:  # what main() prints after "cnnbench: ", exiting 2
+        checked_args([*args, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert message in str(refused.value)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args", [["data.batch_size=many"], ["hydra.run.dri=/tmp/x"]])
+def test_a_schema_error_exits_2_with_one_line_before_the_run_dir(tmp_path, args):
     proc = cnnbench(*args, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2
-    assert message in proc.stderr
+    assert proc.stderr.startswith("cnnbench: ") and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr
     assert not (tmp_path / "run").exists()  # refused before Hydra made the run dir
 
