@@ -163,3 +163,4 @@ def test_an_evaluation_dir_is_named_after_the_checkpoints_run(make_cfg):
     assert named("task=evaluate", "trainer.resume=outputs/runs/2026-11-28/21-47-47_resnet18/best.pt") == "evaluate_21-47-47_resnet18"
     assert named("task=evaluate", "trainer.resume=outputs/sweeps/2026-11-28/21-00-00/3") == "evaluate_21-00-00_3"
     assert named("model=resnet18") == "resnet18" and named("task=summary", "trainer.resume=x") == "bn_lenet"
+    assert named("experiment=d2l_vgg11") == "vgg11_quarter"  # the model as chosen, not the registry's vgg11 it widens
