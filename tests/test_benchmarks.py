@@ -67,13 +67,14 @@ def test_gpu_session_skips_what_its_budget_cannot_hold_and_says_so(tmp_path):
     assert bad.returncode == 2 and "--steps: unknown bok; choose from env, gpu_tests, parallel, book" in bad.stderr
 
 
-@pytest.mark.slow  # three small sweeps of two recipes each, in fresh processes (about 40 s)
+@pytest.mark.slow  # three small sweeps of two recipes each, fast_resnet18's and two runs, in fresh processes (about 90 s)
 def test_gpu_session_smoke_runs_the_book_sweeps_and_tabulates_them(tiny_data, tmp_path):
     """The GPU session's plumbing on the CPU at toy scale: the sweeps run, their runs land in the
     tables under the book's names, and the archive holds every run's summary."""
     import tarfile
 
-    proc = gpu_session(tmp_path, "--smoke", "--steps", "env,parallel,book,seeds", "--data-root", str(tiny_data), "--budget", "500")
+    proc = gpu_session(tmp_path, "--smoke", "--steps", "env,parallel,book,seeds,fast,deterministic", "--data-root", str(tiny_data),
+                       "--budget", "500")
     assert proc.returncode == 0, proc.stderr
     results = (tmp_path / "out" / "results.md").read_text()
     assert "**A smoke run: toy data" in results  # never to be read as a measurement
@@ -83,9 +84,12 @@ def test_gpu_session_smoke_runs_the_book_sweeps_and_tabulates_them(tiny_data, tm
         assert "| bn_lenet | completed |" in table and "| bn_lenet_scratch | completed |" in table, heading
     seeds = results.split("## The book runs over seeds 0-2")[1]
     assert "| bn_lenet | 3 |" in seeds and "| bn_lenet_scratch | 3 |" in seeds  # one seed from each sweep
+    assert "## fast_resnet18 (passed" in results and "over 2 seeds" in results
+    deterministic = results.split("## trainer.deterministic")[1]
+    assert "| false | passed |" in deterministic and "| true | passed |" in deterministic
     with tarfile.open(tmp_path / "out" / "runs.tar.gz") as tar:
         names = tar.getnames()
-    assert sum(n.endswith("summary.json") for n in names) == 6 and not any(n.endswith(".pt") for n in names)
+    assert sum(n.endswith("summary.json") for n in names) == 10 and not any(n.endswith(".pt") for n in names)
 
 
 def test_gpu_session_stops_a_step_at_its_time_limit(tmp_path):
