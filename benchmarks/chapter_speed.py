@@ -188,9 +188,10 @@ def start_up(name: str, overrides: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as runs:
         for kind in ("cold", "warm"):
             run_dir = Path(runs) / kind
-            subprocess.run([sys.executable, "-m", "cnnbench", f"experiment=d2l_{name}", "trainer.compile=true",
-                            "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_test_batches=1",
-                            "trainer.plot=false", f"hydra.run.dir={run_dir}", *overrides],
+            fixed = [f"experiment=d2l_{name}", "trainer.compile=true", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+                     "trainer.limit_test_batches=1", "trainer.plot=false", f"hydra.run.dir={run_dir}"]
+            given = {o.lstrip("+~").partition("=")[0] for o in overrides}  # cnnbench refuses a key given twice: the user's wins
+            subprocess.run([sys.executable, "-m", "cnnbench", *[f for f in fixed if f.partition("=")[0] not in given], *overrides],
                            env=fresh | {"CNNBENCH_CACHE": cache}, capture_output=True, check=True)
             out[kind] = json.loads((run_dir / "summary.json").read_text())["compile_s"]
     return out

@@ -11,7 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from .config import ConfigError, resume_command, validate_sweep
-from .metrics import atomic_write, collect_results, write_results
+from .metrics import collect_results, write_results
 from .rundir import DirBusy, hold
 
 
@@ -90,6 +90,7 @@ def best_job(rows: list[dict], config, sweep_dir: Path) -> str | None:
     """A search's (Optuna's) best job, in the direction it optimised, for the sweep's last lines;
     None for a grid sweep (its report compares the jobs) or when no job has the objective."""
     direction = OmegaConf.select(config, "hydra.sweeper.direction")
+    direction = getattr(direction, "name", direction)  # Optuna's default is its enum, Direction.minimize
     if not isinstance(direction, str):  # a grid sweep, or a multi-objective search
         return None
     objective = OmegaConf.select(config, "objective", default="best_test_acc")
@@ -100,36 +101,38 @@ def best_job(rows: list[dict], config, sweep_dir: Path) -> str | None:
     return f"best job {best['job']} ({direction} {objective}): {objective}={best[objective]:.4g}, in {sweep_dir / str(best['job'])}"
 
 
-SWEEP_RECORD = ".cnnbench-sweep.json"  # what the sweep in a dir was: its overrides and sweeper
-
-
 def check_sweep_dir(sweep_dir: Path, config) -> None:
     """A sweep dir holding jobs of another sweep is refused: its completed runs would be
     overwritten, or listed in results.csv beside this sweep's as if one experiment. The same
     sweep run again is welcome (its completed jobs are skipped, interrupted ones resume), unless
-    it is a search (Optuna) that draws its trials afresh."""
-    sweeper = str(config.hydra.sweeper.get("_target_", ""))
-    ours = {"overrides": sorted(config.hydra.overrides.task), "sweeper": sweeper,
-            "params": {str(k): str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items()}}
+    it is a search (Optuna) that draws its trials afresh. The earlier sweep is read from the
+    multirun.yaml Hydra's grid sweeper wrote into the dir (this runs before it writes anew)."""
     earlier = sorted({path.parent.name for path in sweep_dir.glob("*/summary.json")})
-    if earlier:
-        try:
-            theirs = json.loads((sweep_dir / SWEEP_RECORD).read_text())
-        except (OSError, ValueError):
-            theirs = None
-        if theirs is None:
-            what = "an earlier sweep (one that left no record of its command)"
-        elif theirs != ours:
-            what = f"another sweep ({' '.join(theirs['overrides']) or 'no overrides'})"
-        elif "BasicSweeper" not in sweeper:
-            what = "an earlier run of this search, which draws its trials afresh"
-        else:
-            what = None  # the same sweep again
-        if what:
-            refuse(f"hydra.sweep.dir={sweep_dir} holds {len(earlier)} job(s) of {what}: this sweep would overwrite them or "
-                   "mix with them in results.csv; choose another hydra.sweep.dir (the same grid sweep run again skips "
-                   "its completed jobs and resumes interrupted ones)")
-    atomic_write(sweep_dir / SWEEP_RECORD, lambda f: f.write(json.dumps(ours) + "\n"))
+    if not earlier:
+        return
+    sweeper = str(config.hydra.sweeper.get("_target_", ""))
+    ours = _sweep_identity(config)
+    try:
+        theirs = _sweep_identity(OmegaConf.load(sweep_dir / "multirun.yaml"))
+    except Exception:  # noqa: BLE001 - none, or unreadable: nothing to tell the sweeps apart by
+        theirs = None
+    if "BasicSweeper" not in sweeper:
+        what = "an earlier run of a search, which draws its trials afresh"
+    elif theirs is not None and theirs != ours:
+        what = f"another sweep ({' '.join(theirs[0]) or 'no overrides'})"
+    else:
+        return  # the same sweep again (or one that left no multirun.yaml: as before)
+    refuse(f"hydra.sweep.dir={sweep_dir} holds {len(earlier)} job(s) of {what}: this sweep would overwrite them or mix "
+           "with them in results.csv; choose another hydra.sweep.dir (the same grid sweep run again skips its completed "
+           "jobs and resumes interrupted ones)")
+
+
+def _sweep_identity(config) -> tuple:
+    """What makes two sweeps the same: their command-line overrides, sweeper and its params."""
+    sweeper = config.hydra.sweeper
+    params = sweeper.get("params") or {}
+    return (sorted(str(o) for o in config.hydra.overrides.task), str(sweeper.get("_target_", "")),
+            sorted((str(k), str(v)) for k, v in params.items()))
 
 
 class SweepResults(Callback):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
 import inspect
 import math
 import os
@@ -429,6 +430,15 @@ def _nearest(word: str, options) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+@functools.lru_cache(maxsize=None)
+def default_choice(group: str) -> str | None:
+    """The option conf/config.yaml's defaults list picks for ``group`` (model: bn_lenet)."""
+    for entry in OmegaConf.load(CONF_DIR / "config.yaml").get("defaults", []):
+        if isinstance(entry, DictConfig) and group in entry:
+            return entry[group]
+    return None
+
+
 def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
@@ -452,13 +462,13 @@ def check_overrides(overrides: list[str]) -> None:
         if key.startswith("hydra") or override.is_delete():
             continue
         text = override.input_line.partition("=")[2] if override.input_line else ""
-        if key in seen:
+        if key in seen and seen[key] != text:
             raise ConfigError(f"{key} is given twice ({key}={seen[key]}, then {key}={text}); give it once")
         seen[key] = text
     for override in parsed:
         key = override.key_or_group
-        if key == "model.name" and "model" not in groups_given and not override.is_sweep_override() \
-                and str(override.value()) in group_options("model"):
+        if key == "model.name" and not {"model", "experiment"} & groups_given and not override.is_sweep_override() \
+                and str(override.value()) in group_options("model") and str(override.value()) != default_choice("model"):
             # the name alone keeps the default model's knobs (bn_lenet's norm_at, say), which the named model lacks
             raise ConfigError(f"model.name={override.value()} sets the name alone, keeping the default model's knobs; "
                               f"choose the model with model={override.value()}")
@@ -484,27 +494,62 @@ def check_overrides(overrides: list[str]) -> None:
 
 
 def check_hydra_keys(overrides: list[str]) -> None:
-    """``hydra.KEY=V`` overrides must name a key of Hydra's config (with the launcher and
-    sweeper the command and its recipes chose): ``hydra.run.dri=D`` gets cnnbench's message and the nearest key,
-    where Hydra prints its object types. ``+hydra...`` adds a key and is left alone."""
+    """``hydra.KEY=V`` overrides must name a key of Hydra's config: ``hydra.run.dri=D`` gets
+    cnnbench's message and the nearest key, where Hydra prints its object types. Hydra's own keys
+    are checked against its schema (no composition: most commands set hydra.run.dir); the
+    launcher's and sweeper's, against the plugins the command and its recipes chose (composed
+    once, a sweep's first job). ``+hydra...`` adds a key and is left alone."""
     given = [o.partition("=")[0] for o in overrides if o.startswith("hydra.") and "=" in o]
-    if not given:
-        return
-    try:
-        cfg = compose(*[o for o in overrides if not o.startswith("hydra.")], hydra=True)  # a recipe may choose the sweeper
-    except Exception:  # noqa: BLE001 - Hydra's composition says what is wrong
-        return
+    chosen = None
     for key in given:
-        node, path = cfg, []
-        for part in key.split("."):
-            if not isinstance(node, DictConfig) or node._is_none() or not OmegaConf.is_struct(node):
-                break  # a value, an empty node (sweeper params) or an open dict: any key may go there
-            if part not in node:
-                where = ".".join(path)
-                options = [str(k) for k in node.keys()]
-                raise ConfigError(f"{key} is not a key of Hydra's config{_nearest(part, options).replace('mean ', f'mean {where}.')}; "
-                                  f"the keys of {where} are: {', '.join(options)}")
-            node, path = node._get_node(part), path + [part]
+        if key.split(".")[1] in ("launcher", "sweeper"):
+            if chosen is None:
+                chosen = _first_job_with_hydra(overrides)
+            if chosen is not False:
+                _check_hydra_key(chosen, key)
+        else:
+            _check_hydra_key(_hydra_schema(), key)
+
+
+@functools.lru_cache(maxsize=1)
+def _hydra_schema() -> DictConfig:
+    from hydra.conf import HydraConf
+
+    schema = OmegaConf.create({"hydra": OmegaConf.structured(HydraConf)})
+    OmegaConf.set_struct(schema, True)
+    return schema
+
+
+def _first_job_with_hydra(overrides: list[str]) -> DictConfig | bool:
+    """The config with its ``hydra`` node of a command's first job: a sweep's swept groups at
+    their first value, its swept keys left out. False where it does not compose (Hydra says why)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        first = []
+        for override in OverridesParser.create().parse_overrides([o for o in overrides if not o.startswith("hydra.")]):
+            if not override.is_sweep_override():
+                first.append(override.input_line)
+            elif override.key_or_group in GROUPS or "/" in override.key_or_group:
+                first.append(f"{override.key_or_group}={next(override.sweep_string_iterator())}")
+        return compose(*first, hydra=True)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _check_hydra_key(root: DictConfig, key: str) -> None:
+    node, path = root, []
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or node._is_none() or node._is_missing() or not OmegaConf.is_struct(node):
+            return  # a value, an empty or unset node, an open dict: any key may go there
+        if path == ["hydra", "sweeper", "params"] or (path and node._metadata.object_type is dict):
+            return  # a mapping (env_set; params, whose keys hold dots): Hydra judges its keys
+        options = [str(k) for k in node.keys()]  # `in` would miss a key whose value is unset (???)
+        if part not in options:
+            where = ".".join(path)
+            raise ConfigError(f"{key} is not a key of Hydra's config{_nearest(part, options).replace('mean ', f'mean {where}.')}; "
+                              f"the keys of {where} are: {', '.join(options)}")
+        node, path = node._get_node(part), path + [part]
 
 
 # Keys that depend on the choice of model or optimizer: Hydra knows them only once it has composed.
@@ -634,7 +679,7 @@ def validate(cfg: DictConfig) -> None:
         from .engine import checkpoint_path  # engine imports this module
 
         checkpoint_path(cfg.trainer.resume, evaluate=enum_value(cfg.task) == "evaluate")
-    if cfg.data.root is not None:
+    if cfg.data.root is not None and enum_value(cfg.task) in ("train", "evaluate", "bench"):  # summary and min_size read none
         try:
             data.check_root(cfg.data.root)
         except data.DataError as err:

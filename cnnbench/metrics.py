@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import numbers
 import os
 import platform
 import sys
@@ -130,22 +131,26 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
     columns = list(dict.fromkeys(key for row in rows for key in row))
 
     def missing(value: Any) -> bool:
-        return value is None or (isinstance(value, float) and math.isnan(value))
+        return value is None or (isinstance(value, numbers.Real) and math.isnan(value))
 
-    def whole(column: str) -> bool:
+    def number(value: Any) -> bool:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+    kind = {}  # a column of numbers with a fraction anywhere is a float column (1 reads 1.0), as in a DataFrame
+    for column in columns:
         values = [row.get(column) for row in rows if not missing(row.get(column))]
-        return any(isinstance(v, float) for v in values) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and float(v).is_integer() and abs(v) < 2**53
-            for v in values)
-
-    integral = {column for column in columns if whole(column)}
+        floats = any(number(v) and not isinstance(v, numbers.Integral) for v in values) and all(number(v) for v in values)
+        whole = floats and all(float(v).is_integer() and abs(v) < 2**53 for v in values)
+        kind[column] = "int" if whole else "float" if floats else None
 
     def cell(column: str, value: Any) -> Any:
         if missing(value):
             return ""
-        if column in integral:
+        if kind[column] == "int":
             return int(value)
-        return repr(float(value)) if isinstance(value, float) else value  # numpy's floats print as 0.5, not np.float64(0.5)
+        if kind[column] == "float" or isinstance(value, float):
+            return repr(float(value))  # numpy's floats print as 0.5, not np.float64(0.5)
+        return value
 
     def write(f: IO) -> None:
         out = csv.writer(f, lineterminator="\n")

@@ -142,7 +142,8 @@ def checked_args(args: list[str]) -> list[str]:
     --info run nothing: Hydra composes them as one run, so they keep their values as typed."""
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     check_overrides(overrides)
-    check_hydra_keys(overrides)
+    if not CONFIG_FLAGS & {a.split("=")[0] for a in args}:  # another primary config has keys of its own
+        check_hydra_keys(overrides)
     if multirun_requested(args) and not INFO_FLAGS & set(args):
         return one_value_sweeps(args)
     check_choice_keys(overrides)

@@ -145,6 +145,7 @@ SCHEMA_ERRORS = [
     (["model=resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
     (["data.batch_size=128", "data.batch_size=64"], "data.batch_size is given twice (data.batch_size=128, then data.batch_size=64)"),
     (["hydra.run.dri=/tmp/x"], "hydra.run.dri is not a key of Hydra's config (did you mean hydra.run.dir?)"),
+    (["-m", "optimizer.lr=0.1,0.2", "hydra.sweep.dri=/tmp/x"], "hydra.sweep.dri is not a key of Hydra's config (did you mean hydra.sweep.dir?)"),
     (["model.name=resnet18"], "model.name=resnet18 sets the name alone, keeping the default model's knobs; choose the model with model=resnet18"),
 ]
 
@@ -158,6 +159,15 @@ def test_schema_rejects_typos_and_wrong_types(tmp_path, args, message):
         checked_args([*args, f"hydra.run.dir={tmp_path / 'run'}"])
     assert message in str(refused.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_what_the_schema_check_lets_through():
+    from cnnbench.train import checked_args
+
+    checked_args(["data.batch_size=64", "data.batch_size=64", "task=summary"])  # the same value twice says one thing
+    checked_args(["hydra.job.env_set.OMP_NUM_THREADS=1", "hydra.job_logging.root.level=WARNING", "task=summary"])
+    checked_args(["--config-dir", "/tmp", "-cn", "mine", "hydra.mine.key=1"])  # another primary config: its own keys
+    checked_args(["experiment=d2l_alexnet", "model.name=alexnet", "task=summary"])  # the recipe chose alexnet
 
 
 @pytest.mark.parametrize("args", [["data.batch_size=many"], ["hydra.run.dri=/tmp/x"]])

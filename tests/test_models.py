@@ -505,3 +505,11 @@ def test_readme_models_row_is_measured_from_the_model(name):
     from cnnbench import catalog
 
     assert readme_model_rows().get(name) == catalog.model_row(name), "stale: run `make models-table`"
+
+def test_a_knob_the_builder_cannot_use_is_named_with_its_error_every_time():
+    from cnnbench.models import ModelError, min_input_size
+
+    for _ in range(2):  # the second answer comes from the probe cache, and keeps the reason
+        with pytest.raises(ModelError, match=r"model alexnet with model.hidden=\['foo'\] accepts no input up to 4096x4096 "
+                                             r"\(building or running it fails with TypeError"):
+            min_input_size("alexnet", hidden=["foo"])

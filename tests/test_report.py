@@ -100,11 +100,12 @@ def test_a_runs_tables_read_as_pandas_would_write_them(tmp_path):
 
     rows = [{"a": 1.0, "b": 0.1, "c": None, "d": "x,y", "e": True},
             {"a": None, "b": np.float64(2.5), "c": 3, "d": "z", "f": float("nan"), "e": False},
-            {"a": 61706.0, "b": 1e-05, "g": [1, 2]}]
+            {"a": 61706.0, "b": 1e-05, "g": [1, 2]},
+            {"h": 1}, {"h": 2.5, "i": np.float64(3.0), "j": np.float64("nan")}]  # ints beside a fraction read 1.0
     write_csv(tmp_path / "ours.csv", rows)
     whole_numbers(pd.DataFrame(rows)).to_csv(tmp_path / "pandas.csv", index=False)
     assert (tmp_path / "ours.csv").read_text() == (tmp_path / "pandas.csv").read_text()
-    assert (tmp_path / "ours.csv").read_text().splitlines()[3] == '61706,1e-05,,,,,"[1, 2]"'
+    assert (tmp_path / "ours.csv").read_text().splitlines()[3:] == ['61706,1e-05,,,,,"[1, 2]",,,', ',,,,,,,1.0,,', ',,,,,,,2.5,3,']
 
 
 def test_epoch_axes_tick_whole_epochs_even_for_one_epoch(tmp_path, figures, monkeypatch):

@@ -196,3 +196,17 @@ def test_the_exercise_page_lists_what_every_recipe_job_builds():
     page = (Path(__file__).parents[1] / "docs" / "exercises.md").read_text()
     expected = catalog.replace_section(page, catalog.recipe_jobs_table(), catalog.RECIPES_BEGIN, catalog.RECIPES_END)
     assert page == expected, "docs/exercises.md's recipe-jobs table is stale: run `make models-table`"
+
+
+def test_a_searchs_best_job_in_either_direction(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the [sweeps] extra")
+    from cnnbench.callbacks import best_job
+    from cnnbench.config import compose
+
+    rows = [{"job": "0", "final_train_loss": 0.9}, {"job": "1", "final_train_loss": 0.4}, {"job": "2", "status": "failed"}]
+    # Optuna's default direction is its enum (Direction.minimize), a recipe's a string
+    config = compose("hydra/sweeper=optuna", "objective=final_train_loss", hydra=True)
+    assert best_job(rows, config, tmp_path) == f"best job 1 (minimize final_train_loss): final_train_loss=0.4, in {tmp_path / '1'}"
+    config = compose("+hparams_search=lenet_lr", "objective=final_train_loss", hydra=True)
+    assert best_job(rows, config, tmp_path).startswith("best job 0 (maximize final_train_loss)")
+    assert best_job(rows, compose("objective=final_train_loss", hydra=True), tmp_path) is None  # a grid sweep: its report compares

@@ -363,7 +363,7 @@ BAD_INPUTS = [
     ("task=bench objective=test_acc", r"objective=test_acc is not a number a task=bench run reports; choose one of: best_train_images_per_s"),
     ("trainer.resume=/nonexistent", r"trainer.resume='/nonexistent': no checkpoint at /nonexistent \(a run dir with last.pt"),
     ("task=evaluate trainer.resume=/etc/hostname", r"/etc/hostname is not a checkpoint \(torch.save writes a zip archive"),
-    ("task=summary", r"data.root='/nonexistent' is not a directory"),  # every other setting is fine
+    ("task=bench", r"data.root='/nonexistent' is not a directory"),  # every other setting is fine
     ("model=vgg11 model.arch=[[1,64],M]", r"model.arch=\[\[1, 64\], 'M'\]: each stage is \[convolutions, channels\], two positive"),
     ("model=vgg11 model.hidden=[foo]", r"model vgg11 with model.hidden=\['foo'\] accepts no input up to 4096x4096 \(building or "
                                        r"running it fails with TypeError"),
@@ -379,6 +379,13 @@ def test_bad_input_fails_before_training(make_cfg, tmp_path, overrides, message)
     assert re.search(message, summary["error"]), summary["error"]
     assert not (tmp_path / "metrics.csv").exists()  # nothing trained
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
+
+
+def test_tasks_that_read_no_data_ignore_data_root(make_cfg, tmp_path):
+    from cnnbench.config import validate
+
+    validate(make_cfg("task=min_size", "data.root=/nonexistent"))  # no error: min_size and a CPU summary read no data
+    validate(make_cfg("task=summary", "data.root=/nonexistent"))
 
 
 def test_bad_data_root_fails_before_training(make_cfg, tmp_path):

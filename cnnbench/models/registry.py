@@ -210,7 +210,7 @@ def accepts_input(name: str, size: int | tuple[int, int], in_channels: int = 1, 
     return _shape_probe(name, in_channels, knobs)(size)
 
 
-_FITS: dict[tuple, bool] = {}  # models are pure functions of their arguments: each probe is made once per process
+_FITS: dict[tuple, tuple[bool, str]] = {}  # (fits, why not): models are pure functions of their arguments, so each probe is made once per process
 
 
 def _shape_probe(name: str, in_channels: int, knobs: dict[str, Any]) -> Callable[[int | tuple[int, int]], bool]:
@@ -227,9 +227,10 @@ def _shape_probe(name: str, in_channels: int, knobs: dict[str, Any]) -> Callable
             if len(_FITS) > 100_000:
                 _FITS.clear()
             _FITS[key] = probe(h, w)
-        return _FITS[key]
+        ok, fits.failure = _FITS[key]
+        return ok
 
-    def probe(h: int, w: int) -> bool:
+    def probe(h: int, w: int) -> tuple[bool, str]:
         nonlocal built
         try:
             with torch.device("meta"):
@@ -241,11 +242,10 @@ def _shape_probe(name: str, in_channels: int, knobs: dict[str, Any]) -> Callable
         except (RuntimeError, ValueError, TypeError, IndexError) as err:
             if isinstance(err, ModelError):
                 raise
-            fits.failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            return False
-        return True
+            return False, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return True, ""
 
-    fits.failure = ""  # the last probe's error: a knob the builder cannot use fails at every size
+    fits.failure = ""  # the last answer's error: a knob the builder cannot use fails at every size
     return fits
 
 
