@@ -75,7 +75,7 @@ def test_a_rank_that_dies_fails_the_run_without_a_hang(tiny_data, tmp_path):
     (tmp_path / "inject" / "sitecustomize.py").write_text(INJECT)  # loaded by every rank at start-up
     run_dir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           *RUN, "trainer.max_epochs=6", f"data.root={tiny_data}", f"hydra.run.dir={run_dir}"],
+                           *RUN[:-1], "trainer.max_epochs=6", f"data.root={tiny_data}", f"hydra.run.dir={run_dir}"],
                           capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(tmp_path / "inject")})
     assert proc.returncode != 0

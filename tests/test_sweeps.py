@@ -182,7 +182,7 @@ def test_optuna_search_returns_the_objective(tiny_data, tmp_path):
     # run again into its dir, the search would draw new trials over the completed ones
     again = cnnbench("-m", "+hparams_search=lenet_lr", "hydra.sweeper.n_trials=3", "trainer=smoke", f"data.root={tiny_data}",
                      f"hydra.sweep.dir={tmp_path}")
-    assert again.returncode == 2 and "holds 3 job(s) of an earlier run of this search" in again.stderr, again.stderr
+    assert again.returncode == 2 and "holds 3 job(s) of an earlier run of a search" in again.stderr, again.stderr
     assert len(pd.read_csv(tmp_path / "results.csv")) == 3
 
 
