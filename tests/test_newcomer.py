@@ -26,6 +26,16 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["+scheduler.gama=0.5"], "scheduler.gama is not a key of scheduler (did you mean scheduler.gamma?)"),
     (["+sed=3"], "sed is not a top-level key (did you mean seed?)"),
     (["-m", "model=resnet18,resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
+    (["data.batch_sise=64"], "data.batch_sise is not a key of data (did you mean data.batch_size?)"),
+    (["data.batch_size=many"], "data.batch_size=many is not allowed; data.batch_size takes a whole number in [1, 65536]"),
+    (["trainer.plot=maybe"], "trainer.plot=maybe is not allowed; trainer.plot takes true or false"),
+    (["bench.batch_sizes=32"], "bench.batch_sizes=32 is not allowed; bench.batch_sizes takes a list, e.g. bench.batch_sizes=[32,64]"),
+    (["trainer.precision=fp8"], "trainer.precision=fp8 is not allowed; choose one of: auto, fp32, bf16, fp16"),
+    (["model=resnet19"], "model=resnet19 is not an option of model (did you mean resnet18?)"),
+    (["data.batch_size=128", "data.batch_size=64"], "data.batch_size is given twice (data.batch_size=128, then data.batch_size=64)"),
+    (["hydra.run.dri=/tmp/x"], "hydra.run.dri is not a key of Hydra's config (did you mean hydra.run.dir?)"),
+    (["-m", "optimizer.lr=0.1,0.2", "hydra.sweep.dri=/tmp/x"], "hydra.sweep.dri is not a key of Hydra's config (did you mean hydra.sweep.dir?)"),
+    (["model.name=resnet18"], "model.name=resnet18 sets the name alone, keeping the default model's knobs; choose the model with model=resnet18"),
 ])
 def test_mistakes_are_refused_with_the_nearest_real_name(tmp_path, monkeypatch, capsys, args, message):
     # the command's own entry point, in this process: the check comes before Hydra starts
