@@ -350,6 +350,8 @@ def collect_results(folder: Path, recursive: bool = False) -> list[dict[str, Any
         # An override keeps its own value (model=vgg11_quarter, not the registry's vgg11).
         row |= {k: v for k, v in summary.items()
                 if k not in row and k not in ("config", "overrides") and not isinstance(v, (dict, list))}
+        if isinstance(summary.get("resolution"), list):  # models compared at their own sizes say so: 224x224
+            row["resolution"] = "x".join(map(str, summary["resolution"]))
         rows.append(row)
     return rows
 

@@ -21,7 +21,7 @@ import pandas as pd
 from .metrics import collect_results, epoch_axis, pyplot, save_figure, show, whole_numbers
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
-TABLE = ["status", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
+TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
          "train_memory_mb", "infer_memory_mb", "min_size", "best_train_images_per_s", "steady_epoch_time_s",
          "wall_time_s"]  # steady_epoch_time_s: the median epoch without the first, which pays the warm-up
 
@@ -255,7 +255,8 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str], plt) 
         return None
     kinds = [k for k in ("conv", "linear", "norm", "other") if runs[[f"params_{k}", f"flops_{k}"]].fillna(0).to_numpy().any()]
     colors = {"conv": "tab:blue", "linear": "tab:orange", "norm": "tab:green", "other": "tab:gray"}
-    names = [label(row, keys) for _, row in runs.iterrows()]
+    names = [label(row, keys) + (f" at {row['resolution']}" if "resolution" in runs and runs["resolution"].nunique() > 1 else "")
+             for _, row in runs.iterrows()]  # a FLOP count means little without the input size
     y = range(len(runs))
     fig, axes = plt.subplots(1, 3, figsize=(14, 1.6 + 0.35 * len(runs)), sharey=True, constrained_layout=True)
     for ax, measure, unit, scale in ((axes[0], "params", "millions", 1e6), (axes[1], "flops", "GFLOPs per image", 1e9)):

@@ -26,10 +26,12 @@ def test_one_run_writes_its_files(real_data, tmp_path):
     proc = cnnbench("trainer=smoke", "trainer.limit_train_batches=20", "data.batch_size=32", "trainer.checkpoint=true",
                     f"hydra.run.dir={out}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    # its last line names the run dir and the files in it
-    assert proc.stderr.strip().splitlines()[-1] == (f"cnnbench: run completed in {out}: cnnbench.log, confusion.csv, confusion.png, "
-                                                    "curves.png, last.pt, metrics.csv, mistakes.png, per_class.csv, summary.json")
     metrics = pd.read_csv(out / "metrics.csv")
+    # its last line gives the accuracy and names the run dir and the files in it
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"cnnbench: run completed (test accuracy {metrics['test_acc'].iloc[-1]:.4f}, best {metrics['test_acc'].max():.4f}) "
+        f"in {out}: cnnbench.log, confusion.csv, confusion.png, curves.png, last.pt, metrics.csv, mistakes.png, per_class.csv, "
+        "summary.json")
     assert list(metrics.columns) == COLUMNS
     assert metrics["epoch"].tolist() == [1, 2]
     assert metrics.notna().all().all()
