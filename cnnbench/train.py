@@ -224,7 +224,8 @@ def hydra_main(cfg: DictConfig) -> float:
     if not multirun:
         files = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if not p.name.startswith("."))
         final, best = summary.get("final_test_acc"), summary.get("best_test_acc")
-        outcome = f" (test accuracy {final:.4f}, best {best:.4f})" if summary["task"] == "train" and final is not None else ""
+        done = status == "completed" and summary["task"] == "train" and None not in (final, best)
+        outcome = f" (test accuracy {final:.4f}, best {best:.4f})" if done else ""
         print(f"cnnbench: run {status}{outcome} in {out_dir}: {', '.join(files)}", file=sys.stderr)
     if status != "completed":  # run() has logged why
         # A sweep goes on with its other jobs; a single run exits non-zero.
