@@ -2,9 +2,11 @@
 writes into them, and write a sweep's results.csv and report when it ends."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -13,6 +15,22 @@ from omegaconf import OmegaConf
 from .config import ConfigError, resume_command, validate_sweep
 from .metrics import collect_results, write_results
 from .rundir import DirBusy, hold
+
+
+def loud(method):
+    """Hydra turns an exception in a callback into a warning and goes on: a guard that breaks
+    would let the run or sweep write where it must not, unnoticed. A callback's own failure
+    stops the command instead (exit 1), with its traceback."""
+    @functools.wraps(method)
+    def guarded(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:  # noqa: BLE001 - SystemExit (refuse) passes through untouched
+            traceback.print_exc()
+            print(f"cnnbench: {type(self).__name__}.{method.__name__} failed (a bug in cnnbench, the lines above say where)",
+                  file=sys.stderr)
+            sys.exit(1)
+    return guarded
 
 
 def refuse(message: str) -> None:
@@ -60,6 +78,7 @@ class OutputCheck(Callback):
     OS lock held for the process's life, see ``rundir``), and a run dir holding a completed run
     is only written again to resume it (``trainer.resume``)."""
 
+    @loud
     def on_run_start(self, config, **kwargs) -> None:
         run_dir = Path(config.hydra.run.dir)
         check_writable(run_dir, "hydra.run.dir")
@@ -71,6 +90,7 @@ class OutputCheck(Callback):
             refuse(f"hydra.run.dir={run_dir} holds a completed run (summary.json), which a new run would overwrite; "
                    f"choose another dir{continuation(run_dir)}")
 
+    @loud
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if "BasicSweeper" in str(config.hydra.sweeper.get("_target_", "")):  # the jobs are known up front
@@ -139,9 +159,11 @@ class SweepResults(Callback):
     """results.csv and the report at the end of a multirun; the sweep exits 1 when any job did
     not complete (after every job ran)."""
 
+    @loud
     def on_multirun_start(self, config, **kwargs) -> None:
         self.sweep_dir = Path(config.hydra.sweep.dir).absolute()
 
+    @loud
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = getattr(self, "sweep_dir", Path(config.hydra.sweep.dir).absolute())
         path = write_results(sweep_dir)

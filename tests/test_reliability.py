@@ -354,3 +354,16 @@ def test_a_composed_config_is_the_callers_own(make_cfg):
     first = make_cfg("model=vgg11")
     first.model.width, first.trainer.max_epochs = 0.5, 99
     assert make_cfg("model=vgg11").model.width == 1.0 and make_cfg("model=vgg11").trainer.max_epochs != 99
+
+
+def test_a_guard_that_breaks_stops_the_command(capsys):
+    """Hydra would turn a callback's exception into a warning and run on, unguarded."""
+    from omegaconf import OmegaConf
+
+    from cnnbench.callbacks import OutputCheck
+
+    with pytest.raises(SystemExit) as stop:
+        OutputCheck().on_run_start(OmegaConf.create({"hydra": {}}))  # no run dir: the guard itself fails
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "cnnbench: OutputCheck.on_run_start failed (a bug in cnnbench" in err
