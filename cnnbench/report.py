@@ -22,7 +22,7 @@ from .metrics import collect_results, epoch_axis, pyplot, save_figure, show, who
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
 TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
-         "train_memory_mb", "infer_memory_mb", "min_size", "best_train_images_per_s", "steady_epoch_time_s",
+         "train_memory_mb", "infer_memory_mb", "min_size", "best_train_images_per_s", "largest_train_batch", "largest_train_batch_mb", "steady_epoch_time_s",
          "wall_time_s"]  # steady_epoch_time_s: the median epoch without the first, which pays the warm-up
 
 

@@ -216,6 +216,10 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     best = max((r for r in rows if r["mode"] == "train" and r["status"] == "completed"), key=lambda r: r["images_per_s"], default=None)
     if best:
         summary |= {"best_train_images_per_s": best["images_per_s"], "best_train_batch_size": best["batch_size"]}
+    largest = max((r for r in rows if r["mode"] == "train" and r["status"] == "completed"), key=lambda r: r["batch_size"], default=None)
+    if largest:  # what training needs at the largest batch that ran: measured on a GPU, estimated on a CPU
+        memory = largest["peak_mem_mb"] if device.type == "cuda" else largest["estimated_mem_mb"]
+        summary |= {"largest_train_batch": largest["batch_size"], "largest_train_batch_mb": memory}
 
 
 def _bench_one(cfg, device, size, knobs, train_split, batch_size, warmup, steps) -> dict[str, dict[str, float]]:
