@@ -117,7 +117,7 @@ def best_job(rows: list[dict], config, sweep_dir: Path) -> str | None:
     scored = [r for r in rows if isinstance(r.get(objective), (int, float)) and r[objective] == r[objective]]
     if not scored:
         return None
-    best = (max if str(direction).lower().endswith("maximize") else min)(scored, key=lambda r: r[objective])
+    best = (max if direction.lower().endswith("maximize") else min)(scored, key=lambda r: r[objective])
     return f"best job {best['job']} ({direction} {objective}): {objective}={best[objective]:.4g}, in {sweep_dir / str(best['job'])}"
 
 

@@ -425,9 +425,10 @@ def _typed_value_error(err, typed: str | None) -> str:
     return f"{shown}: {reason}"
 
 
-def _nearest(word: str, options) -> str:
+def _nearest(word: str, options, prefix: str = "") -> str:
+    """" (did you mean PREFIX.OPTION?)" for the option closest to ``word``, else nothing."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]}?)" if close else ""
+    return f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
 
 
 @functools.lru_cache(maxsize=None)
@@ -487,7 +488,7 @@ def check_overrides(overrides: list[str]) -> None:
         if section in SECTIONS and name:
             known = [f.name for f in dataclasses.fields(SECTIONS[section])]
             if name.split(".")[0] not in known:
-                raise ConfigError(f"{key} is not a key of {section}{_nearest(name, known).replace('mean ', f'mean {section}.')}; "
+                raise ConfigError(f"{key} is not a key of {section}{_nearest(name, known, section)}; "
                                   f"its keys are: {', '.join(known)}")
         elif not name and key not in fields and key not in GROUPS:
             raise ConfigError(f"{key} is not a top-level key{_nearest(key, fields)}; the keys are: {', '.join(sorted(fields))}")
@@ -547,7 +548,7 @@ def _check_hydra_key(root: DictConfig, key: str) -> None:
         options = [str(k) for k in node.keys()]  # `in` would miss a key whose value is unset (???)
         if part not in options:
             where = ".".join(path)
-            raise ConfigError(f"{key} is not a key of Hydra's config{_nearest(part, options).replace('mean ', f'mean {where}.')}; "
+            raise ConfigError(f"{key} is not a key of Hydra's config{_nearest(part, options, where)}; "
                               f"the keys of {where} are: {', '.join(options)}")
         node, path = node._get_node(part), path + [part]
 
@@ -667,7 +668,7 @@ def check_known_keys(cfg: DictConfig) -> None:
         known = [f.name for f in dataclasses.fields(schema)]
         for key in cfg.get(section, {}):
             if key not in known:
-                raise ConfigError(f"{section}.{key} is not a key of {section}{_nearest(str(key), known).replace('mean ', f'mean {section}.')}; "
+                raise ConfigError(f"{section}.{key} is not a key of {section}{_nearest(str(key), known, section)}; "
                                   f"its keys are: {', '.join(known)}")
 
 
@@ -781,7 +782,7 @@ def _validate_optimizer(cfg: DictConfig) -> None:
             continue
         if key not in params or key in ("self", "params"):
             allowed = [k for k in params if k not in ("self", "params")]
-            raise ConfigError(f"optimizer.{key} is not an argument of {cls.__name__}{_nearest(key, allowed).replace('mean ', 'mean optimizer.')}; "
+            raise ConfigError(f"optimizer.{key} is not an argument of {cls.__name__}{_nearest(key, allowed, 'optimizer')}; "
                               f"allowed: {', '.join(allowed)}")
         default = params[key].default
         number = isinstance(default, (int, float)) and not isinstance(default, bool)

@@ -495,6 +495,9 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or holds more than tensors and plain values."""
 
 
+NOT_A_CHECKPOINT = "is not a checkpoint (torch.save writes a zip archive; this file is not one)"
+
+
 def checkpoint_path(resume: str, evaluate: bool = False) -> Path:
     """The file ``trainer.resume`` names: a .pt file, or a run dir's last.pt (for task=evaluate,
     its last.pt, else its best.pt). Checked before a run makes its dir: it must exist and be a
@@ -509,8 +512,7 @@ def checkpoint_path(resume: str, evaluate: bool = False) -> Path:
                "a run writes last.pt every epoch with trainer.checkpoint=true, and when a signal stops it")
         raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with {kept}, or a .pt file; {how})")
     if not zipfile.is_zipfile(path):
-        raise ConfigError(f"trainer.resume={resume!r}: {path} is not a checkpoint (torch.save writes a zip archive; "
-                          "this file is not one)")
+        raise ConfigError(f"trainer.resume={resume!r}: {path} {NOT_A_CHECKPOINT}")
     return path
 
 
@@ -518,7 +520,7 @@ def load_checkpoint(path: Path) -> dict:
     """A checkpoint's contents, loaded weights-only: tensors and plain Python values, never
     objects whose unpickling could run code (a crafted file is refused, and nothing in it runs)."""
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} is not a checkpoint (torch.save writes a zip archive; this file is not one)")
+        raise CheckpointError(f"{path} {NOT_A_CHECKPOINT}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -273,6 +273,7 @@ def plot_bench(rows: list[dict[str, Any]], path: Path, title: str, measured: boo
 
 
 LAYERS_SHOWN = 24  # bars in layers.png; a deeper network's smaller layers are summed in one bar
+KIND_COLORS = {"conv": "tab:blue", "linear": "tab:orange", "norm": "tab:green", "other": "tab:gray", "summed": "silver"}
 
 
 def plot_layers(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -282,13 +283,12 @@ def plot_layers(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
     plt = pyplot()
     weighted = dominant_layers(rows)
     total_p, total_f = max(sum(r["params"] for r in rows), 1), max(sum(r["flops"] for r in rows), 1)
-    colors = {"conv": "tab:blue", "linear": "tab:orange", "norm": "tab:green", "other": "tab:gray", "summed": "silver"}
     labels = [f"{r['layer']} ({r['type']})" if r["type"] else r["layer"] for r in weighted]
     fig, axes = plt.subplots(1, 2, figsize=(11, 1.2 + 0.28 * len(weighted)), sharey=True, constrained_layout=True)
     y = range(len(weighted))
     for ax, key, total, name in ((axes[0], "params", total_p, "parameters"), (axes[1], "flops", total_f, "FLOPs")):
         values = [100 * r[key] / total for r in weighted]
-        ax.barh(y, values, color=[colors.get(r["kind"], "tab:gray") for r in weighted])
+        ax.barh(y, values, color=[KIND_COLORS.get(r["kind"], "tab:gray") for r in weighted])
         for i, v in zip(y, values):
             if v >= 0.05:
                 ax.annotate(f"{v:.1f}%", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
@@ -297,8 +297,8 @@ def plot_layers(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(list(y), labels, fontsize=8)
     axes[0].invert_yaxis()  # forward order, top to bottom
-    shown = [k for k in colors if any(r["kind"] == k for r in weighted)]
-    fig.legend([plt.Rectangle((0, 0), 1, 1, color=colors[k]) for k in shown], shown, loc="outside lower center",
+    shown = [k for k in KIND_COLORS if any(r["kind"] == k for r in weighted)]
+    fig.legend([plt.Rectangle((0, 0), 1, 1, color=KIND_COLORS[k]) for k in shown], shown, loc="outside lower center",
                ncols=len(shown), frameon=False)
     fig.suptitle(title)
     return save_figure(fig, path)

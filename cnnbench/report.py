@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import collect_results, epoch_axis, pyplot, save_figure, show, whole_numbers
+from .metrics import KIND_COLORS, collect_results, epoch_axis, pyplot, save_figure, show, whole_numbers
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
 TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
@@ -155,11 +155,12 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -
     runs = job_tables(path, results, "metrics.csv")
     if not runs:
         return None
-    keys = plotted_keys(pd.DataFrame([row for row, _ in runs]), keys)
+    rows = pd.DataFrame([row for row, _ in runs])
+    keys = plotted_keys(rows, keys)
     labels = [label(row, keys) for row, _ in runs]
     labels = [f"{text} [{row['job']}]" if labels.count(text) > 1 else text for text, (row, _) in zip(labels, runs)]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
-    run_looks = looks(pd.DataFrame([row for row, _ in runs]), keys)
+    run_looks = looks(rows, keys)
     for i, (row, m) in enumerate(runs):
         look = run_looks[i]
         ax_loss.plot(m["epoch"], m["train_loss"], label=labels[i], **look)
@@ -175,7 +176,7 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -
         ax.grid(alpha=0.3)
         epoch_axis(ax, pd.concat([m["epoch"] for _, m in runs]))
     fig.legend(loc="outside right center", fontsize="small", title=" x ".join(keys) or None)  # centred: clear of the title
-    fig.suptitle(title(path, pd.DataFrame([row for row, _ in runs]), keys, "learning curves"))
+    fig.suptitle(title(path, rows, keys, "learning curves"))
     return save_figure(fig, path / "report_curves.png")
 
 
@@ -254,7 +255,6 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str], plt) 
     if runs is None or len(runs) < 2:
         return None
     kinds = [k for k in ("conv", "linear", "norm", "other") if runs[[f"params_{k}", f"flops_{k}"]].fillna(0).to_numpy().any()]
-    colors = {"conv": "tab:blue", "linear": "tab:orange", "norm": "tab:green", "other": "tab:gray"}
     names = [label(row, keys) + (f" at {row['resolution']}" if "resolution" in runs and runs["resolution"].nunique() > 1 else "")
              for _, row in runs.iterrows()]  # a FLOP count means little without the input size
     y = range(len(runs))
@@ -263,7 +263,7 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str], plt) 
         left = [0.0] * len(runs)
         for kind in kinds:
             values = (runs[f"{measure}_{kind}"].fillna(0) / scale).tolist()
-            ax.barh(y, values, left=left, color=colors[kind], label=kind)
+            ax.barh(y, values, left=left, color=KIND_COLORS[kind], label=kind)
             left = [a + b for a, b in zip(left, values)]
         ax.set(xlabel=unit, title="parameters" if measure == "params" else "FLOPs (forward)")
     if "train_memory_mb" in runs:

@@ -50,10 +50,10 @@ def vgg(
     if width <= 0:
         raise ModelError(f"model.width={width}: must be positive")
     for stage in arch:
-        pair = None if isinstance(stage, (str, int, float)) else list(stage)
-        if not pair or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
-            raise ModelError(f"model.arch={_plain(arch)}: each stage is [convolutions, channels], two positive whole "
-                             f"numbers (VGG-11: {VGG_STAGES['vgg11']}); {_plain(stage)!r} is not")
+        if not isinstance(stage, (list, tuple)) or len(stage) != 2 or \
+                not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in stage):
+            raise ModelError(f"model.arch={arch}: each stage is [convolutions, channels], two positive whole "
+                             f"numbers (VGG-11: {VGG_STAGES['vgg11']}); {stage!r} is not")
     stages, channels = [], in_channels
     for num_convs, out_channels in arch:
         out_channels = max(1, round(out_channels * width))
@@ -62,11 +62,6 @@ def vgg(
     features = nn.Sequential(*stages, nn.Flatten())
     head = dense_head(flat_features(features, in_channels, image_size), hidden, num_classes, dropout)
     return init_weights(Classifier(features, head), init)
-
-
-def _plain(value):
-    """A knob's value as the command line writes it (a Hydra ListConfig prints as a list)."""
-    return [_plain(v) for v in value] if hasattr(value, "__iter__") and not isinstance(value, str) else value
 
 
 for _name, _depth in (("vgg11", "A"), ("vgg13", "B"), ("vgg16", "D"), ("vgg19", "E")):
