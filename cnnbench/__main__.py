@@ -1,4 +1,4 @@
 """``python -m cnnbench``: the same as the ``cnnbench`` command."""
-from .train import main
+from .train import cli
 
-main()
+cli()

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from . import distributed
 from .data import CLASSES, DeviceLoader, build_loaders, load
 from .engine import autocast_dtype, checkpoint_path, load_checkpoint, resolve_device, set_backends, unwrap
-from .metrics import environment, pyplot, save_figure, show, write_csv
+from .metrics import environment, figure, save_figure, show, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -168,11 +168,10 @@ def write_outputs(errors: Errors, out_dir: Path, summary: dict[str, Any], title:
 
 def plot_confusion(errors: Errors, names: list[str], path: Path, title: str = "") -> Path:
     """Rows normalised to the share of each true class (colour), with the counts written in."""
-    plt = pyplot()
     counts = errors.confusion.numpy()
     shares = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
     n = len(names)
-    fig = plt.figure(figsize=(9, 8))
+    fig = figure(figsize=(9, 8))
     ax = fig.add_axes((0.2, 0.16, 0.68, 0.74))  # fixed margins for the class names: a layout engine costs a draw
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
     for t in range(n):
@@ -195,8 +194,8 @@ def plot_mistakes(errors: Errors, names: list[str], path: Path, title: str = "")
     or the run's size when resized once), with their labels: one sheet of tiles in a single axes
     (a grid of subplots costs a second to draw)."""
     import numpy as np
+    from matplotlib import colormaps
 
-    plt = pyplot()
     shown = len(errors.mistake_true)
     h, w = errors.mistake_images.shape[-2:] if shown else (28, 28)
     cols, gap, label = 6, max(3, w // 9), max(8, h * 2 // 7)  # tiles per row; pixels between tiles, above one for its label
@@ -204,14 +203,14 @@ def plot_mistakes(errors: Errors, names: list[str], path: Path, title: str = "")
     cell_w, cell_h = w + gap, label + h + gap
     sheet = np.full((rows * cell_h, cols * cell_w - gap), np.nan)  # NaN: the white background
     width = cols * 1.9
-    fig = plt.figure(figsize=(width, width * sheet.shape[0] / sheet.shape[1] + 0.5))
+    fig = figure(figsize=(width, width * sheet.shape[0] / sheet.shape[1] + 0.5))
     ax = fig.add_axes((0.005, 0.0, 0.99, 1 - 0.5 / fig.get_figheight()))
     for i in range(shown):
         top, left = (i // cols) * cell_h + label, (i % cols) * cell_w
         sheet[top:top + h, left:left + w] = errors.mistake_images[i].numpy()
         ax.text(left + w / 2, top - 1, f"true: {names[errors.mistake_true[i]]}\npred: "
                 f"{names[errors.mistake_pred[i]]} ({errors.mistake_confidence[i]:.0%})", ha="center", va="bottom", fontsize=8.5)
-    ax.imshow(sheet, cmap=plt.get_cmap("gray_r").with_extremes(bad="white"), vmin=0, vmax=255, interpolation="nearest")
+    ax.imshow(sheet, cmap=colormaps["gray_r"].with_extremes(bad="white"), vmin=0, vmax=255, interpolation="nearest")
     ax.set_axis_off()
     if not shown:
         ax.text(0, cell_h / 2, "no test image was misclassified", fontsize=11)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import collect_results, pyplot, save_figure
+from .metrics import collect_results, figure, save_figure
 
 SPACE = "model.space"
 # Drawn quantity -> axis label. Group width and bottleneck ratio are means over the four stages
@@ -108,8 +108,9 @@ def good_region_table(done: pd.DataFrame, top: float = 0.25) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_edf(done: pd.DataFrame, path: Path, plt, table: pd.DataFrame | None = None) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+def plot_edf(done: pd.DataFrame, path: Path, table: pd.DataFrame | None = None) -> Path:
+    fig = figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
     spaces = list(dict.fromkeys(done[SPACE]))
     first = spaces[0]
     for space in spaces:
@@ -126,13 +127,16 @@ def plot_edf(done: pd.DataFrame, path: Path, plt, table: pd.DataFrame | None = N
     return save_figure(fig, path)
 
 
-def plot_scatter(done: pd.DataFrame, path: Path, plt) -> Path | None:
+def plot_scatter(done: pd.DataFrame, path: Path) -> Path | None:
+    from matplotlib.ticker import NullFormatter
+
     quantities = [q for q in QUANTITIES if q in done and pd.to_numeric(done[q], errors="coerce").notna().any()]
     if not quantities:
         return None
     cols = 3
     rows = -(-len(quantities) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), constrained_layout=True, squeeze=False)
+    fig = figure(figsize=(4.2 * cols, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, q in zip(axes.flat, quantities):
         for i, (space, group) in enumerate(done.groupby(SPACE, sort=False)):
             x, y = pd.to_numeric(group[q], errors="coerce").to_numpy(dtype=float), group["error"].to_numpy(dtype=float)
@@ -147,7 +151,7 @@ def plot_scatter(done: pd.DataFrame, path: Path, plt) -> Path | None:
                 ax.plot(10**grid if q in LOG_SCALE else grid, slope * grid + intercept, color=color, linewidth=1.5)
         if q in LOG_SCALE:
             ax.set_xscale("log")
-            ax.xaxis.set_minor_formatter(plt.NullFormatter())  # labels on the decades only: no overlap
+            ax.xaxis.set_minor_formatter(NullFormatter())  # labels on the decades only: no overlap
         ax.set(xlabel=QUANTITIES[q], ylabel="final test error (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(quantities):]:
@@ -157,7 +161,7 @@ def plot_scatter(done: pd.DataFrame, path: Path, plt) -> Path | None:
     return save_figure(fig, path)
 
 
-def study_report(path: str | Path, results: pd.DataFrame | None = None, plt=None) -> list[Path]:
+def study_report(path: str | Path, results: pd.DataFrame | None = None) -> list[Path]:
     """Print the study's tables and write its plots and CSVs into the sweep dir ``path``."""
     path = Path(path)
     results = load_results(path) if results is None else results
@@ -167,10 +171,9 @@ def study_report(path: str | Path, results: pd.DataFrame | None = None, plt=None
     if done.empty:
         print("design study: no completed job with a test accuracy yet")
         return []
-    plt = plt or pyplot()
     table = study_table(done)
     region = good_region_table(done)
-    written = [plot_edf(done, path / "report_edf.png", plt, table), plot_scatter(done, path / "report_ds_scatter.png", plt)]
+    written = [plot_edf(done, path / "report_edf.png", table), plot_scatter(done, path / "report_ds_scatter.png")]
     for name, frame in (("design_study.csv", table), ("design_study_good_region.csv", region)):
         tmp = path / f".{name}.tmp"
         frame.to_csv(tmp, index=False)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import KIND_COLORS, collect_results, epoch_axis, pyplot, save_figure, show, whole_numbers
+from .metrics import KIND_COLORS, collect_results, epoch_axis, figure, save_figure, show, whole_numbers
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
 TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
@@ -150,7 +150,7 @@ def job_tables(path: Path, results: pd.DataFrame, name: str) -> list[tuple[pd.Se
     return [(row, pd.read_csv(f)) for row, f in files if f.is_file()]
 
 
-def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
+def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Path | None:
     """Every run's learning curves, told apart by the keys that differ between those runs."""
     runs = job_tables(path, results, "metrics.csv")
     if not runs:
@@ -159,7 +159,8 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -
     keys = plotted_keys(rows, keys)
     labels = [label(row, keys) for row, _ in runs]
     labels = [f"{text} [{row['job']}]" if labels.count(text) > 1 else text for text, (row, _) in zip(labels, runs)]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    fig = figure(figsize=(13, 4.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
     run_looks = looks(rows, keys)
     for i, (row, m) in enumerate(runs):
         look = run_looks[i]
@@ -180,11 +181,12 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str], plt) -
     return save_figure(fig, path / "report_curves.png")
 
 
-def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str, plt) -> Path:
+def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str) -> Path:
     """``metric`` against ``key``, one series per setting of the ``others``. A numeric key is a
     line (on a log axis when its values span a decade or more); a categorical one (norm_at,
     model, block) is points in the order the sweep ran them, not sorted by name."""
-    fig, ax = plt.subplots(figsize=(8, 4.8), layout="constrained")
+    fig = figure(figsize=(8, 4.8), layout="constrained")
+    ax = fig.subplots()
     x_num = pd.to_numeric(results[key], errors="coerce")
     numeric = bool(x_num.notna().all())
     categories = list(dict.fromkeys(results[key].astype(str)))  # first appearance: the sweep's order
@@ -219,11 +221,12 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 
 
-def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
+def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str]) -> Path | None:
     runs = job_tables(path, results, "bench.csv")
     if not runs:
         return None
-    fig, (ax_speed, ax_mem) = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    fig = figure(figsize=(13, 4.8), layout="constrained")
+    ax_speed, ax_mem = fig.subplots(1, 2)
     measured = all(str(row.get("device", "cpu")).startswith("cuda") for row, _ in runs)
     # A CPU's peak resident memory only grows over a process (and a sweep is one process):
     # there the estimate of what each batch needs is the comparable number.
@@ -248,7 +251,7 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str], plt) ->
     return save_figure(fig, path / "report_bench.png")
 
 
-def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str], plt) -> Path | None:
+def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Path | None:
     """Runs of task=summary side by side: parameters and FLOPs per image, each split by layer
     kind (stacked), and the memory training and prediction need at the run's batch size."""
     runs = results[results.get("params_conv", pd.Series(dtype=float)).notna()] if "params_conv" in results else None
@@ -258,7 +261,8 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str], plt) 
     names = [label(row, keys) + (f" at {row['resolution']}" if "resolution" in runs and runs["resolution"].nunique() > 1 else "")
              for _, row in runs.iterrows()]  # a FLOP count means little without the input size
     y = range(len(runs))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 1.6 + 0.35 * len(runs)), sharey=True, constrained_layout=True)
+    fig = figure(figsize=(14, 1.6 + 0.35 * len(runs)), layout="constrained")
+    axes = fig.subplots(1, 3, sharey=True)
     for ax, measure, unit, scale in ((axes[0], "params", "millions", 1e6), (axes[1], "flops", "GFLOPs per image", 1e9)):
         left = [0.0] * len(runs)
         for kind in kinds:
@@ -300,18 +304,17 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
     if not plots:
         show(f"no plots (trainer.plot=false): cnnbench-report {path} --html draws them")
         return results, []
-    plt = pyplot()
-    written = [plot_sweep_curves(path, results, keys, plt), plot_sweep_bench(path, results, plotted_keys(results, keys), plt),
-               plot_sweep_summary(path, results, plotted_keys(results, keys), plt)]
+    written = [plot_sweep_curves(path, results, keys), plot_sweep_bench(path, results, plotted_keys(results, keys)),
+               plot_sweep_summary(path, results, plotted_keys(results, keys))]
     metric = next((m for m in ("final_test_acc", "best_train_images_per_s") if m in results and results[m].notna().any()), None)
     if metric:  # against each key the runs that measured it tried (a folder may mix tasks, resumes, ...)
         measured = results[results[metric].notna()]
         axes = plotted_keys(measured, keys)
         for key in axes if len(measured) > 1 else []:
-            written.append(plot_against(path, measured, key, [k for k in axes if k != key], metric, plt))
+            written.append(plot_against(path, measured, key, [k for k in axes if k != key], metric))
     if "model.space" in results:  # a design-space study (experiment=ds_anynet): EDFs, trends, good regions
         from .design_study import study_report
-        written += study_report(path, results, plt)
+        written += study_report(path, results)
     written = [w for w in written if w]
     if html:
         from .html_report import write_html

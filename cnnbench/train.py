@@ -200,6 +200,20 @@ def main() -> None:
         distributed.shutdown()
 
 
+def cli() -> None:
+    """The console script (and ``python -m cnnbench``): ``main``, then a quicker exit. At exit
+    Python's collector scans every object torch, Hydra and matplotlib left (about 0.7 s of a
+    run's 1 s exit on the project machine, measured with perf); freezing them after a last
+    collection skips that scan. Everything else about the exit stays: atexit handlers, joining
+    threads, flushing files, and freeing objects as their last reference goes. Only reference
+    cycles still alive at exit stay unfreed, which Python never promised to finalise anyway."""
+    try:
+        main()
+    finally:
+        gc.collect()  # today's garbage still meets its finalisers
+        gc.freeze()
+
+
 _job_started = False
 
 

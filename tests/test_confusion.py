@@ -3,6 +3,7 @@ device, checked against plain counts; written at the end of training and by task
 from __future__ import annotations
 
 import json
+import sys
 
 import pandas as pd
 import pytest
@@ -65,7 +66,9 @@ def test_the_tally_keeps_only_real_mistakes_and_never_reads_the_device():
     assert meta.best_conf.shape == (5,) and meta.confusion.shape == (100,)
 
 
-def test_a_training_run_writes_per_class_results(make_cfg, tiny_data, tmp_path):
+def test_a_training_run_writes_per_class_results(make_cfg, tiny_data, tmp_path, monkeypatch):
+    # The figures are drawn without pyplot (its import costs every run 0.3 s): importing it fails here.
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "trainer.plot=true"), tmp_path)
     assert summary["status"] == "completed", summary.get("error")
     _, test = load(str(tiny_data))
@@ -83,7 +86,7 @@ def test_a_training_run_writes_per_class_results(make_cfg, tiny_data, tmp_path):
     assert saved["per_class_acc"] == pytest.approx(dict(zip(per_class["class"], per_class["accuracy"])))
     assert saved["worst_class_acc"] == per_class["accuracy"].min()
     assert saved["per_class_acc"][saved["worst_class"]] == saved["worst_class_acc"]
-    for png in ("confusion.png", "mistakes.png"):
+    for png in ("confusion.png", "mistakes.png", "curves.png"):
         assert (tmp_path / png).stat().st_size > 10_000, png
 
 
