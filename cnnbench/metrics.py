@@ -148,8 +148,10 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
             return ""
         if kind[column] == "int":
             return int(value)
+        if getattr(value, "dtype", None) is not None and value.dtype.kind == "f":
+            return str(value)  # numpy's: shortest in its own precision (float32 0.1 as 0.1), not np.float64(0.5)
         if kind[column] == "float" or isinstance(value, float):
-            return repr(float(value))  # numpy's floats print as 0.5, not np.float64(0.5)
+            return repr(float(value))
         return value
 
     def write(f: IO) -> None:

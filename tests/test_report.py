@@ -106,6 +106,9 @@ def test_a_runs_tables_read_as_pandas_would_write_them(tmp_path):
     whole_numbers(pd.DataFrame(rows)).to_csv(tmp_path / "pandas.csv", index=False)
     assert (tmp_path / "ours.csv").read_text() == (tmp_path / "pandas.csv").read_text()
     assert (tmp_path / "ours.csv").read_text().splitlines()[3:] == ['61706,1e-05,,,,,"[1, 2]",,,', ',,,,,,,1.0,,', ',,,,,,,2.5,3,']
+    # a float32 is written as the shortest text that reads back to it, not as its float64 expansion
+    write_csv(tmp_path / "f32.csv", [{"x": np.float32(0.1), "y": 1}, {"x": np.float32(2.0), "y": np.float32(0.5)}])
+    assert (tmp_path / "f32.csv").read_text() == "x,y\n0.1,1.0\n2.0,0.5\n"
 
 
 def test_epoch_axes_tick_whole_epochs_even_for_one_epoch(tmp_path, figures, monkeypatch):
