@@ -199,8 +199,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def figure(**kwargs):
     """A matplotlib Figure that ``save_figure`` renders to a PNG with Agg. No pyplot: nothing is
-    shown on a screen, so its import (0.3 s, paid by every run) and its figure registry buy nothing,
-    and no display backend is ever needed."""
+    shown on a screen, so no backend is chosen and no figure is registered (nor must be closed)."""
     from matplotlib.figure import Figure
 
     return Figure(**kwargs)

@@ -67,7 +67,7 @@ def test_the_tally_keeps_only_real_mistakes_and_never_reads_the_device():
 
 
 def test_a_training_run_writes_per_class_results(make_cfg, tiny_data, tmp_path, monkeypatch):
-    # The figures are drawn without pyplot (its import costs every run 0.3 s): importing it fails here.
+    # The figures are drawn without pyplot (no backend, no figure registry): importing it fails here.
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     summary = run(make_cfg("trainer=smoke", f"data.root={tiny_data}", "trainer.plot=true"), tmp_path)
     assert summary["status"] == "completed", summary.get("error")
