@@ -287,7 +287,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     summary |= {"model": meta["model"], "checkpoint": str(path), "checkpoint_epoch": state.get("epoch", meta.get("epoch")),
                 "resolution": list(size), **environment(device)}
     train_split, test_split = load(cfg.data.root, cfg.data.download)
-    _, loader = build_loaders(cfg, train_split, test_split, size, device)
+    _, loader = build_loaders(cfg, train_split, test_split, size, device, passes=(0, 1))  # the test images, once
     if "inputs" in meta:  # the normalisation the weights were trained with, whatever data.normalize says here
         loader.mean, loader.std = meta["inputs"]["mean"], meta["inputs"]["std"]
     loggers.start(cfg, out_dir)  # logger=...: the tracker run gets the files below (run() finishes it)

@@ -121,39 +121,54 @@ def test_drop_last_and_limit():
     assert len(loader) == 2 and loader.num_samples == 32 and len(list(loader)) == 2
 
 
-def test_resize_matches_torchvision():
+def test_resize_matches_torchvision_rounded_as_the_books_uint8_images():
     images = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
     loader = data.DeviceLoader(data.Split(images, torch.zeros(4, dtype=torch.long)), batch_size=4, size=(96, 64))
     x, _ = next(iter(loader))
     assert x.shape == (4, 1, 96, 64) and x.dtype == torch.float32
-    expected = TF.resize(images[:, None].float() / 255, [96, 64], antialias=True)
-    torch.testing.assert_close(x, expected)
+    expected = TF.resize(images[:, None].float(), [96, 64], antialias=True)
+    assert (x * 255 - expected).abs().max() <= 0.5 + 1e-4  # whole levels: rounded, as PIL resizes uint8 images
+    assert torch.equal(x * 255, (x * 255).round())
 
 
-def test_resize_once_is_the_per_batch_resize_quantised_to_uint8():
+def test_resizing_once_or_batch_by_batch_gives_the_same_pixels():
     images = torch.randint(0, 256, (40, 28, 28), dtype=torch.uint8)
     once = data.resize_split(data.Split(images, torch.arange(40)), (96, 64), chunk=16)  # chunks of 16, 16, 8
     assert once.images.shape == (40, 96, 64) and once.images.dtype == torch.uint8
-    per_batch = TF.resize(images[:, None].float(), [96, 64], antialias=True)[:, 0]
-    assert (once.images.float() - per_batch).abs().max() <= 0.5  # rounded, as the book's PIL resize
-    # the loader hands such a split out as it is (no second resize)
+    # the loader hands such a split out as it is (no second resize) ...
     x, y = next(iter(data.DeviceLoader(once, batch_size=40, size=(96, 64))))
     assert torch.equal(x[:, 0], once.images.float() / 255) and torch.equal(y, torch.arange(40))
+    # ... and a loader resizing each batch (of another size than the chunks) gives the same numbers
+    per_batch = torch.cat([x for x, _ in data.DeviceLoader(data.Split(images, torch.arange(40)), batch_size=6, size=(96, 64))])
+    assert torch.equal(per_batch, x)
 
 
-@pytest.mark.parametrize("augment, free, expect_once", [
-    ([], 10**12, True),  # no augmentation and room: resized once
-    (["data.hflip=true"], 10**12, False),  # augmentation acts on 28 px: per batch
-    ([], 10**6, False),  # no room for the resized set: per batch
+@pytest.mark.parametrize("overrides, free, expect_once", [
+    ([], 10**12, (True, True)),  # no augmentation and room: both resized once
+    (["data.hflip=true"], 10**12, (False, True)),  # augmentation acts on 28 px: the training images per batch
+    ([], 10**5, (False, False)),  # no room for the resized images: per batch
+    ([], 50 * 64 * 64 * 4, (True, False)),  # room for the training images only
+    (["trainer.limit_train_batches=1"], 10**12, (False, True)),  # reads 16 of 50 training images: per batch
+    (["trainer.limit_train_batches=1", "trainer.max_epochs=4"], 10**12, (True, True)),  # 64 of 50: once
+    (["trainer.limit_test_batches=1", "data.test_batch_size=4"], 10**12, (True, False)),  # 4 of 20 test images
 ])
-def test_build_loaders_resizes_once_when_it_can(make_cfg, monkeypatch, augment, free, expect_once):
+def test_build_loaders_resizes_once_when_it_pays_and_fits(make_cfg, monkeypatch, caplog, overrides, free, expect_once):
     monkeypatch.setattr(data, "free_memory", lambda device: free)
-    cfg = make_cfg("model=resnet18", "data.resize=64", *augment)
-    train, test = split(50), split(20)
-    train_loader, test_loader = data.build_loaders(cfg, train, test, (64, 64), torch.device("cpu"))
-    assert tuple(train_loader.split.images.shape[1:]) == ((64, 64) if expect_once else (28, 28))
-    assert tuple(test_loader.split.images.shape[1:]) == ((64, 64) if expect_once else (28, 28))
-    assert next(iter(train_loader))[0].shape[-2:] == (64, 64)  # the model sees 64 px either way
+    cfg = make_cfg("model=resnet18", "data.resize=64", "trainer.max_epochs=1", "data.batch_size=16", *overrides)
+    with caplog.at_level("INFO", logger="cnnbench"):
+        loaders = data.build_loaders(cfg, split(50), split(20), (64, 64), torch.device("cpu"))
+    for loader, once, name in zip(loaders, expect_once, ("training images", "test images")):
+        assert tuple(loader.split.images.shape[1:]) == ((64, 64) if once else (28, 28))
+        assert next(iter(loader))[0].shape[-2:] == (64, 64)  # the model sees 64 px either way
+        assert (f"{name}:" in caplog.text) == (not once)  # the log says why a split is resized batch by batch
+
+
+def test_evaluation_resizes_only_the_test_images(make_cfg, caplog):
+    cfg = make_cfg("model=resnet18", "data.resize=64")
+    with caplog.at_level("INFO", logger="cnnbench"):
+        train_loader, test_loader = data.build_loaders(cfg, split(50), split(20), (64, 64), torch.device("cpu"), passes=(0, 1))
+    assert tuple(train_loader.split.images.shape[1:]) == (28, 28) and tuple(test_loader.split.images.shape[1:]) == (64, 64)
+    assert "resizing" not in caplog.text
 
 
 def test_the_dataset_is_read_once_per_process(tmp_path, monkeypatch):
