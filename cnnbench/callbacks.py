@@ -57,6 +57,14 @@ def completed_run(folder: Path) -> bool:
         return False
 
 
+def _overrides(run_dir: Path) -> list[str]:
+    """The command-line overrides of the run in ``run_dir`` (its summary.json), if readable."""
+    try:
+        return list(json.loads((run_dir / "summary.json").read_text()).get("overrides") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 def continuation(run_dir: Path) -> str:
     """How a completed run can go on for more epochs, if it can: it kept a checkpoint and its
     schedule does not span the run (a cosine or one-cycle schedule has ended)."""
@@ -86,9 +94,19 @@ class OutputCheck(Callback):
             hold(run_dir, "hydra.run.dir")
         except DirBusy as err:
             refuse(str(err))
-        if completed_run(run_dir) and not config.trainer.get("resume"):
+        if (run_dir / "multirun.yaml").is_file() or (run_dir / "results.csv").is_file():
+            refuse(f"hydra.run.dir={run_dir} holds a sweep (multirun.yaml, results.csv): a single run's files would "
+                   "mix with its jobs and hide them from its report; choose another dir")
+        if config.trainer.get("resume"):
+            return
+        if completed_run(run_dir):
             refuse(f"hydra.run.dir={run_dir} holds a completed run (summary.json), which a new run would overwrite; "
                    f"choose another dir{continuation(run_dir)}")
+        kept = [name for name in ("last.pt", "best.pt") if (run_dir / name).is_file()]
+        if kept:  # an interrupted or failed run's: a new run would list them as its own, or overwrite them
+            resume = f"resume that run with: {resume_command(_overrides(run_dir), run_dir)}; or " if "last.pt" in kept else ""
+            refuse(f"hydra.run.dir={run_dir} holds {' and '.join(kept)} of an earlier run that did not complete: "
+                   f"{resume}choose another dir (or delete them to start over there)")
 
     @loud
     def on_multirun_start(self, config, **kwargs) -> None:
@@ -127,6 +145,9 @@ def check_sweep_dir(sweep_dir: Path, config) -> None:
     sweep run again is welcome (its completed jobs are skipped, interrupted ones resume), unless
     it is a search (Optuna) that draws its trials afresh. The earlier sweep is read from the
     multirun.yaml Hydra's grid sweeper wrote into the dir (this runs before it writes anew)."""
+    if (sweep_dir / "summary.json").is_file():
+        refuse(f"hydra.sweep.dir={sweep_dir} holds a single run (summary.json): its files would mix with the sweep's "
+               "jobs and hide them from the report; choose another hydra.sweep.dir")
     earlier = sorted({path.parent.name for path in sweep_dir.glob("*/summary.json")})
     if not earlier:
         return

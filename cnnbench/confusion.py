@@ -132,7 +132,7 @@ def per_class_rows(errors: Errors, names: list[str]) -> list[dict[str, Any]]:
         other = int(off_diagonal.argmax())
         rows.append({
             "class_index": k, "class": name, "count": int(errors.counts[k]), "correct": int(errors.confusion[k, k]),
-            "accuracy": float(errors.per_class_acc[k]),
+            "accuracy": float(errors.per_class_acc[k]) if errors.counts[k] else None,  # no image: no accuracy (empty)
             "most_confused_with": names[other] if off_diagonal[other] > 0 else "",
             "confused_count": max(int(off_diagonal[other]), 0),
         })

@@ -56,16 +56,17 @@ STOP_CHECK_STEPS = 20
 
 
 @contextmanager
-def stop_at_once(where: str):
+def stop_at_once(where: Callable[[], str]):
     """Outside training (loading data, building, measuring, writing), a stop signal interrupts
-    at once: raises Interrupted(signum, where). Training swaps in ``StopFlag``'s handlers, which
-    finish the current step first. Main thread only; the previous handlers come back after."""
+    at once: raises Interrupted(signum, where()), ``where`` saying where the run stood. Training
+    swaps in ``StopFlag``'s handlers, which finish the current step first. Main thread only; the
+    previous handlers come back after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handle(signum, _frame):
-        raise Interrupted(signum, where)
+        raise Interrupted(signum, where())
 
     previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}
     try:

@@ -33,7 +33,7 @@ from typing import Any, Iterable
 from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
-from .metrics import COLUMNS, write_json
+from .metrics import COLUMNS, MLFLOW_ARTIFACTS_DIR, TENSORBOARD_DIR, write_json
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +151,10 @@ class TensorBoard(Tracker):
 
         base = self.options.get("log_dir")
         if sweep:
-            self.root = Path(base) / _safe(str(sweep.dir)) if base else sweep.dir / "tensorboard"
+            self.root = Path(base) / _safe(str(sweep.dir)) if base else sweep.dir / TENSORBOARD_DIR
             log_dir = self.root / _safe(sweep.label)[:120]
         else:
-            self.root = Path(base) if base else run_dir / "tensorboard"
+            self.root = Path(base) if base else run_dir / TENSORBOARD_DIR
             log_dir = self.root / run_dir.name if base else self.root
         self.continued = state.get("log_dir") == str(log_dir)
         if not self.continued:  # else a resumed run: its event files stay, epochs already there are skipped
@@ -224,7 +224,7 @@ class MLflow(Tracker):
                 client.update_run(self.run_id, status="RUNNING")
                 return state
             experiment = self.options.get("experiment") or (f"cnnbench sweep {sweep.dir}" if sweep else "cnnbench")
-            artifacts = (root / "mlartifacts").resolve().as_uri() if self.local else None
+            artifacts = (root / MLFLOW_ARTIFACTS_DIR).resolve().as_uri() if self.local else None
             found = client.get_experiment_by_name(experiment)
             if found is None:
                 try:

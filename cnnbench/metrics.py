@@ -325,6 +325,12 @@ def _si(n: float) -> str:
     return f"{n:.0f}"
 
 
+# The folders the trackers (loggers.py) keep in a run or sweep dir: MLflow's artifact store holds
+# copies of each run's files, summary.json included.
+TENSORBOARD_DIR, MLFLOW_ARTIFACTS_DIR = "tensorboard", "mlartifacts"
+TRACKER_DIRS = {TENSORBOARD_DIR, MLFLOW_ARTIFACTS_DIR}
+
+
 def collect_results(folder: Path, recursive: bool = False) -> list[dict[str, Any]]:
     """One row per run, failed ones included: the job (its dir, relative to ``folder``), its
     overrides as columns, then the scalar fields of its summary.json (status, accuracies,
@@ -336,6 +342,8 @@ def collect_results(folder: Path, recursive: bool = False) -> list[dict[str, Any
 
     rows = []
     for path in sorted(folder.glob("**/summary.json" if recursive else "*/summary.json"), key=order):
+        if TRACKER_DIRS & set(path.relative_to(folder).parts):  # a tracker's copy of a run's files, not a run
+            continue
         job = path.parent.relative_to(folder).as_posix()
         try:
             summary = json.loads(path.read_text())

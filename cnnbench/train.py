@@ -70,9 +70,17 @@ def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> 
         release(out_dir)
 
 
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
 def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     global _first_job
     started = time.perf_counter()
+    earlier = _read(out_dir / "summary.json")  # a run this one continues (trainer.resume), or a failed one
     summary: dict[str, Any] = {
         "task": enum_value(cfg.task),
         "model": cfg.model.get("name"),
@@ -82,7 +90,7 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     try:
-        with stop_at_once("before training" if summary["task"] == "train" else f"during task={summary['task']}"):
+        with stop_at_once(lambda: _stage(summary)):
             validate(cfg)
             TASKS[summary["task"]](cfg, out_dir, summary)
         summary["status"] = "completed"
@@ -111,6 +119,11 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
         if "training_s" in summary:  # fixed cost: everything but the epochs
             summary["setup_s"] = summary.pop("_epochs_started") - started
             summary["teardown_s"] = ended - summary.pop("_epochs_ended")
+        if summary.get("bad_input") and earlier is not None and _read(out_dir / "summary.json") == earlier:
+            # Refused before this run wrote anything (a resume that does not fit its checkpoint):
+            # the earlier run's files stay as they were, a completed run's included.
+            log.error("refused, nothing was run (%s is as it was): %s", out_dir, summary["error"])
+            return summary | {"refused": True}
         try:
             write_json(out_dir / "summary.json", summary)
         except OSError as err:  # a full disk: the run's other files stay as they were
@@ -125,11 +138,32 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
     return summary
 
 
+def _stage(summary: dict[str, Any]) -> str:
+    """Where a run stood when a stop signal came outside the training loop."""
+    if summary["task"] != "train":
+        return f"during task={summary['task']}"
+    return "after training, while writing its results" if "training_s" in summary else "before training"
+
+
 def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
-    """What to do after an interruption: a command to paste, or that rerunning is all there is."""
-    if summary["task"] != "train" or not (out_dir / "last.pt").exists():
-        return "nothing was trained yet: run the same command again to start over"
-    return "resume with: " + resume_command(summary["overrides"], out_dir)
+    """What to do after an interruption: a command to paste, or what running again gives."""
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if summary["task"] == "train" and (out_dir / "last.pt").exists():
+        if in_sweep:
+            return "run the sweep again (the same command): this job resumes from its last.pt, completed jobs are skipped"
+        return "resume with: " + resume_command(summary["overrides"], out_dir)
+    done = summary.get("epochs_completed") or 0
+    epochs = f"{done} epoch{'s' if done != 1 else ''}"
+    if summary["task"] == "train" and done and done == (summary.get("config") or {}).get("trainer", {}).get("max_epochs"):
+        what = f"training had ended ({epochs}, in metrics.csv), but what is written after it (per-class files, plots) may be missing"
+    elif done:
+        what = (f"{epochs} {'is' if done == 1 else 'are'} in metrics.csv, but no checkpoint was written to resume "
+                "from (trainer.checkpoint=true writes one every epoch)")
+    else:
+        what = "nothing was trained yet"
+    how = ("run the sweep again (the same command) to run this job afresh, completed jobs are skipped" if in_sweep
+           else "run the same command again to start over")
+    return f"{what}: {how}"
 
 
 register_configs()
@@ -235,7 +269,9 @@ def hydra_main(cfg: DictConfig) -> float:
             handler(signum, None)  # submitit's: requeue this job (it resumes from last.pt) and exit
         sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
-    if not multirun:
+    if not multirun and summary.get("refused"):
+        print(f"cnnbench: refused; {out_dir} is as it was", file=sys.stderr)
+    elif not multirun:
         files = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if not p.name.startswith("."))
         final, best = summary.get("final_test_acc"), summary.get("best_test_acc")
         done = status == "completed" and summary["task"] == "train" and None not in (final, best)

@@ -79,6 +79,7 @@ def test_a_training_run_writes_per_class_results(make_cfg, tiny_data, tmp_path, 
     per_class = pd.read_csv(tmp_path / "per_class.csv")
     assert per_class["count"].tolist() == confusion.sum(axis=1).tolist()
     assert per_class["correct"].tolist() == [confusion.iloc[k, k] for k in range(10)]
+    assert per_class["accuracy"].isna().tolist() == (per_class["count"] == 0).tolist()  # no image of a class: no accuracy
     # the final pass agrees with the last epoch's evaluation (same weights, same images)
     saved = json.loads((tmp_path / "summary.json").read_text())
     trace = sum(confusion.iloc[k, k] for k in range(10))

@@ -171,3 +171,14 @@ def test_batch_sizes_lie_on_a_doubling_axis_and_one_series_has_no_legend(tmp_pat
     fig = figures["report_vs_data.batch_size.png"]
     assert fig.axes[0].get_xscale() == "log" and [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["32", "64", "128", "256"]
     assert not fig.legends
+
+
+def test_a_trackers_copies_of_a_runs_files_are_not_runs(tmp_path):
+    """MLflow keeps each run's files, summary.json included, in mlartifacts/ in the sweep dir."""
+    from cnnbench.metrics import collect_results
+
+    fake_run(tmp_path / "0", ["optimizer.lr=0.1"])
+    copy = tmp_path / "mlartifacts" / "1" / "abc" / "artifacts"
+    copy.mkdir(parents=True)
+    (copy / "summary.json").write_text((tmp_path / "0" / "summary.json").read_text())
+    assert [row["job"] for row in collect_results(tmp_path, recursive=True)] == ["0"]

@@ -266,21 +266,80 @@ def test_a_full_disk_while_writing_metrics_keeps_whole_rows(make_cfg, tiny_data,
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1]
 
 
-@pytest.mark.parametrize("task", ["train", "summary", "bench", "min_size"])
+@pytest.mark.parametrize("task", ["train", "after_training", "summary", "bench", "min_size"])
 def test_a_stop_signal_before_training_or_in_any_task_is_recorded(make_cfg, tiny_data, tmp_path, monkeypatch, task):
-    from cnnbench import config, tasks
+    from cnnbench import config, confusion, tasks
 
-    target = {"train": (data, "load"), "summary": (tasks, "layer_table"), "bench": (tasks, "_bench_one"),
-              "min_size": (tasks, "min_size_report")}[task]
+    target = {"train": (data, "load"), "after_training": (confusion, "after_training"), "summary": (tasks, "layer_table"),
+              "bench": (tasks, "_bench_one"), "min_size": (tasks, "min_size_report")}[task]
     monkeypatch.setattr(*target, lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(5))
     monkeypatch.setattr(config, "accepts_input", lambda *a, **k: True)
     with pytest.raises(KeyboardInterrupt) as stopped:
-        run(make_cfg(f"task={task}", f"data.root={tiny_data}", "trainer=smoke"), tmp_path)
+        run(make_cfg(f"task={task if task != 'after_training' else 'train'}", f"data.root={tiny_data}", "trainer=smoke"), tmp_path)
     assert stopped.value.signum == signal.SIGTERM  # main() exits 128 + 15 = 143
     summary = json.loads((tmp_path / "summary.json").read_text())
-    where = "before training" if task == "train" else f"during task={task}"
     assert summary["status"] == "interrupted"
+    if task == "after_training":  # the epochs are done and recorded: the message says so, not "nothing was trained"
+        assert summary["error"] == ("stopped by SIGTERM after training, while writing its results; training had ended "
+                                    "(2 epochs, in metrics.csv), but what is written after it (per-class files, plots) "
+                                    "may be missing: run the same command again to start over")
+        return
+    where = "before training" if task == "train" else f"during task={task}"
     assert summary["error"] == f"stopped by SIGTERM {where}; nothing was trained yet: run the same command again to start over"
+
+
+def test_a_refused_resume_leaves_a_completed_run_as_it_was(make_cfg, tiny_data, tmp_path):
+    """Continuing a run in its own dir with settings its checkpoint does not fit is refused; the
+    completed run keeps its summary (still 'completed', so no new run may overwrite it) and files."""
+    start = [f"data.root={tiny_data}", "trainer=smoke", "trainer.checkpoint=true", "trainer.plot=false"]
+    assert run(make_cfg(*start), tmp_path, overrides=start)["status"] == "completed"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".log"}
+    summary = run(make_cfg(f"data.root={tiny_data}", "trainer=smoke", "model=lenet", "trainer.max_epochs=4",
+                           f"trainer.resume={tmp_path}"), tmp_path)
+    assert summary["status"] == "failed" and summary["bad_input"] and "model='lenet'" in summary["error"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".log"} == before
+
+
+def hydra_dirs(run_dir: Path | None = None, sweep_dir: Path | None = None, resume: str | None = None):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
+        "hydra": {"run": {"dir": str(run_dir)}, "sweep": {"dir": str(sweep_dir)}, "overrides": {"task": []},
+                  "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None}},
+        "trainer": {"resume": resume}})
+
+
+def test_a_run_and_a_sweep_never_share_a_dir(tmp_path, capsys):
+    from cnnbench.callbacks import OutputCheck
+
+    sweep, single = tmp_path / "sweep", tmp_path / "run"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("{}")
+    single.mkdir()
+    (single / "summary.json").write_text(json.dumps({"status": "failed"}))
+    with pytest.raises(SystemExit) as stop:
+        OutputCheck().on_run_start(hydra_dirs(run_dir=sweep))
+    assert stop.value.code == 2 and f"hydra.run.dir={sweep} holds a sweep" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        OutputCheck().on_multirun_start(hydra_dirs(sweep_dir=single))
+    assert stop.value.code == 2 and f"hydra.sweep.dir={single} holds a single run" in capsys.readouterr().err
+
+
+def test_a_new_run_never_adopts_an_earlier_runs_checkpoints(tmp_path, capsys):
+    """An interrupted or failed run's last.pt and best.pt would be listed, and evaluated, as the new
+    run's: the new run is refused unless it resumes them."""
+    from cnnbench.callbacks import OutputCheck
+
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "interrupted", "overrides": ["model=lenet"]}))
+    (tmp_path / "last.pt").write_bytes(b"")
+    with pytest.raises(SystemExit) as stop:
+        OutputCheck().on_run_start(hydra_dirs(run_dir=tmp_path))
+    err = " ".join(capsys.readouterr().err.split())
+    assert stop.value.code == 2 and "holds last.pt of an earlier run that did not complete" in err
+    assert f"resume that run with: cnnbench model=lenet hydra.run.dir={tmp_path} trainer.resume={tmp_path}" in err
+    OutputCheck().on_run_start(hydra_dirs(run_dir=tmp_path, resume=str(tmp_path)))  # resuming it is what it is for
+    (tmp_path / "last.pt").unlink()
+    OutputCheck().on_run_start(hydra_dirs(run_dir=tmp_path))  # nothing kept: starting over is fine
 
 
 def test_the_cpu_running_out_of_memory_is_oom(make_cfg, tiny_data, tmp_path, monkeypatch):
