@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .engine import Trainer, peak_memory_mb, synchronize
+from .engine import Trainer, peak_memory_mb, reset_peak_memory, synchronize
 from .models import create_model, min_input_size
 from .models.layers import ScratchBatchNorm
 from .models.registry import accepts_input
@@ -171,10 +171,10 @@ def measure_steps(trainer: Trainer, loader, steps: int, warmup: int, train: bool
     batches = iter(loader)
     times = []
     for i in range(warmup + steps):
-        if i == warmup and trainer.device.type == "cuda":
+        if i == warmup:
             # the steady steps' peak: cuDNN's autotuning workspaces, compilation and graph capture
-            # in the warm-up are not what a step needs
-            torch.cuda.reset_peak_memory_stats(trainer.device)
+            # in the warm-up are not what a step needs (nor, on the CPU, an earlier batch size's)
+            reset_peak_memory(trainer.device)
         try:
             x, y = next(batches)
         except StopIteration:

@@ -166,8 +166,24 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak for ``peak_memory_mb``: CUDA's allocator statistics; on the CPU the
+    process's resident high-water mark (Linux's /proc/self/clear_refs), which otherwise only grows:
+    a sweep's later jobs reported the largest earlier job's peak. Elsewhere the CPU's peak stays the
+    process's."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset the peak resident set size to the current one
+    except OSError:
+        pass
+
+
 def peak_memory_mb(device: torch.device) -> float:
-    """Peak device memory since the last reset (CUDA), else the process's peak resident memory."""
+    """Peak device memory since ``reset_peak_memory`` (CUDA), else the process's peak resident
+    memory since then (the interpreter, torch and the dataset included)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -371,8 +387,7 @@ def fit(
     also fills ``last_tally`` (the per-class counts of the final model: no pass of their own)."""
     for epoch in range(start_epoch, max_epochs + 1):
         lr = partial["lr"] if partial else trainer.optimizer.param_groups[0]["lr"]
-        if trainer.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(trainer.device)
+        reset_peak_memory(trainer.device)
         row = {"epoch": epoch, "lr": lr}
         try:
             row |= trainer.train_one_epoch(train_loader, f"epoch {epoch}/{max_epochs}", partial, stop)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 
 import pandas as pd
@@ -444,3 +445,18 @@ def test_every_objective_a_task_offers_is_a_number_in_its_summary(make_cfg, tiny
         for name in OBJECTIVES[task]:
             value = summary.get(name)
             assert isinstance(value, (int, float)) and not isinstance(value, bool), (task, name, value)
+
+
+@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux's /proc/self/clear_refs")
+def test_the_cpus_peak_memory_is_each_runs_own():
+    """A CPU process's peak resident memory only grows: without a reset, a sweep's later jobs (and
+    a bench's smaller batches) reported an earlier job's peak."""
+    from cnnbench.engine import peak_memory_mb, reset_peak_memory
+
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    big = torch.ones(2**28, dtype=torch.uint8)  # 256 MB, touched
+    with_it = peak_memory_mb(cpu)
+    del big
+    reset_peak_memory(cpu)
+    assert peak_memory_mb(cpu) < with_it - 200
