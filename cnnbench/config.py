@@ -643,6 +643,7 @@ def sweep_jobs(overrides: list[str], params: dict | None) -> list[list[str]]:
 def validate_sweep(overrides: list[str], params: dict | None) -> None:
     """Compose and check every job of a sweep before any is launched; one ConfigError lists
     every bad job."""
+    check_recipes_swept_together(overrides)
     bad = []
     jobs = sweep_jobs(overrides, params)
     for number, job in enumerate(jobs):
@@ -655,6 +656,31 @@ def validate_sweep(overrides: list[str], params: dict | None) -> None:
     if bad:
         raise ConfigError(f"{len(bad)} of the sweep's {len(jobs)} jobs {'is' if len(bad) == 1 else 'are'} not valid, so none was started:\n  "
                           + "\n  ".join(bad))
+
+
+def check_recipes_swept_together(overrides: list[str]) -> None:
+    """``-m experiment=A,B`` runs one job per recipe, composed with Hydra's sweeper settings of
+    the command, not the recipes': a recipe that is a sweep itself (``ex_bn_lr``: rates with and
+    without batch norm) would run once, its own axes silently dropped. Refused, naming them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(overrides))
+    except Exception:  # noqa: BLE001 - a malformed override: the jobs' own check says what is wrong
+        return
+    for override in parsed:
+        if override.key_or_group != "experiment" or not override.is_sweep_override():
+            continue
+        recipes = list(dict.fromkeys(override.sweep_string_iterator()))
+        if len(recipes) < 2:
+            return
+        axes = {r: dict(OmegaConf.select(compose(f"experiment={r}", hydra=True), "hydra.sweeper.params") or {}) for r in recipes}
+        sweeps = {r: a for r, a in axes.items() if a}
+        if sweeps:
+            named = "; ".join(f"{r} sweeps {', '.join(f'{k}={v}' for k, v in a.items())}" for r, a in sweeps.items())
+            raise ConfigError(f"experiment={','.join(recipes)}: {named}. A sweep over recipes runs each recipe once and "
+                              f"would drop those axes: run {'it' if len(sweeps) == 1 else 'each'} on its own "
+                              f"(cnnbench experiment={next(iter(sweeps))})")
 
 
 def check_known_keys(cfg: DictConfig) -> None:

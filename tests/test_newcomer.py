@@ -215,3 +215,15 @@ def test_cfg_job_shows_the_resolution_the_model_will_use(tmp_path):
     assert proc.returncode == 0 and "  resize: 96\n" in proc.stdout
     proc = cnnbench("--cfg", "job", "model=resnet18", "data.resize=64", cwd=tmp_path)
     assert "  resize: 64\n" in proc.stdout
+
+
+def test_a_sweep_over_recipes_that_are_sweeps_themselves_is_refused():
+    """-m experiment=A,B runs each recipe once, with the command's sweeper settings: the recipes'
+    own axes would be dropped without a word."""
+    from cnnbench.config import ConfigError, validate_sweep
+
+    with pytest.raises(ConfigError, match=r"ex_bn_bias sweeps model\.bias=true,false; ex_lenet_modern sweeps "
+                                          r"model\.activation=sigmoid,relu, model\.pool=avg,max\. .* run each on its own"):
+        validate_sweep(["experiment=ex_bn_bias,ex_lenet_modern", "trainer=smoke"], None)
+    validate_sweep(["experiment=d2l_bn_lenet,d2l_bn_lenet_scratch", "trainer=smoke"], None)  # one run each: fine
+    validate_sweep(["experiment=ex_bn_bias", "trainer=smoke"], None)  # one recipe: its own sweep
