@@ -202,6 +202,23 @@ class TensorBoard(Tracker):
         return f"tensorboard --logdir {self.root}"
 
 
+def _check_store(uri: str) -> None:
+    """Fail in seconds where MLflow retries for minutes before giving up (an HTTP server that
+    does not answer: 7 retries with backoff; a SQLite file that cannot be opened: its engine's
+    retries), so a tracker that cannot start costs the run a warning, not minutes."""
+    import socket
+    import sqlite3
+    from urllib.parse import urlparse
+
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        socket.create_connection((parsed.hostname, port), timeout=10).close()
+    elif parsed.scheme == "sqlite" and uri.startswith("sqlite:///") and ":memory:" not in uri:
+        with sqlite3.connect(uri[len("sqlite:///"):]) as db:  # opens (or creates) the file, as MLflow will
+            db.execute("PRAGMA schema_version")
+
+
 class MLflow(Tracker):
     name = "mlflow"
     package = "mlflow"
@@ -215,6 +232,7 @@ class MLflow(Tracker):
         root = sweep.dir if sweep else run_dir
         uri = self.options.get("tracking_uri") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
         self.uri, self.local = uri, not self.options.get("tracking_uri")
+        _check_store(uri)
         # Jobs running side by side (hydra/launcher=local_parallel) share the sweep's store: one
         # at a time creates its tables (the first MlflowClient call) and the sweep's experiment.
         with _file_lock(root / ".mlflow.lock" if self.local else None):

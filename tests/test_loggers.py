@@ -258,3 +258,25 @@ def test_the_multi_select_sweep_command(tiny_data, tmp_path):
     results = pd.read_csv(tmp_path / "results.csv")  # the sweep's table gains the worst class
     assert results["worst_class"].notna().all() and results["worst_class_acc"].between(0, 1).all()
     assert (tmp_path / "report.html").stat().st_size > 50_000
+
+
+@pytest.mark.parametrize("where", ["http", "sqlite"])
+def test_a_tracking_store_that_cannot_answer_fails_at_once(make_cfg, tmp_path, monkeypatch, caplog, where):
+    """MLflow retries an unreachable server or an unopenable SQLite file for minutes; cnnbench
+    tries it once first, and the run goes on without the tracker."""
+    import socket
+
+    import mlflow
+
+    if where == "http":
+        with socket.socket() as probe:  # a port nothing listens on
+            probe.bind(("127.0.0.1", 0))
+            uri = f"http://127.0.0.1:{probe.getsockname()[1]}/"
+    else:
+        (tmp_path / "file").write_text("")
+        uri = f"sqlite:///{tmp_path / 'file' / 'mlflow.db'}"  # below a file: cannot be opened
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda *a, **k: pytest.fail("MLflow was asked to retry"))
+    with caplog.at_level(logging.WARNING, logger="cnnbench.loggers"):
+        trackers = loggers.start(make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri={uri}"), tmp_path)
+    assert trackers.trackers == []
+    assert any("logger=mlflow failed to start" in r.getMessage() for r in caplog.records)
