@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import struct
 import threading
 import zlib
@@ -184,9 +185,12 @@ def locate(root: str | None, download: bool = True) -> Path:
         try:
             return _prepare(folder)
         except FileNotFoundError as missing:
+            # the Debian package's copy, when it is there, is the way out a user wants to hear first
+            way_out = (f"leave data.root unset to use the copy in {DEBIAN_DIR}, or put the four files in {root}"
+                       if _has_files(DEBIAN_DIR) else HOW_TO_GET)
             if not download:
-                raise DataError(f"data.root={root!r} lacks {missing}; {HOW_TO_GET}") from None
-            return _download(folder)
+                raise DataError(f"data.root={root!r} lacks {missing}; {way_out}") from None
+            return _download(folder, f"data.root={root!r} lacks {missing}, and the download into it failed", way_out)
     if DEBIAN_DIR.is_dir():
         try:
             return _prepare(DEBIAN_DIR)
@@ -197,14 +201,25 @@ def locate(root: str | None, download: bool = True) -> Path:
     return _download(cache_dir() / "fashion-mnist" / "download")
 
 
-def _download(folder: Path) -> Path:
+def _has_files(folder: Path) -> bool:
+    return folder.is_dir() and all(_find(folder, name) for name in FILES)
+
+
+def _download(folder: Path, failed: str | None = None, way_out: str = HOW_TO_GET) -> Path:
+    """torchvision's download into ``folder``; on failure a DataError (``failed`` says what
+    was tried) and no empty FashionMNIST/raw folders left behind."""
     from torchvision.datasets import FashionMNIST
 
+    made = folder / "FashionMNIST"
+    fresh = not made.exists()
     try:
         FashionMNIST(str(folder), train=True, download=True)
         FashionMNIST(str(folder), train=False, download=True)
     except Exception as err:  # network errors come in many types
-        raise DataError(f"Fashion-MNIST not found and the download into {folder} failed ({err}). {HOW_TO_GET}") from None
+        if fresh:
+            shutil.rmtree(made, ignore_errors=True)  # torchvision's folders, with at most a partial file
+        failed = failed or f"Fashion-MNIST not found and the download into {folder} failed"
+        raise DataError(f"{failed} ({err}); {way_out}") from None
     return folder
 
 

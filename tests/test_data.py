@@ -1,6 +1,8 @@
 """Finding and reading Fashion-MNIST, and the device-resident batch iterator."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision.transforms.functional as TF
@@ -52,9 +54,29 @@ def test_root_that_is_a_file(tmp_path):
         data.load(str(f), download=False)
 
 
-def test_root_without_the_files(tmp_path):
+def test_root_without_the_files(tmp_path, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-package")
     with pytest.raises(data.DataError, match=r"lacks train-images-idx3-ubyte.*apt-get install dataset-fashion-mnist"):
-        data.load(str(tmp_path), download=False)
+        data.load(str(empty), download=False)
+    # with the Debian package's files present, the way out is to use them, not to install it again
+    monkeypatch.setattr(data, "DEBIAN_DIR", write_idx(tmp_path / "package"))
+    with pytest.raises(data.DataError, match=rf"lacks .*; leave data.root unset to use the copy in {tmp_path / 'package'}"):
+        data.load(str(empty), download=False)
+
+
+def test_a_failed_download_says_what_was_tried_and_leaves_no_folders(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(root, train, download):
+        (Path(root) / "FashionMNIST" / "raw").mkdir(parents=True, exist_ok=True)
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(data.DataError, match=r"data.root='.*' lacks .*, and the download into it failed \(Name or service"):
+        data.load(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_truncated_raw_file(tmp_path):
