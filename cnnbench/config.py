@@ -485,6 +485,9 @@ def check_overrides(overrides: list[str]) -> None:
                                           f"choose one of: {', '.join(options)}")
             continue
         section, _, name = key.partition(".")
+        if section == "logger" and name:
+            _check_tracker_key(key, parsed)
+            continue
         if section in SECTIONS and name:
             known = [f.name for f in dataclasses.fields(SECTIONS[section])]
             if name.split(".")[0] not in known:
@@ -492,6 +495,23 @@ def check_overrides(overrides: list[str]) -> None:
                                   f"its keys are: {', '.join(known)}")
         elif not name and key not in fields and key not in GROUPS:
             raise ConfigError(f"{key} is not a top-level key{_nearest(key, fields)}; the keys are: {', '.join(sorted(fields))}")
+
+
+def _check_tracker_key(key: str, parsed) -> None:
+    """``logger.TRACKER.KEY=V`` names a tracker's option (conf/logger/TRACKER.yaml), and only a
+    tracker the command chooses has options to set (Hydra says "not in struct")."""
+    trackers = group_options("logger")
+    tracker, _, option = key.partition(".")[2].partition(".")
+    if tracker not in trackers:
+        raise ConfigError(f"{key}: {tracker} is not a tracker{_nearest(tracker, trackers)}; choose from: {', '.join(trackers)}")
+    options = list(OmegaConf.load(CONF_DIR / "logger" / f"{tracker}.yaml") or {})
+    if option.split(".")[0] not in options:
+        raise ConfigError(f"{key} is not an option of the {tracker} tracker{_nearest(option, options, f'logger.{tracker}')}; "
+                          f"its options are: {', '.join(options) or 'none'}")
+    chosen = " ".join(o.input_line or "" for o in parsed if o.key_or_group == "logger")
+    if not re.search(rf"\b{tracker}\b", chosen or default_choice("logger") or "csv"):
+        raise ConfigError(f"{key} sets an option of the {tracker} tracker, which this command does not choose: "
+                          f"add logger={tracker} (several: 'logger=[tensorboard,mlflow]')")
 
 
 def check_hydra_keys(overrides: list[str]) -> None:

@@ -36,6 +36,9 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["hydra.run.dri=/tmp/x"], "hydra.run.dri is not a key of Hydra's config (did you mean hydra.run.dir?)"),
     (["-m", "optimizer.lr=0.1,0.2", "hydra.sweep.dri=/tmp/x"], "hydra.sweep.dri is not a key of Hydra's config (did you mean hydra.sweep.dir?)"),
     (["model.name=resnet18"], "model.name=resnet18 sets the name alone, keeping the default model's knobs; choose the model with model=resnet18"),
+    (["logger.mlflow.experiment=x"], "logger.mlflow.experiment sets an option of the mlflow tracker, which this command does not choose: add logger=mlflow"),
+    (["logger=mlflow", "logger.mlflow.experimnt=x"], "logger.mlflow.experimnt is not an option of the mlflow tracker (did you mean logger.mlflow.experiment?)"),
+    (["logger.mlfow.experiment=x"], "logger.mlfow.experiment: mlfow is not a tracker (did you mean mlflow?)"),
 ])
 def test_mistakes_are_refused_with_the_nearest_real_name(tmp_path, monkeypatch, capsys, args, message):
     # the command's own entry point, in this process: the check comes before Hydra starts
