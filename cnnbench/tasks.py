@@ -55,6 +55,16 @@ from .models.design_space import summary_fields as drawn_fields
 log = logging.getLogger("cnnbench")
 
 
+def shown_name(cfg: DictConfig) -> str:
+    """The model as the command chose it, for the figures' titles: ``vgg11_quarter`` where the
+    registry's name is ``vgg11`` (the run dir and the report name it so too)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get("model") or cfg.model.name)
+    return str(cfg.model.name)
+
+
 def describe(cfg: DictConfig, summary: dict[str, Any]) -> tuple[torch.device, tuple[int, int], dict[str, Any]]:
     """Resolve the device, input size and knobs, and record the model and environment."""
     device = resolve_device(cfg.trainer.device)
@@ -136,12 +146,14 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
         if writer.rows and cfg.trainer.plot:
             try:
                 h, w = size
-                title = (f"{cfg.model.name}, {h}x{w} px, batch {cfg.data.batch_size}, "
-                         f"{cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr:g}, seed {cfg.seed}")
+                schedule = str(getattr(cfg.scheduler.name, "value", cfg.scheduler.name))
+                title = (f"{shown_name(cfg)}, {h}x{w} px, batch {cfg.data.batch_size}, "
+                         f"{cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr:g}"
+                         f"{'' if schedule == 'none' else f' ({schedule} schedule)'}, seed {cfg.seed}")
                 plot_curves(writer.rows, out_dir / "curves.png", title)
             except Exception as err:  # a plot must never cost the run its status
                 log.warning("could not plot the learning curves: %s", err)
-    confusion.after_training(trainer, test_loader, out_dir, summary, cfg.model.name, cfg.trainer.plot, tally)  # per_class.csv, ...
+    confusion.after_training(trainer, test_loader, out_dir, summary, shown_name(cfg), cfg.trainer.plot, tally)  # per_class.csv, ...
 
 
 def _results(rows: list[dict[str, float]]) -> dict[str, Any]:
@@ -169,7 +181,7 @@ def summary_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> Non
     summary["batch_size"] = cfg.data.batch_size
     if cfg.trainer.plot:
         try:
-            plot_layers(rows, out_dir / "layers.png", f"{cfg.model.name} at {size[0]}x{size[1]} px: where the parameters "
+            plot_layers(rows, out_dir / "layers.png", f"{shown_name(cfg)} at {size[0]}x{size[1]} px: where the parameters "
                         "and the FLOPs (per image, forward) are")
         except Exception as err:  # a plot must never cost the run its status
             log.warning("could not plot the layers: %s", err)
@@ -211,7 +223,7 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                      r["images_per_s"], r["step_time_ms"], memory[1], memory[0])
         write_csv(out_dir / "bench.csv", rows)  # after every batch size: an interrupted bench keeps what it measured
     if cfg.trainer.plot:
-        plot_bench(rows, out_dir / "bench.png", f"{cfg.model.name} at {size[0]}x{size[1]} px on {summary['device_name']}",
+        plot_bench(rows, out_dir / "bench.png", f"{shown_name(cfg)} at {size[0]}x{size[1]} px on {summary['device_name']}",
                    measured=device.type == "cuda")
     best = max((r for r in rows if r["mode"] == "train" and r["status"] == "completed"), key=lambda r: r["images_per_s"], default=None)
     if best:
