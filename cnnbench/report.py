@@ -27,6 +27,10 @@ TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "worst_class
 
 
 # Overrides that say where or how a run was done, not what it tried: never an axis of a plot.
+# Numbers that name a draw, not a quantity: points against them, never a line between neighbours.
+IDENTIFIERS = {"seed", "model.sample"}
+# A key with more settings than this (a search's continuous draws) is an axis, never a series.
+MOST_SERIES = 6
 BOOKKEEPING = {"task", "trainer.resume", "data.root", "data.download", "trainer.checkpoint", "trainer.save_best",
                "trainer.plot", "trainer.progress", "trainer.device", "logger", "objective"}
 
@@ -181,6 +185,14 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Pat
     return save_figure(fig, path / "report_curves.png")
 
 
+def _short(value) -> str:
+    """A setting for a legend: a search's 0.13397250122983567 as 0.134; a gap as the default."""
+    if pd.isna(value):
+        return "default"
+    number = pd.to_numeric(value, errors="coerce")
+    return f"{number:.4g}" if pd.notna(number) and not float(number).is_integer() else str(value)
+
+
 def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str) -> Path:
     """``metric`` against ``key``, one series per setting of the ``others``. A numeric key is a
     line (on a log axis when its values span a decade or more); a categorical one (norm_at,
@@ -194,10 +206,12 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     width = 0.6 / max(len(groups), 1)
     for i, (values, group) in enumerate(groups):
         values = values if isinstance(values, tuple) else (values,)
-        name = ", ".join(f"{k}={v if pd.notna(v) else 'default'}" for k, v in zip(others, values)) or metric.replace("_", " ")
+        name = ", ".join(f"{k}={_short(v)}" for k, v in zip(others, values)) or metric.replace("_", " ")
         y = pd.to_numeric(group[metric], errors="coerce")
         look = style(i)
-        if numeric:
+        if numeric and key in IDENTIFIERS:
+            ax.plot(x_num[group.index], y, label=name, **(look | {"linestyle": "none", "markersize": 7}))
+        elif numeric:
             order = x_num[group.index].argsort()
             ax.plot(x_num[group.index].iloc[order], y.iloc[order], label=name, **look)
         else:
@@ -210,6 +224,10 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         ticks = sorted(x_num.unique())
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
+    if numeric and key in IDENTIFIERS:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if not numeric:
         ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
         ax.set_xlim(-0.6, len(categories) - 0.4)
@@ -311,7 +329,8 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
         measured = results[results[metric].notna()]
         axes = plotted_keys(measured, keys)
         for key in axes if len(measured) > 1 else []:
-            written.append(plot_against(path, measured, key, [k for k in axes if k != key], metric))
+            series = [k for k in axes if k != key and measured[k].nunique(dropna=False) <= MOST_SERIES]
+            written.append(plot_against(path, measured, key, series, metric))
     if "model.space" in results:  # a design-space study (experiment=ds_anynet): EDFs, trends, good regions
         from .design_study import study_report
         written += study_report(path, results)

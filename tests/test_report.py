@@ -182,3 +182,20 @@ def test_a_trackers_copies_of_a_runs_files_are_not_runs(tmp_path):
     copy.mkdir(parents=True)
     (copy / "summary.json").write_text((tmp_path / "0" / "summary.json").read_text())
     assert [row["job"] for row in collect_results(tmp_path, recursive=True)] == ["0"]
+
+
+def test_a_seed_is_points_and_a_searchs_draws_are_an_axis_not_a_legend(tmp_path, figures):
+    """Seeds name draws: no line joins seed 0 to seed 1. A search's continuous draws (ten learning
+    rates) are no series of their own, and a legend shows a drawn value to 4 digits."""
+    for i in range(10):
+        fake_run(tmp_path / "search" / str(i), [f"optimizer.lr={0.01 + i / 7}", f"optimizer.momentum={0.5 + i / 23}"])
+    for seed in range(3):
+        for norm in ("true", "false"):
+            fake_run(tmp_path / "seeds" / f"{seed}{norm}", [f"seed={seed}", f"model.norm={norm}"], acc=0.5 + seed / 10)
+    report.report(tmp_path / "search")
+    assert figures["report_vs_optimizer.lr.png"].legends == []  # momentum's ten values: no ten-entry legend
+    report.report(tmp_path / "seeds")
+    ax = figures["report_vs_seed.png"].axes[0]
+    assert [line.get_linestyle() for line in ax.get_lines()] == ["None", "None"]
+    assert [t.get_text() for t in figures["report_vs_seed.png"].legends[0].get_texts()] == ["model.norm=false", "model.norm=true"]
+    assert report._short("0.13397250122983567") == "0.134" and report._short("64") == "64" and report._short(None) == "default"
