@@ -201,7 +201,8 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     ax = fig.subplots()
     x_num = pd.to_numeric(results[key], errors="coerce")
     numeric = bool(x_num.notna().all())
-    categories = list(dict.fromkeys(results[key].astype(str)))  # first appearance: the sweep's order
+    shown = results[key].map(_short)  # a run that did not set the key ran at its default
+    categories = list(dict.fromkeys(shown))  # first appearance: the sweep's order
     groups = list(results.groupby(others, dropna=False, sort=False)) if others else [((), results)]
     width = 0.6 / max(len(groups), 1)
     for i, (values, group) in enumerate(groups):
@@ -215,7 +216,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
             order = x_num[group.index].argsort()
             ax.plot(x_num[group.index].iloc[order], y.iloc[order], label=name, **look)
         else:
-            x = [categories.index(v) + (i - (len(groups) - 1) / 2) * width for v in group[key].astype(str)]
+            x = [categories.index(v) + (i - (len(groups) - 1) / 2) * width for v in shown[group.index]]
             ax.plot(x, y, label=name, **(look | {"linestyle": "none", "markersize": 8}))
     doubling = numeric and x_num.min() > 0 and x_num.max() >= 4 * x_num.min() and \
         all(float(v).is_integer() and int(v) & (int(v) - 1) == 0 for v in x_num)  # batch sizes 32, 64, 128, 256
