@@ -66,6 +66,11 @@ def stop_at_once(where: Callable[[], str]):
         return
 
     def handle(signum, _frame):
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            # A stop is being recorded (checkpoint, metrics, summary.json): a second signal, such as
+            # torchrun's to every rank once one has stopped, must not cut that short or replace it.
+            log.warning("%s received while the run records its stop: finishing that first", signal.Signals(signum).name)
+            return
         raise Interrupted(signum, where())
 
     previous = {sig: signal.signal(sig, handle) for sig in STOP_SIGNALS}

@@ -143,7 +143,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
         summary["training_s"] = summary["_epochs_ended"] - summary["_epochs_started"]
         summary["compile_s"] = trainer.compile_s
         writer.close()
-        if writer.rows and cfg.trainer.plot:
+        if writer.rows and cfg.trainer.plot and distributed.from_env().main:  # the other ranks' dirs are deleted
             try:
                 h, w = size
                 schedule = str(getattr(cfg.scheduler.name, "value", cfg.scheduler.name))

@@ -129,7 +129,8 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
         except OSError as err:  # a full disk: the run's other files stay as they were
             log.error("could not write %s: %s", out_dir / "summary.json", err)
         loggers.finish(out_dir, summary["status"])  # the trackers get the final summary.json and status
-        if summary["status"] != "completed":
+        if summary["status"] != "completed" and (summary["status"] != "interrupted" or distributed.from_env().main):
+            # an interruption is told once, by rank 0, with the command that resumes the run
             log.error("run %s: %s", summary["status"], summary.get("error", ""))
         if summary["status"] == "oom":
             gc.collect()  # free what the failed step held before the next job of a sweep
@@ -269,9 +270,11 @@ def hydra_main(cfg: DictConfig) -> float:
             handler(signum, None)  # submitit's: requeue this job (it resumes from last.pt) and exit
         sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
-    if not multirun and summary.get("refused"):
+    if multirun or not distributed.from_env().main:  # rank 0 alone says where the files are (the others' dirs go)
+        pass
+    elif summary.get("refused"):
         print(f"cnnbench: refused; {out_dir} is as it was", file=sys.stderr)
-    elif not multirun:
+    else:
         files = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if not p.name.startswith("."))
         final, best = summary.get("final_test_acc"), summary.get("best_test_acc")
         done = status == "completed" and summary["task"] == "train" and None not in (final, best)

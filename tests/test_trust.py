@@ -380,3 +380,19 @@ def test_a_completed_run_is_offered_for_continuing_only_where_it_can_go_on(tmp_p
     assert "schedule spanned it and has ended" in continuation(tmp_path)
     completed(scheduler={"name": "none"}, trainer={"checkpoint": True})
     assert continuation(tmp_path).startswith(", or continue that run, in its own settings, for more epochs: cnnbench experiment=quickstart")
+
+
+def test_a_second_signal_while_a_stop_is_recorded_does_not_cut_it_short():
+    """torchrun signals every rank once one has stopped: rank 0, still writing the files of the
+    first stop, must finish them and report that stop, not a new one 'after training'."""
+    with pytest.raises(engine.Interrupted, match="stopped by SIGTERM in epoch 2 after step 4"):
+        with engine.stop_at_once(lambda: "after training"):
+            try:
+                raise engine.Interrupted(signal.SIGTERM, "in epoch 2 after step 4")
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)  # arrives while the first stop is being recorded
+                time.sleep(0.2)
+    with pytest.raises(engine.Interrupted, match="stopped by SIGTERM after training"):  # alone, it stops at once
+        with engine.stop_at_once(lambda: "after training"):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
