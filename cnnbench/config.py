@@ -628,6 +628,10 @@ def one_value_sweeps(overrides: list[str]) -> list[str]:
         if CHOICE_KEY.match(arg):
             try:
                 override = parser.parse_override(arg)
+            except Exception:  # malformed as typed: Hydra's error quotes it so
+                out.append(arg)
+                continue
+            try:
                 if not override.is_sweep_override():
                     single = f"{override.get_key_element()}=choice({override.get_value_element_as_str()})"
                     # the job gets the value back as text: keep the rewrite only where that text means the same

@@ -181,6 +181,9 @@ def checked_args(args: list[str]) -> list[str]:
         check_hydra_keys(overrides)
     if multirun_requested(args) and not INFO_FLAGS & set(args):
         return one_value_sweeps(args)
+    search = next((o for o in overrides if o.lstrip("+~").partition("=")[0] == "hparams_search"), None)
+    if search and not INFO_FLAGS & set(args):  # without -m Hydra would run one plain job, no search
+        raise ConfigError(f"{search.lstrip('+')} is a search: run it with -m (cnnbench -m {search} ...)")
     check_choice_keys(overrides)
     if not INFO_FLAGS & set(args):
         check_values(overrides, args)

@@ -36,6 +36,7 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["hydra.run.dri=/tmp/x"], "hydra.run.dri is not a key of Hydra's config (did you mean hydra.run.dir?)"),
     (["-m", "optimizer.lr=0.1,0.2", "hydra.sweep.dri=/tmp/x"], "hydra.sweep.dri is not a key of Hydra's config (did you mean hydra.sweep.dir?)"),
     (["model.name=resnet18"], "model.name=resnet18 sets the name alone, keeping the default model's knobs; choose the model with model=resnet18"),
+    (["+hparams_search=lenet_lr", "trainer=smoke"], "hparams_search=lenet_lr is a search: run it with -m (cnnbench -m +hparams_search=lenet_lr ...)"),
     (["logger.mlflow.experiment=x"], "logger.mlflow.experiment sets an option of the mlflow tracker, which this command does not choose: add logger=mlflow"),
     (["logger=mlflow", "logger.mlflow.experimnt=x"], "logger.mlflow.experimnt is not an option of the mlflow tracker (did you mean logger.mlflow.experiment?)"),
     (["logger.mlfow.experiment=x"], "logger.mlfow.experiment: mlfow is not a tracker (did you mean mlflow?)"),
