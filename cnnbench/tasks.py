@@ -77,6 +77,7 @@ def describe(cfg: DictConfig, summary: dict[str, Any]) -> tuple[torch.device, tu
         "flops": flops,
         **drawn_fields(cfg.model.name, size, **knobs),  # anynet_sample: the drawn architecture, ds_* columns
         **environment(device),
+        "processes": distributed.from_env().size,  # torchrun's ranks (1: one process)
     }
     return device, size, knobs
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import gc
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -152,7 +153,13 @@ def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
     if summary["task"] == "train" and (out_dir / "last.pt").exists():
         if in_sweep:
             return "run the sweep again (the same command): this job resumes from its last.pt, completed jobs are skipped"
-        return "resume with: " + resume_command(summary["overrides"], out_dir)
+        command = resume_command(summary["overrides"], out_dir)
+        if (world := distributed.from_env()).distributed:  # the same processes: the same share of each batch per rank
+            per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+            launch = (f"torchrun --standalone --nproc_per_node={world.size} -m cnnbench" if per_node == world.size
+                      else f"(the same torchrun launch, {world.size} processes) cnnbench")
+            command = command.replace("cnnbench", launch, 1)
+        return "resume with: " + command
     done = summary.get("epochs_completed") or 0
     epochs = f"{done} epoch{'s' if done != 1 else ''}"
     if summary["task"] == "train" and done and done == (summary.get("config") or {}).get("trainer", {}).get("max_epochs"):

@@ -119,7 +119,10 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(tiny_data, tm
     assert summary["status"] == "interrupted", summary
     assert summary["error"].startswith(f"stopped by SIGTERM {where}"), summary["error"]
     assert "nothing was trained" not in summary["error"]
+    # the resume command launches as many processes again, and the summary says how many there were
+    assert "resume with: torchrun --standalone --nproc_per_node=2 -m cnnbench " in summary["error"] and summary["processes"] == 2
     assert (run_dir / "last.pt").is_file() and len(pd.read_csv(run_dir / "metrics.csv")) == 1
+    assert "cnnbench-rank1" not in proc.stderr  # the other rank names no dir of its own
 
 
 @pytest.mark.gpu
