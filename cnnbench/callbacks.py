@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -116,6 +117,10 @@ class OutputCheck(Callback):
                 validate_sweep(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
             except ConfigError as err:
                 refuse(str(err))
+        launcher = str(config.hydra.launcher.get("_target_", ""))
+        if "SlurmLauncher" in launcher and not shutil.which("sbatch"):  # submitit would fail with a traceback
+            refuse("hydra/launcher=slurm submits each job with SLURM's sbatch, which this machine does not have: "
+                   "run the sweep on the cluster's login node (or drop hydra/launcher=slurm to run it here)")
         check_writable(sweep_dir, "hydra.sweep.dir")
         try:
             hold(sweep_dir, "hydra.sweep.dir")

@@ -35,6 +35,20 @@ def test_slurm_launcher_config_composes():
         check_hydra_keys(["hydra/launcher=slurm", "hydra.launcher.partiton=gpu"])
 
 
+def test_a_slurm_sweep_where_there_is_no_slurm_is_refused_before_it_starts(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    from cnnbench.callbacks import OutputCheck
+    from cnnbench.config import compose
+
+    cfg = compose("hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 'sweep'}", hydra=True)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as stop:
+        OutputCheck().on_multirun_start(cfg)
+    assert stop.value.code == 2 and "SLURM's sbatch, which this machine does not have" in capsys.readouterr().err
+    assert not (tmp_path / "sweep").exists()
+
+
 @pytest.mark.slow  # several processes
 def test_local_parallel_sweep_writes_results(tiny_data, tmp_path):
     proc = cnnbench("-m", "hydra/launcher=local_parallel", "trainer=smoke", f"data.root={tiny_data}",
