@@ -163,6 +163,9 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Pat
     keys = plotted_keys(rows, keys)
     labels = [label(row, keys) for row, _ in runs]
     labels = [f"{text} [{row['job']}]" if labels.count(text) > 1 else text for text, (row, _) in zip(labels, runs)]
+    # a run that stopped early (diverged, failed, interrupted) says so: its curve ends where it stopped
+    labels = [text if row.get("status", "completed") == "completed" else f"{text} ({row['status']})"
+              for text, (row, _) in zip(labels, runs)]
     fig = figure(figsize=(13, 4.8), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     run_looks = looks(rows, keys)

@@ -54,8 +54,12 @@ def test_a_run_that_blew_up_puts_the_losses_on_a_log_axis(tmp_path, figures):
     metrics = tmp_path / "1" / "metrics.csv"
     blown = pd.read_csv(metrics).assign(train_loss=[250.0, float("nan")])  # the high rate's loss, then a diverged epoch
     blown.to_csv(metrics, index=False)
+    summary = json.loads((tmp_path / "1" / "summary.json").read_text()) | {"status": "diverged"}
+    (tmp_path / "1" / "summary.json").write_text(json.dumps(summary))
     report.report(tmp_path)
     assert figures["report_curves.png"].axes[0].get_yscale() == "log"
+    legend = [t.get_text() for t in figures["report_curves.png"].legends[0].get_texts()]
+    assert legend == ["optimizer.lr=0.1", "optimizer.lr=30.0 (diverged)"]  # its curve stops early: it says why
     assert report.spans_decades([2.0, 250.0, float("nan"), float("inf")], 1.5) and not report.spans_decades([2.0, 50.0], 1.5)
 
 
