@@ -43,7 +43,7 @@ from .engine import (
     Diverged,
     stop_at_once,
 )
-from .metrics import NoSpace, write_json
+from .metrics import NoSpace, write_json, write_results
 from .rundir import hold, release
 from .sweeps import metric, prepare_job
 from .tasks import TASKS
@@ -278,6 +278,11 @@ def hydra_main(cfg: DictConfig) -> float:
         handler = signal.getsignal(signal.SIGUSR2)
         if signum == signal.SIGUSR2 and callable(handler):
             handler(signum, None)  # submitit's: requeue this job (it resumes from last.pt) and exit
+        if multirun and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", "")):  # jobs one after another, here
+            sweep_dir = Path(hydra_cfg.sweep.dir).absolute()
+            path = write_results(sweep_dir)  # the jobs so far: the sweep's end, which writes it, never comes
+            print(f"cnnbench: the sweep stopped in job {hydra_cfg.job.num}" + (f"; the jobs so far are in {path}" if path else "")
+                  + "; run the same command again to go on (completed jobs are skipped)", file=sys.stderr)
         sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
     if multirun or not distributed.from_env().main:  # rank 0 alone says where the files are (the others' dirs go)

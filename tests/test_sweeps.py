@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -210,3 +211,34 @@ def test_a_searchs_best_job_in_either_direction(tmp_path):
     config = compose("+hparams_search=lenet_lr", "objective=final_train_loss", hydra=True)
     assert best_job(rows, config, tmp_path).startswith("best job 0 (maximize final_train_loss)")
     assert best_job(rows, compose("objective=final_train_loss", hydra=True), tmp_path) is None  # a grid sweep: its report compares
+
+
+STOP_IN_JOB_1 = '''
+import os, signal
+import cnnbench.engine as engine
+original, calls = engine.Trainer.step, []
+def step(self, *args, **kwargs):
+    out = original(self, *args, **kwargs)
+    calls.append(1)
+    if len(calls) == 8:  # trainer=smoke: 6 steps a job, so job 1's second step
+        os.kill(os.getpid(), signal.SIGINT)
+    return out
+engine.Trainer.step = step
+'''
+
+
+def test_a_stopped_sweep_writes_the_jobs_so_far_and_goes_on_when_run_again(tiny_data, tmp_path):
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(STOP_IN_JOB_1)
+    args = [sys.executable, "-m", "cnnbench", "-m", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data}",
+            "optimizer.lr=0.05,0.1,0.2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    stopped = subprocess.run(args, capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "PYTHONPATH": str(tmp_path / "inject")})
+    assert stopped.returncode == 130, stopped.stderr
+    assert f"the sweep stopped in job 1; the jobs so far are in {tmp_path / 'sweep' / 'results.csv'}" in stopped.stderr
+    assert pd.read_csv(tmp_path / "sweep" / "results.csv")["status"].tolist() == ["completed", "interrupted"]
+    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "job 0 already completed" in again.stderr and "job 1 was interrupted" in again.stderr
+    results = pd.read_csv(tmp_path / "sweep" / "results.csv")
+    assert results["status"].tolist() == ["completed"] * 3 and "trainer.resume" not in results
