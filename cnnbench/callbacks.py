@@ -117,7 +117,7 @@ class OutputCheck(Callback):
                 validate_sweep(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
             except ConfigError as err:
                 refuse(str(err))
-        launcher = str(config.hydra.launcher.get("_target_", ""))
+        launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
         if "SlurmLauncher" in launcher and not shutil.which("sbatch"):  # submitit would fail with a traceback
             refuse("hydra/launcher=slurm submits each job with SLURM's sbatch, which this machine does not have: "
                    "run the sweep on the cluster's login node (or drop hydra/launcher=slurm to run it here)")

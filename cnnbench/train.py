@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import json
 import logging
 import os
 import shutil
@@ -78,10 +79,17 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
+def _completed(summary_json: bytes | None) -> bool:
+    try:
+        return json.loads(summary_json or b"{}").get("status") == "completed"
+    except (ValueError, AttributeError):
+        return False
+
+
 def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     global _first_job
     started = time.perf_counter()
-    earlier = _read(out_dir / "summary.json")  # a run this one continues (trainer.resume), or a failed one
+    earlier = _read(out_dir / "summary.json")  # a run this one continues (trainer.resume), or an unfinished one
     summary: dict[str, Any] = {
         "task": enum_value(cfg.task),
         "model": cfg.model.get("name"),
@@ -120,9 +128,9 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
         if "training_s" in summary:  # fixed cost: everything but the epochs
             summary["setup_s"] = summary.pop("_epochs_started") - started
             summary["teardown_s"] = ended - summary.pop("_epochs_ended")
-        if summary.get("bad_input") and earlier is not None and _read(out_dir / "summary.json") == earlier:
+        if summary.get("bad_input") and _completed(earlier) and _read(out_dir / "summary.json") == earlier:
             # Refused before this run wrote anything (a resume that does not fit its checkpoint):
-            # the earlier run's files stay as they were, a completed run's included.
+            # the completed run's files stay as they were (an unfinished run's record the refusal).
             log.error("refused, nothing was run (%s is as it was): %s", out_dir, summary["error"])
             return summary | {"refused": True}
         try:
