@@ -306,6 +306,19 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
     return save_figure(fig, path / "report_summary.png")
 
 
+def _objective(path: Path) -> str | None:
+    """A search's objective (``objective``, what each trial returned to Optuna), from the
+    multirun.yaml Hydra wrote into the sweep dir; None for a grid sweep or another folder."""
+    try:
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.load(path / "multirun.yaml")
+    except Exception:  # noqa: BLE001 - no sweep dir, or an unreadable file: the default metrics
+        return None
+    searching = "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="BasicSweeper"))
+    return str(OmegaConf.select(config, "objective", default="")) or None if searching else None
+
+
 def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd.DataFrame, list[Path]]:
     """Print the table of the run(s) under ``path`` and write the report's PNGs there (and,
     with ``html``, report.html: everything in one self-contained page). ``plots=False``: the
@@ -328,7 +341,9 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
         return results, []
     written = [plot_sweep_curves(path, results, keys), plot_sweep_bench(path, results, plotted_keys(results, keys)),
                plot_sweep_summary(path, results, plotted_keys(results, keys))]
-    metric = next((m for m in ("final_test_acc", "best_train_images_per_s") if m in results and results[m].notna().any()), None)
+    # what a search optimised (its multirun.yaml's objective), else the final accuracy or the best throughput
+    metric = next((m for m in (_objective(path), "final_test_acc", "best_train_images_per_s")
+                   if m and m in results and pd.to_numeric(results[m], errors="coerce").notna().any()), None)
     if metric:  # against each key the runs that measured it tried (a folder may mix tasks, resumes, ...)
         measured = results[results[metric].notna()]
         axes = plotted_keys(measured, keys)

@@ -203,3 +203,19 @@ def test_a_seed_is_points_and_a_searchs_draws_are_an_axis_not_a_legend(tmp_path,
     assert [line.get_linestyle() for line in ax.get_lines()] == ["None", "None"]
     assert [t.get_text() for t in figures["report_vs_seed.png"].legends[0].get_texts()] == ["model.norm=false", "model.norm=true"]
     assert report._short("0.13397250122983567") == "0.134" and report._short("64") == "64" and report._short(None) == "default"
+
+
+def test_a_search_is_plotted_against_its_own_objective(tmp_path, figures):
+    """Optuna maximised best_test_acc: the plots against its draws show that, not final_test_acc."""
+    for i in range(3):
+        fake_run(tmp_path / str(i), [f"optimizer.lr={0.05 * (i + 1)}"], acc=0.5 + i / 10)
+        summary = json.loads((tmp_path / str(i) / "summary.json").read_text()) | {"best_test_acc": 0.9 - i / 10}
+        (tmp_path / str(i) / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "multirun.yaml").write_text("objective: best_test_acc\nhydra:\n  sweeper:\n"
+                                            "    _target_: hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper\n")
+    report.report(tmp_path)
+    assert figures["report_vs_optimizer.lr.png"].axes[0].get_ylabel() == "best test acc"
+    (tmp_path / "multirun.yaml").write_text("objective: best_test_acc\nhydra:\n  sweeper:\n"
+                                            "    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n")
+    report.report(tmp_path)  # a grid sweep: the final accuracy, as before
+    assert figures["report_vs_optimizer.lr.png"].axes[0].get_ylabel() == "final test acc"
