@@ -3,7 +3,6 @@ writes into them, and write a sweep's results.csv and report when it ends."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 import shutil
 import sys
@@ -15,7 +14,7 @@ from omegaconf import OmegaConf
 
 from .config import ConfigError, resume_command, validate_sweep
 from .metrics import collect_results, write_results
-from .rundir import DirBusy, hold
+from .rundir import DirBusy, hold, read_summary
 
 
 def loud(method):
@@ -52,24 +51,13 @@ def check_writable(folder: Path, key: str) -> None:
 
 
 def completed_run(folder: Path) -> bool:
-    try:
-        return json.loads((folder / "summary.json").read_text()).get("status") == "completed"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _overrides(run_dir: Path) -> list[str]:
-    """The command-line overrides of the run in ``run_dir`` (its summary.json), if readable."""
-    try:
-        return list(json.loads((run_dir / "summary.json").read_text()).get("overrides") or [])
-    except (OSError, ValueError, AttributeError):
-        return []
+    return read_summary(folder).get("status") == "completed"
 
 
 def continuation(run_dir: Path) -> str:
     """How a completed run can go on for more epochs, if it can: it kept a checkpoint and its
     schedule does not span the run (a cosine or one-cycle schedule has ended)."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = read_summary(run_dir)
     config = summary.get("config") or {}
     if summary.get("task", "train") != "train":
         return ""
@@ -105,7 +93,8 @@ class OutputCheck(Callback):
                    f"choose another dir{continuation(run_dir)}")
         kept = [name for name in ("last.pt", "best.pt") if (run_dir / name).is_file()]
         if kept:  # an interrupted or failed run's: a new run would list them as its own, or overwrite them
-            resume = f"resume that run with: {resume_command(_overrides(run_dir), run_dir)}; or " if "last.pt" in kept else ""
+            command = resume_command(read_summary(run_dir).get("overrides") or [], run_dir)
+            resume = f"resume that run with: {command}; or " if "last.pt" in kept else ""
             refuse(f"hydra.run.dir={run_dir} holds {' and '.join(kept)} of an earlier run that did not complete: "
                    f"{resume}choose another dir (or delete them to start over there)")
 

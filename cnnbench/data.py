@@ -433,10 +433,9 @@ def build_loaders(cfg, train: Split, test: Split, size: tuple[int, int], device:
     Without augmentation a split is resized once per run, on the device, when that pays and fits
     (``resize_up_front``); with crop/flip augmentation, which acts on the native 28 px images, each
     batch is resized after augmenting it."""
-    for key, split, n in (("data.subset", "training", cfg.data.subset), ("data.test_subset", "test", cfg.data.test_subset)):
-        held = len(train if split == "training" else test)
+    for key, n, held in (("data.subset", cfg.data.subset, len(train)), ("data.test_subset", cfg.data.test_subset, len(test))):
         if n and n > held:
-            log.warning("%s=%d is more than the %s images there are (%d): all %d are used", key, n, split, held, held)
+            log.warning("%s=%d is more than the %d images there are: all are used", key, n, held)
     if cfg.data.subset:
         train = Split(train.images[: cfg.data.subset], train.labels[: cfg.data.subset])
     if cfg.data.test_subset:

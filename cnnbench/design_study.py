@@ -108,7 +108,7 @@ def good_region_table(done: pd.DataFrame, top: float = 0.25) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_edf(done: pd.DataFrame, path: Path, table: pd.DataFrame | None = None) -> Path:
+def plot_edf(done: pd.DataFrame, path: Path) -> Path:
     fig = figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.subplots()
     spaces = list(dict.fromkeys(done[SPACE]))
@@ -174,7 +174,7 @@ def study_report(path: str | Path, results: pd.DataFrame | None = None) -> list[
         return []
     table = study_table(done)
     region = good_region_table(done)
-    written = [plot_edf(done, path / "report_edf.png", table), plot_scatter(done, path / "report_ds_scatter.png")]
+    written = [plot_edf(done, path / "report_edf.png"), plot_scatter(done, path / "report_ds_scatter.png")]
     for name, frame in (("design_study.csv", table), ("design_study_good_region.csv", region)):
         tmp = path / f".{name}.tmp"
         frame.to_csv(tmp, index=False)

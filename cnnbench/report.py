@@ -204,6 +204,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     ax = fig.subplots()
     x_num = pd.to_numeric(results[key], errors="coerce")
     numeric = bool(x_num.notna().all())
+    draws = numeric and key in IDENTIFIERS  # seeds, samples: points at whole numbers
     shown = results[key].map(_short)  # a run that did not set the key ran at its default
     categories = list(dict.fromkeys(shown))  # first appearance: the sweep's order
     groups = list(results.groupby(others, dropna=False, sort=False)) if others else [((), results)]
@@ -213,7 +214,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         name = ", ".join(f"{k}={_short(v)}" for k, v in zip(others, values)) or metric.replace("_", " ")
         y = pd.to_numeric(group[metric], errors="coerce")
         look = style(i)
-        if numeric and key in IDENTIFIERS:
+        if draws:
             ax.plot(x_num[group.index], y, label=name, **(look | {"linestyle": "none", "markersize": 7}))
         elif numeric:
             order = x_num[group.index].argsort()
@@ -228,7 +229,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         ticks = sorted(x_num.unique())
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.minorticks_off()
-    if numeric and key in IDENTIFIERS:
+    if draws:
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -315,8 +316,9 @@ def _objective(path: Path) -> str | None:
         config = OmegaConf.load(path / "multirun.yaml")
     except Exception:  # noqa: BLE001 - no sweep dir, or an unreadable file: the default metrics
         return None
-    searching = "BasicSweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="BasicSweeper"))
-    return str(OmegaConf.select(config, "objective", default="")) or None if searching else None
+    if "BasicSweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="BasicSweeper")):
+        return None
+    return OmegaConf.select(config, "objective", default=None)
 
 
 def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd.DataFrame, list[Path]]:

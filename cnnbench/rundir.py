@@ -9,12 +9,23 @@ and each job's dir in turn).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 LOCK_NAME = ".cnnbench.lock"
 _held: dict[Path, tuple[int, int]] = {}  # dir -> (file descriptor, how many holds)
+
+
+def read_summary(folder: Path) -> dict[str, Any]:
+    """The summary.json of the run in ``folder``; {} when there is none or it cannot be read."""
+    try:
+        summary = json.loads((Path(folder) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 class DirBusy(RuntimeError):

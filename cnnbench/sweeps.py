@@ -3,12 +3,13 @@ side by side, skip it when it already completed with the same config, resume it 
 interrupted (a requeued SLURM job, or a sweep run again into its dir)."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .rundir import read_summary
 
 log = logging.getLogger("cnnbench")
 
@@ -42,9 +43,8 @@ def one_gpu_per_job(cfg: DictConfig, job_num: int) -> None:
 def previous_run(cfg: DictConfig, out_dir: Path) -> dict | None:
     """The summary of an earlier run of this very config in ``out_dir``, if there is one
     (``trainer.resume``, which a resumed run sets, does not count as a difference)."""
-    try:
-        summary = json.loads((out_dir / "summary.json").read_text())
-    except (OSError, ValueError):
+    summary = read_summary(out_dir)
+    if not summary:
         return None
     ours = OmegaConf.to_container(cfg, resolve=True)
     theirs = summary.get("config") or {}

@@ -27,7 +27,7 @@ from .analysis import (
     min_size_report,
     split_by_kind,
 )
-from .config import model_knobs, own_overrides, resolution
+from .config import enum_value, model_knobs, own_overrides, resolution
 from .data import DeviceLoader, Split, build_loaders
 from .engine import (
     StopFlag,
@@ -147,7 +147,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
         if writer.rows and cfg.trainer.plot and distributed.from_env().main:  # the other ranks' dirs are deleted
             try:
                 h, w = size
-                schedule = str(getattr(cfg.scheduler.name, "value", cfg.scheduler.name))
+                schedule = str(enum_value(cfg.scheduler.name))
                 title = (f"{shown_name(cfg)}, {h}x{w} px, batch {cfg.data.batch_size}, "
                          f"{cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr:g}"
                          f"{'' if schedule == 'none' else f' ({schedule} schedule)'}, seed {cfg.seed}")

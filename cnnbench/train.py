@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import atexit
 import gc
-import json
 import logging
 import os
 import shutil
@@ -45,7 +44,7 @@ from .engine import (
     stop_at_once,
 )
 from .metrics import NoSpace, write_json, write_results
-from .rundir import hold, release
+from .rundir import hold, read_summary, release
 from .sweeps import metric, prepare_job
 from .tasks import TASKS
 
@@ -79,17 +78,11 @@ def _read(path: Path) -> bytes | None:
         return None
 
 
-def _completed(summary_json: bytes | None) -> bool:
-    try:
-        return json.loads(summary_json or b"{}").get("status") == "completed"
-    except (ValueError, AttributeError):
-        return False
-
-
 def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]:
     global _first_job
     started = time.perf_counter()
     earlier = _read(out_dir / "summary.json")  # a run this one continues (trainer.resume), or an unfinished one
+    earlier_completed = read_summary(out_dir).get("status") == "completed"
     summary: dict[str, Any] = {
         "task": enum_value(cfg.task),
         "model": cfg.model.get("name"),
@@ -128,7 +121,7 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
         if "training_s" in summary:  # fixed cost: everything but the epochs
             summary["setup_s"] = summary.pop("_epochs_started") - started
             summary["teardown_s"] = ended - summary.pop("_epochs_ended")
-        if summary.get("bad_input") and _completed(earlier) and _read(out_dir / "summary.json") == earlier:
+        if summary.get("bad_input") and earlier_completed and _read(out_dir / "summary.json") == earlier:
             # Refused before this run wrote anything (a resume that does not fit its checkpoint):
             # the completed run's files stay as they were (an unfinished run's record the refusal).
             log.error("refused, nothing was run (%s is as it was): %s", out_dir, summary["error"])
@@ -146,6 +139,18 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     return summary
+
+
+def _closing_line(summary: dict[str, Any], out_dir: Path) -> str:
+    """A single run's last line: how it ended (and its accuracy) and the files in its dir."""
+    if summary.get("refused"):
+        return f"refused; {out_dir} is as it was"
+    status = summary["status"]
+    files = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if not p.name.startswith("."))
+    final, best = summary.get("final_test_acc"), summary.get("best_test_acc")
+    done = status == "completed" and summary["task"] == "train" and None not in (final, best)
+    outcome = f" (test accuracy {final:.4f}, best {best:.4f})" if done else ""
+    return f"run {status}{outcome} in {out_dir}: {', '.join(files)}"
 
 
 def _stage(summary: dict[str, Any]) -> str:
@@ -293,16 +298,8 @@ def hydra_main(cfg: DictConfig) -> float:
                   + "; run the same command again to go on (completed jobs are skipped)", file=sys.stderr)
         sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
-    if multirun or not distributed.from_env().main:  # rank 0 alone says where the files are (the others' dirs go)
-        pass
-    elif summary.get("refused"):
-        print(f"cnnbench: refused; {out_dir} is as it was", file=sys.stderr)
-    else:
-        files = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if not p.name.startswith("."))
-        final, best = summary.get("final_test_acc"), summary.get("best_test_acc")
-        done = status == "completed" and summary["task"] == "train" and None not in (final, best)
-        outcome = f" (test accuracy {final:.4f}, best {best:.4f})" if done else ""
-        print(f"cnnbench: run {status}{outcome} in {out_dir}: {', '.join(files)}", file=sys.stderr)
+    if not multirun and distributed.from_env().main:  # rank 0 alone says where the files are (the others' dirs go)
+        print(f"cnnbench: {_closing_line(summary, out_dir)}", file=sys.stderr)
     if status != "completed":  # run() has logged why
         # A sweep goes on with its other jobs; a single run exits non-zero.
         if not multirun:
