@@ -10,11 +10,11 @@ import traceback
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict, read_write
 
 from .config import ConfigError, resume_command, validate_sweep
 from .metrics import collect_results, write_results
-from .rundir import DirBusy, hold, read_summary
+from .rundir import DirBusy, hold, hold_unused, read_summary
 
 
 def loud(method):
@@ -79,10 +79,7 @@ class OutputCheck(Callback):
     def on_run_start(self, config, **kwargs) -> None:
         run_dir = Path(config.hydra.run.dir)
         check_writable(run_dir, "hydra.run.dir")
-        try:
-            hold(run_dir, "hydra.run.dir")
-        except DirBusy as err:
-            refuse(str(err))
+        run_dir = take_dir(config, "run")
         if (run_dir / "multirun.yaml").is_file() or (run_dir / "results.csv").is_file():
             refuse(f"hydra.run.dir={run_dir} holds a sweep (multirun.yaml, results.csv): a single run's files would "
                    "mix with its jobs and hide them from its report; choose another dir")
@@ -111,11 +108,32 @@ class OutputCheck(Callback):
             refuse("hydra/launcher=slurm submits each job with SLURM's sbatch, which this machine does not have: "
                    "run the sweep on the cluster's login node (or drop hydra/launcher=slurm to run it here)")
         check_writable(sweep_dir, "hydra.sweep.dir")
-        try:
-            hold(sweep_dir, "hydra.sweep.dir")
-        except DirBusy as err:
-            refuse(str(err))
+        sweep_dir = take_dir(config, "sweep")
         check_sweep_dir(sweep_dir, config)
+
+
+def take_dir(config, kind: str) -> Path:
+    """Hold ``hydra.<kind>.dir`` for this process. A dir the user chose is theirs: when another
+    process writes it, the command is refused. The default dir is named by the second the
+    command started in; when it is taken (another command started in the same second), this
+    one takes the first free ``_2``, ``_3``, ... beside it and tells Hydra so: for a sweep also
+    through its overrides, from which Hydra composes each job's config anew."""
+    key = f"hydra.{kind}.dir"
+    folder = Path(config.hydra[kind].dir)
+    chosen = any(str(o).lstrip("+~").split("=")[0] == key for o in config.hydra.overrides.hydra)
+    try:
+        if chosen:
+            hold(folder, key)
+            return folder
+        taken = hold_unused(folder, key)
+    except DirBusy as err:
+        refuse(str(err))
+    if taken != folder:
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra[kind].dir = str(taken)
+            if kind == "sweep":
+                config.hydra.overrides.hydra.append(f"{key}={taken}")
+    return taken
 
 
 def best_job(rows: list[dict], config, sweep_dir: Path) -> str | None:

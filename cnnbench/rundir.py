@@ -54,6 +54,24 @@ def hold(folder: Path, key: str = "hydra.run.dir") -> None:
     _held[folder] = (fd, 1)
 
 
+def hold_unused(folder: Path, key: str = "hydra.run.dir") -> Path:
+    """Hold ``folder``, or when another process holds it or it holds anything, the first of
+    ``folder_2``, ``folder_3``, ... that is free and empty: for the default dirs, which are named
+    by the second they start in, so that two runs started in the same second (``cnnbench seed=1 &
+    cnnbench seed=2``) each get a dir of their own."""
+    folder = Path(folder)
+    for n in range(1, 1000):
+        candidate = folder if n == 1 else folder.with_name(f"{folder.name}_{n}")
+        try:
+            hold(candidate, key)
+        except DirBusy:
+            continue
+        if all(entry.name == LOCK_NAME for entry in candidate.iterdir()):
+            return candidate
+        release(candidate)
+    raise DirBusy(f"{key}={folder} and 998 dirs named after it are in use; choose a dir with {key}=DIR")
+
+
 def release(folder: Path) -> None:
     folder = Path(folder).resolve()
     if folder not in _held:

@@ -126,6 +126,44 @@ def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(r
     assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [1, 2]
 
 
+def plant_default_dirs(root: Path, kind: str, name: str = "") -> set[Path]:
+    """Taken default dirs (``outputs/runs/DATE/TIME_lenet``) for every second of the next two
+    minutes, as if another command had started in each of them."""
+    from datetime import datetime, timedelta
+
+    start = datetime.now()
+    planted = set()
+    for second in range(-2, 120):
+        moment = start + timedelta(seconds=second)
+        folder = root / "outputs" / kind / f"{moment:%Y-%m-%d}" / f"{moment:%H-%M-%S}{name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "summary.json").write_text('{"status": "completed"}')
+        planted.add(folder)
+    return planted
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "sweep"])
+def test_a_default_dir_taken_in_the_same_second_gets_a_suffix(tiny_data, tmp_path, sweep):
+    """The default dirs are named by the second a command starts in: a second command started
+    in that second (``cnnbench seed=1 & cnnbench seed=2``) must neither be refused nor mix with
+    the first, but take the dir beside it."""
+    planted = plant_default_dirs(tmp_path, "sweeps" if sweep else "runs", "" if sweep else "_lenet")
+    proc = subprocess.run([sys.executable, "-m", "cnnbench", *(["-m"] if sweep else []), "model=lenet", "trainer=smoke",
+                           "trainer.plot=false", f"data.root={tiny_data}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    written = [p.parent for p in (tmp_path / "outputs").rglob("metrics.csv")]
+    assert len(written) == 1
+    run_dir = written[0].parent if sweep else written[0]
+    assert run_dir.name.endswith("_2") and run_dir.with_name(run_dir.name[:-2]) in planted
+    for folder in planted:  # the earlier commands' dirs are as they were
+        assert sorted(p.name for p in folder.iterdir()) in (["summary.json"], [".cnnbench.lock", "summary.json"])
+    if sweep:  # each job of the sweep went there too, and its results and report
+        assert (run_dir / "results.csv").is_file() and (run_dir / "multirun.yaml").is_file()
+        assert written[0] == run_dir / "0"
+    assert str(run_dir.relative_to(tmp_path)) in proc.stderr  # the last lines say where
+
+
 def test_a_killed_run_leaves_no_stale_lock(tiny_data, tmp_path):
     run_dir = tmp_path / "run"
     proc = cnnbench("model=lenet", f"data.root={tiny_data}", "trainer.max_epochs=1000", f"hydra.run.dir={run_dir}")
