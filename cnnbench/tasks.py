@@ -87,7 +87,8 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     distributed.init(cfg.trainer.device)  # under torchrun: join the other ranks
     device, size, knobs = describe(cfg, summary)
     meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size,
-            "recipe": training_recipe(cfg), "overrides": own_overrides(summary.get("overrides", []))}
+            "recipe": training_recipe(cfg), "overrides": own_overrides(summary.get("overrides", [])),
+            "processes": summary["processes"]}
     resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
     write_json(out_dir / "summary.json", summary)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download)
@@ -102,6 +103,12 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                                    "steps_into_next_epoch": partial["batches_done"] if partial else 0}
         log.info("resuming from %s: %d epochs done%s", resume, state["epoch"],
                  f", {partial['batches_done']} steps into the next" if partial else "")
+        before = state["meta"].get("processes", 1)
+        if before != summary["processes"]:  # the batch is the same, split otherwise: allowed, but not exact
+            summary["resumed_from"]["processes"] = before
+            log.warning("the checkpoint's run had %d process(es), this one has %d: each process's batch share and "
+                        "batch norm statistics differ, so the resumed run is not the one an uninterrupted run would "
+                        "have been", before, summary["processes"])
     log.info(
         "%s: %s params, %.3g GFLOPs/image at %dx%d, %d training images, batch %d, on %s",
         cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size,

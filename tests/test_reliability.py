@@ -93,6 +93,24 @@ def test_a_killed_checkpoint_write_leaves_the_previous_one(make_cfg, tiny_data, 
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
 
 
+def test_a_resume_under_another_process_count_says_it_is_not_exact(make_cfg, tiny_data, tmp_path, caplog):
+    """The global batch is the same under any number of torchrun processes, so a resume with
+    another count is allowed; but batch norm's statistics are per process: it is said, and kept."""
+    args = [f"data.root={tiny_data}", "data.batch_size=16", "trainer.checkpoint=true"]
+    assert run(make_cfg(*args, "trainer.max_epochs=1"), tmp_path)["status"] == "completed"
+    state = engine.load_checkpoint(tmp_path / "last.pt")
+    assert state["meta"]["processes"] == 1
+    state["meta"]["processes"] = 2  # as if written by a two-process torchrun
+    torch.save(state, tmp_path / "last.pt")
+    summary = run(make_cfg(*args, "trainer.max_epochs=2", f"trainer.resume={tmp_path}"), tmp_path)
+    assert summary["status"] == "completed" and summary["resumed_from"]["processes"] == 2
+    assert "the checkpoint's run had 2 process(es), this one has 1" in caplog.text
+    state["meta"].pop("processes")  # a checkpoint from before the count was kept: one process
+    torch.save(state, tmp_path / "last.pt")
+    summary = run(make_cfg(*args, "trainer.max_epochs=2", f"trainer.resume={tmp_path}"), tmp_path)
+    assert summary["status"] == "completed" and "processes" not in summary["resumed_from"]
+
+
 def test_sigterm_at_an_epoch_end_then_resume_matches(make_cfg, tiny_data, tmp_path, monkeypatch):
     args = [f"data.root={tiny_data}", "data.batch_size=16", "data.hflip=true", "data.crop_padding=2",
             "scheduler=onecycle", "optimizer.momentum=0.9", "model=lenet", "trainer.max_epochs=4"]
