@@ -371,8 +371,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", action="store_true", help="also write report.html: table, plots, every job's curves and "
                         "confusion matrix in one self-contained page")
     args = parser.parse_args(argv)
+    path = args.path
+    if not path.exists():
+        print(f"cnnbench-report: {path} does not exist; give a run dir, a sweep dir, or a folder holding them (e.g. outputs)",
+              file=sys.stderr)
+        return 2
+    if path.is_file():  # summary.json, metrics.csv, results.csv ...: the run or sweep it is of
+        print(f"cnnbench-report: {path} is a file; reporting on its folder, {path.parent}", file=sys.stderr)
+        path = path.parent
     try:
-        report(args.path, html=args.html)
+        report(path, html=args.html)
     except FileNotFoundError as err:
         print(f"cnnbench-report: {err}", file=sys.stderr)
         return 2

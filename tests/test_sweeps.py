@@ -152,6 +152,11 @@ def test_report_of_one_run_and_of_nothing(make_cfg, tiny_data, tmp_path, capsys)
     run(make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=2"), tmp_path / "run")
     results, written = report.report(tmp_path / "run")
     assert len(results) == 1 and [w.name for w in written] == ["report_curves.png"]
+    assert report.main([str(tmp_path / "run" / "summary.json")]) == 0  # a run's file: its run
+    assert f"reporting on its folder, {tmp_path / 'run'}" in capsys.readouterr().err
+    assert report.main([str(tmp_path / "nothing")]) == 2
+    assert f"{tmp_path / 'nothing'} does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
     assert report.main([str(tmp_path / "empty")]) == 2
     assert "holds no run" in capsys.readouterr().err
 
