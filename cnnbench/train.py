@@ -222,6 +222,10 @@ def check_values(overrides: list[str], args: list[str]) -> None:
         raise
     except Exception:  # noqa: BLE001 - a malformed override or another composition error: Hydra says where, as before
         return
+    ignored = [o.lstrip("+~") for o in overrides if o.lstrip("+~").startswith(("model=", "model."))]
+    if enum_value(cfg.task) == "evaluate" and ignored:  # it would be recorded as the run's, and reported so
+        raise ConfigError(f"{' '.join(ignored)}: task=evaluate takes the model and its knobs from the checkpoint "
+                          f"(trainer.resume), so this does not apply; drop it (data.resize=N evaluates at another size)")
     try:
         validate(cfg)
     except ConfigError:

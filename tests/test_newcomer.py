@@ -39,6 +39,8 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["+hparams_search=lenet_lr", "trainer=smoke"], "hparams_search=lenet_lr is a search: run it with -m (cnnbench -m +hparams_search=lenet_lr ...)"),
     (["logger.mlflow.experiment=x"], "logger.mlflow.experiment sets an option of the mlflow tracker, which this command does not choose: add logger=mlflow"),
     (["logger=mlflow", "logger.mlflow.experimnt=x"], "logger.mlflow.experimnt is not an option of the mlflow tracker (did you mean logger.mlflow.experiment?)"),
+    (["task=evaluate", "trainer.resume=outputs/run", "model=resnet18", "model.norm=none"],
+     "model=resnet18 model.norm=none: task=evaluate takes the model and its knobs from the checkpoint (trainer.resume)"),
     (["logger.mlfow.experiment=x"], "logger.mlfow.experiment: mlfow is not a tracker (did you mean mlflow?)"),
 ])
 def test_mistakes_are_refused_with_the_nearest_real_name(tmp_path, monkeypatch, capsys, args, message):
