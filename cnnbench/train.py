@@ -234,12 +234,30 @@ def check_values(overrides: list[str], args: list[str]) -> None:
         return
 
 
+SCRATCH_PREFIX = "cnnbench-rank"  # + RANK-PID-random: a torchrun rank's throwaway run dir, in the temp dir
+
+
+def remove_dead_scratch() -> None:
+    """The throwaway run dirs of ranks that died without their atexit (SIGKILL, OOM killer)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*-*"):
+        pid = folder.name[len(SCRATCH_PREFIX):].split("-")[1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # no such process: its dir is debris
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def main() -> None:
     """The ``cnnbench`` command. Under torchrun, ranks other than 0 run in a temporary dir with
     Hydra's logging off: rank 0 alone writes the run dir and logs."""
     world = distributed.from_env()
     if not world.main:
-        scratch = tempfile.mkdtemp(prefix=f"cnnbench-rank{world.rank}-")
+        remove_dead_scratch()
+        scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{world.rank}-{os.getpid()}-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null",
                      "hydra.job_logging.root.level=WARNING", "hydra/hydra_logging=disabled"]

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pandas as pd
 import pytest
@@ -53,6 +54,26 @@ def test_two_process_torchrun_matches_one_process(tiny_data, tmp_path):
         assert b[col].tolist() == pytest.approx(a[col].tolist(), rel=1e-5, abs=1e-6), col
     # the final model's confusion matrix, counted by rank 0 over the whole test set
     pd.testing.assert_frame_equal(pd.read_csv(two / "confusion.csv"), pd.read_csv(one / "confusion.csv"))
+
+
+def test_a_killed_ranks_scratch_dir_is_removed_by_the_next_launch(tmp_path, monkeypatch):
+    """A rank's throwaway run dir goes at its exit; one killed by SIGKILL leaves it, and the next
+    rank to start removes it. A live rank's dir stays."""
+    from cnnbench import train
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / f"cnnbench-rank1-{dead.pid}-x1").mkdir()
+        (tmp_path / f"cnnbench-rank1-{dead.pid}-x1" / "main.log").write_text("")
+        (tmp_path / f"cnnbench-rank2-{alive.pid}-x2").mkdir()
+        (tmp_path / "cnnbench-rank-notmine").mkdir()
+        train.remove_dead_scratch()
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"cnnbench-rank2-{alive.pid}-x2", "cnnbench-rank-notmine"])
+    finally:
+        alive.kill()
 
 
 INJECT = '''
