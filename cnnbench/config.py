@@ -16,6 +16,8 @@ import math
 import os
 import re
 import shlex
+import shutil
+import sys
 import textwrap
 from dataclasses import dataclass, field
 from enum import Enum
@@ -387,10 +389,30 @@ def own_overrides(overrides: list[str], *also: str) -> list[str]:
     return [o for o in overrides if o.lstrip("+~").partition("=")[0] not in drop]
 
 
+def program() -> str:
+    """``cnnbench`` as a pasted command must call it: its name where the shell finds this one by
+    it, else the path it was started by (``.venv/bin/cnnbench`` after ``make run``, with the
+    environment not activated). ``python -m cnnbench`` is shown as ``cnnbench``."""
+    started = sys.argv[0] if sys.argv else ""
+    if Path(started).name != "cnnbench":
+        return "cnnbench"
+    found = shutil.which("cnnbench")
+    return "cnnbench" if found and Path(found).resolve() == Path(started).resolve() else started
+
+
 def resume_command(overrides: list[str], run_dir, *also: str) -> str:
     """The command that continues the run in ``run_dir`` in its own settings, to paste."""
-    command = ["cnnbench", *own_overrides(overrides, *also), f"hydra.run.dir={run_dir}", f"trainer.resume={run_dir}"]
-    return " ".join(shlex.quote(c) for c in command)
+    command = [*own_overrides(overrides, *also), f"hydra.run.dir={run_dir}", f"trainer.resume={run_dir}"]
+    return " ".join([program(), *(shlex.quote(c) for c in command)])
+
+
+def sweep_command(overrides: list[str], hydra_overrides: list[str], sweep_dir) -> str:
+    """The command that runs the sweep in ``sweep_dir`` again, there (its completed jobs are
+    skipped, interrupted ones resume): its overrides, with its dir named, since the default dir
+    is a new one every second."""
+    own = [o for o in hydra_overrides if o.lstrip("+~").partition("=")[0] not in ("hydra.sweep.dir", "hydra.mode")]
+    command = ["-m", *overrides, *own, f"hydra.sweep.dir={sweep_dir}"]
+    return " ".join([program(), *(shlex.quote(c) for c in command)])
 
 
 def compose_checked(*overrides: str) -> DictConfig:

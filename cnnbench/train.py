@@ -35,8 +35,10 @@ from .config import (
     first_line,
     multirun_requested,
     one_value_sweeps,
+    program,
     register_configs,
     resume_command,
+    sweep_command,
     validate,
 )
 from .engine import (
@@ -165,13 +167,13 @@ def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
     in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     if summary["task"] == "train" and (out_dir / "last.pt").exists():
         if in_sweep:
-            return "run the sweep again (the same command): this job resumes from its last.pt, completed jobs are skipped"
+            return f"run the sweep again, {_sweep_again()}: this job resumes from its last.pt, completed jobs are skipped"
         command = resume_command(summary["overrides"], out_dir)
         if (world := distributed.from_env()).distributed:  # the same processes: the same share of each batch per rank
             per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
             launch = (f"torchrun --standalone --nproc_per_node={world.size} -m cnnbench" if per_node == world.size
                       else f"(the same torchrun launch, {world.size} processes) cnnbench")
-            command = command.replace("cnnbench", launch, 1)
+            command = launch + command.removeprefix(program())
         return "resume with: " + command
     done = summary.get("epochs_completed") or 0
     epochs = f"{done} epoch{'s' if done != 1 else ''}"
@@ -182,9 +184,20 @@ def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
                 "from (trainer.checkpoint=true writes one every epoch)")
     else:
         what = "nothing was trained yet"
-    how = ("run the sweep again (the same command) to run this job afresh, completed jobs are skipped" if in_sweep
+    how = (f"run the sweep again, {_sweep_again()}, to run this job afresh, completed jobs are skipped" if in_sweep
            else "run the same command again to start over")
     return f"{what}: {how}"
+
+
+def _sweep_again() -> str:
+    """The command that goes on with this process's sweep, in its dir: the sweep's own overrides
+    are in the multirun.yaml its launcher wrote there (a job's config holds the job's)."""
+    sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
+    try:
+        overrides = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
+        return sweep_command(list(overrides.task), list(overrides.hydra), sweep_dir)
+    except Exception:  # noqa: BLE001 - none, or unreadable
+        return f"the same command with hydra.sweep.dir={sweep_dir}"
 
 
 register_configs()
@@ -317,7 +330,7 @@ def hydra_main(cfg: DictConfig) -> float:
             sweep_dir = Path(hydra_cfg.sweep.dir).absolute()
             path = write_results(sweep_dir)  # the jobs so far: the sweep's end, which writes it, never comes
             print(f"cnnbench: the sweep stopped in job {hydra_cfg.job.num}" + (f"; the jobs so far are in {path}" if path else "")
-                  + "; run the same command again to go on (completed jobs are skipped)", file=sys.stderr)
+                  + f"; to go on (completed jobs are skipped, this one resumes): {_sweep_again()}", file=sys.stderr)
         sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
     if not multirun and distributed.from_env().main:  # rank 0 alone says where the files are (the others' dirs go)

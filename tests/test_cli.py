@@ -198,3 +198,22 @@ def test_wheel_carries_the_configs(tmp_path):
     assert out.stdout.strip() == str(tmp_path / "site" / "cnnbench" / "conf")
     proc = subprocess.run([sys.executable, "-m", "cnnbench", "--help"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert proc.returncode == 0 and "model: alexnet" in proc.stdout
+
+
+def test_a_pasted_command_calls_cnnbench_as_it_was_started(tmp_path, monkeypatch):
+    """After `make run` the environment is not activated: advice must say .venv/bin/cnnbench."""
+    from cnnbench.config import program, resume_command
+
+    script = tmp_path / ".venv" / "bin" / "cnnbench"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    script.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [".venv/bin/cnnbench", "model=lenet"])
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert program() == ".venv/bin/cnnbench"
+    assert resume_command(["model=lenet"], "outputs/r") == ".venv/bin/cnnbench model=lenet hydra.run.dir=outputs/r trainer.resume=outputs/r"
+    monkeypatch.setenv("PATH", f"{script.parent}:/usr/bin:/bin")  # activated: the name finds this one
+    assert program() == "cnnbench"
+    monkeypatch.setattr(sys, "argv", ["/x/cnnbench/__main__.py"])  # python -m cnnbench
+    assert program() == "cnnbench"

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -233,17 +235,23 @@ engine.Trainer.step = step
 
 
 def test_a_stopped_sweep_writes_the_jobs_so_far_and_goes_on_when_run_again(tiny_data, tmp_path):
+    """In its default dir (a new one every second): the command it prints goes on there."""
     (tmp_path / "inject").mkdir()
     (tmp_path / "inject" / "sitecustomize.py").write_text(STOP_IN_JOB_1)
-    args = [sys.executable, "-m", "cnnbench", "-m", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data}",
-            "optimizer.lr=0.05,0.1,0.2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    stopped = subprocess.run(args, capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "PYTHONPATH": str(tmp_path / "inject")})
+    args = ["-m", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data}", "optimizer.lr=0.05,0.1,0.2"]
+    stopped = subprocess.run([sys.executable, "-m", "cnnbench", *args], capture_output=True, text=True, timeout=300,
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "inject")})
     assert stopped.returncode == 130, stopped.stderr
-    assert f"the sweep stopped in job 1; the jobs so far are in {tmp_path / 'sweep' / 'results.csv'}" in stopped.stderr
-    assert pd.read_csv(tmp_path / "sweep" / "results.csv")["status"].tolist() == ["completed", "interrupted"]
-    again = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    sweep = next((tmp_path / "outputs" / "sweeps").glob("*/*")).absolute()
+    assert f"the sweep stopped in job 1; the jobs so far are in {sweep / 'results.csv'}" in stopped.stderr
+    assert pd.read_csv(sweep / "results.csv")["status"].tolist() == ["completed", "interrupted"]
+    told = stopped.stderr.split("completed jobs are skipped, this one resumes): ")[1].splitlines()[0]
+    assert told == f"cnnbench -m {' '.join(args[1:])} hydra.sweep.dir={sweep}"
+    assert f"run the sweep again, {told}" in json.loads((sweep / "1" / "summary.json").read_text())["error"]
+    time.sleep(1.1)  # the default dir would be another one now
+    again = subprocess.run([sys.executable, *shlex.split(told.replace("cnnbench", "-m cnnbench", 1))],
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "job 0 already completed" in again.stderr and "job 1 was interrupted" in again.stderr
-    results = pd.read_csv(tmp_path / "sweep" / "results.csv")
+    results = pd.read_csv(sweep / "results.csv")
     assert results["status"].tolist() == ["completed"] * 3 and "trainer.resume" not in results

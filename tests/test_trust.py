@@ -341,8 +341,9 @@ def test_a_refused_resume_leaves_a_completed_run_as_it_was(make_cfg, tiny_data, 
 def hydra_dirs(run_dir: Path | None = None, sweep_dir: Path | None = None, resume: str | None = None):
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({
-        "hydra": {"run": {"dir": str(run_dir)}, "sweep": {"dir": str(sweep_dir)}, "overrides": {"task": []},
+    chosen = [f"hydra.run.dir={run_dir}"] * bool(run_dir) + [f"hydra.sweep.dir={sweep_dir}"] * bool(sweep_dir)
+    return OmegaConf.create({  # the dirs as given on the command line, as in the tests' commands
+        "hydra": {"run": {"dir": str(run_dir)}, "sweep": {"dir": str(sweep_dir)}, "overrides": {"task": [], "hydra": chosen},
                   "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None}},
         "trainer": {"resume": resume}})
 
