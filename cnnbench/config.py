@@ -131,6 +131,9 @@ class TrainerConfig:
     # compilation (summary.json: compile_s; cached on disk, so later runs of the model start fast).
     compile: Optional[bool] = None
     matmul_precision: MatmulPrecision = MatmulPrecision.high
+    # CPU threads for torch's operators (torch.set_num_threads). null: torch's default, one per
+    # core. Where other work shares the cores, fewer can be several times faster (docs/speed.md).
+    threads: Optional[int] = None
     label_smoothing: float = 0.0  # cross-entropy label smoothing, in [0, 1)
     grad_clip: float = 0.0  # clip the gradient norm to this value (0: off)
     diverge_loss: float = 1000.0  # an epoch's mean training loss above this ends the run as diverged (0: only NaN/inf)
@@ -174,6 +177,7 @@ RANGES: dict[str, Range] = {
     "scheduler.min_lr": Range(0, math.inf, open_hi=True),
     "scheduler.pct_start": Range(0, 1, open_lo=True, open_hi=True),
     "trainer.max_epochs": Range(1, 10**6),
+    "trainer.threads": Range(1, 1024),
     "trainer.label_smoothing": Range(0, 1, open_hi=True),
     "trainer.grad_clip": Range(0, math.inf, open_hi=True),
     "trainer.diverge_loss": Range(0, math.inf, open_hi=True),

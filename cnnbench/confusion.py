@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
 from .data import CLASSES, DeviceLoader, build_loaders, load
-from .engine import autocast_dtype, checkpoint_path, load_checkpoint, resolve_device, set_backends, unwrap
+from .engine import autocast_dtype, checkpoint_path, load_checkpoint, resolve_device, unwrap
 from .metrics import environment, figure, save_figure, show, write_csv
 
 log = logging.getLogger(__name__)
@@ -259,7 +259,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     (checkpoints record it); data.* (root, test_subset, test_batch_size) and
     trainer.device/precision come from the config."""
     from . import loggers
-    from .config import ConfigError, enum_value, resolution
+    from .config import ConfigError, resolution
     from .models import create_model
 
     path = checkpoint_path(cfg.trainer.resume, evaluate=True)  # validate has refused a run without one
@@ -269,7 +269,6 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     except Exception as err:
         raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: {path} is not a readable cnnbench checkpoint ({err})") from None
     device = resolve_device(cfg.trainer.device)
-    set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision))  # nothing left from an earlier job
     # data.resize's default follows the configured model (an interpolation): only a size the user
     # set overrides the checkpoint's own
     asked = cfg.data.resize is not None and not OmegaConf.is_interpolation(cfg.data, "resize")

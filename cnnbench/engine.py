@@ -135,11 +135,17 @@ def on_cuda(setting: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" if setting is None else bool(setting)
 
 
-def set_backends(deterministic: bool, matmul_precision: str = "high") -> None:
+_default_threads: list[int] = []  # the process's thread count before the first run set it (torch's: a core each)
+
+
+def set_backends(deterministic: bool, matmul_precision: str = "high", threads: int | None = None) -> None:
     """Set every global switch a run depends on, at the start of every run, so nothing leaks from
     one job of a sweep into the next: cuDNN autotuning (on, unless deterministic), deterministic
-    algorithms, and the fp32 matmul precision (``high`` lets fp32 matmuls and convolutions use
-    TF32 on tensor-core GPUs; ``highest`` keeps full fp32). They change nothing on the CPU."""
+    algorithms, the fp32 matmul precision (``high`` lets fp32 matmuls and convolutions use TF32
+    on tensor-core GPUs; ``highest`` keeps full fp32) and the CPU threads (None: torch's default)."""
+    if not _default_threads:
+        _default_threads.append(torch.get_num_threads())
+    torch.set_num_threads(threads or _default_threads[0])
     if deterministic:
         # cuBLAS needs a fixed workspace for deterministic results (read when cuBLAS starts).
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -439,7 +445,7 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, epochs: int, steps_pe
 
 def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_epoch: int) -> Trainer:
     """The model (seeded), optimizer and schedule on ``device``, ready to train."""
-    set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision))
+    set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision), cfg.trainer.threads)
     torch.manual_seed(cfg.seed)
     channels_last = on_cuda(cfg.trainer.channels_last, device)
     model = create_model(cfg.model.name, image_size=size, **knobs).to(device)

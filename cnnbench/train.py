@@ -43,6 +43,7 @@ from .config import (
 )
 from .engine import (
     Diverged,
+    set_backends,
     stop_at_once,
 )
 from .metrics import NoSpace, write_json, write_results
@@ -96,6 +97,7 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
     try:
         with stop_at_once(lambda: _stage(summary)):
             validate(cfg)
+            set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision), cfg.trainer.threads)
             TASKS[summary["task"]](cfg, out_dir, summary)
         summary["status"] = "completed"
     except (ConfigError, data.DataError) as err:

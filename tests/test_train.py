@@ -213,12 +213,16 @@ def test_every_run_sets_the_backend_switches_afresh(make_cfg, tiny_data, tmp_pat
     """A deterministic job must not leave deterministic algorithms on (and cuDNN autotuning off)
     for the next job of a sweep in the same process."""
     base = [f"data.root={tiny_data}", "trainer=smoke", "trainer.max_epochs=1"]
-    assert run(make_cfg(*base, "trainer.deterministic=true", "trainer.matmul_precision=highest"), tmp_path / "a")["status"] == "completed"
+    default_threads = torch.get_num_threads()
+    first = run(make_cfg(*base, "trainer.deterministic=true", "trainer.matmul_precision=highest", "trainer.threads=1"),
+                tmp_path / "a")
+    assert first["status"] == "completed" and first["cpu_threads"] == 1
     assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
-    assert torch.get_float32_matmul_precision() == "highest"
-    assert run(make_cfg(*base), tmp_path / "b")["status"] == "completed"
+    assert torch.get_float32_matmul_precision() == "highest" and torch.get_num_threads() == 1
+    second = run(make_cfg(*base), tmp_path / "b")
+    assert second["status"] == "completed" and second["cpu_threads"] == default_threads
     assert not torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.benchmark
-    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == "high" and torch.get_num_threads() == default_threads
 
 
 def test_a_gpu_index_under_torchrun_is_refused(make_cfg, monkeypatch):
