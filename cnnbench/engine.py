@@ -589,7 +589,8 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
         raise ConfigError(f"trainer.resume={resume!r}: {path} is not a cnnbench checkpoint (it has no meta record)") from None
     started = " ".join(theirs.get("overrides") or []) or "(no overrides)"
     advice = (f"resume with the overrides of the run that wrote it: {started} (those and no others; "
-              "trainer.max_epochs=N trains on to epoch N where its schedule does not span the run)")
+              "trainer.max_epochs=N trains on to epoch N where its schedule does not span the run), "
+              "or drop trainer.resume to start a new run")
     for key in ("model", "knobs", "resolution", "batch_size"):
         if theirs.get(key) != meta[key]:
             raise ConfigError(f"trainer.resume={resume!r}: the checkpoint is of {key}={theirs.get(key)!r}, this run has "

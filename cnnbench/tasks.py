@@ -27,7 +27,7 @@ from .analysis import (
     min_size_report,
     split_by_kind,
 )
-from .config import enum_value, model_knobs, own_overrides, resolution
+from .config import ConfigError, enum_value, model_knobs, own_overrides, resolution
 from .data import DeviceLoader, Split, build_loaders
 from .engine import (
     StopFlag,
@@ -51,6 +51,7 @@ from .metrics import (
     write_json,
 )
 from .models.design_space import summary_fields as drawn_fields
+from .rundir import read_summary
 
 log = logging.getLogger("cnnbench")
 
@@ -90,6 +91,11 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
             "recipe": training_recipe(cfg), "overrides": own_overrides(summary.get("overrides", [])),
             "processes": summary["processes"]}
     resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
+    if state and state["epoch"] >= cfg.trainer.max_epochs and read_summary(resume.parent).get("status") == "completed":
+        # (a run stopped after its last epoch, while writing its results, is resumed to write them)
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: that run completed its {state['epoch']} epochs, and this "
+                          f"run has trainer.max_epochs={cfg.trainer.max_epochs}: nothing is left to train; give "
+                          f"trainer.max_epochs=N (more than {state['epoch']}) to train on")
     write_json(out_dir / "summary.json", summary)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download)
     train_loader, test_loader = build_loaders(cfg, train_split, test_split, size, device)

@@ -47,7 +47,7 @@ from .engine import (
     stop_at_once,
 )
 from .metrics import NoSpace, write_json, write_results
-from .rundir import hold, read_summary, release
+from .rundir import LOCK_NAME, hold, read_summary, release
 from .sweeps import metric, prepare_job
 from .tasks import TASKS
 
@@ -137,7 +137,7 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
         loggers.finish(out_dir, summary["status"])  # the trackers get the final summary.json and status
         if summary["status"] != "completed" and (summary["status"] != "interrupted" or distributed.from_env().main):
             # an interruption is told once, by rank 0, with the command that resumes the run
-            log.error("run %s: %s", summary["status"], summary.get("error", ""))
+            log.error("%s: %s", "refused" if summary.get("bad_input") else f"run {summary['status']}", summary.get("error", ""))
         if summary["status"] == "oom":
             gc.collect()  # free what the failed step held before the next job of a sweep
             if torch.cuda.is_available():
@@ -147,6 +147,8 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
 
 def _closing_line(summary: dict[str, Any], out_dir: Path) -> str:
     """A single run's last line: how it ended (and its accuracy) and the files in its dir."""
+    if summary.get("refused") == "removed":
+        return f"refused; nothing was run or kept ({out_dir}, made for the run, is removed)"
     if summary.get("refused"):
         return f"refused; {out_dir} is as it was"
     status = summary["status"]
@@ -155,6 +157,12 @@ def _closing_line(summary: dict[str, Any], out_dir: Path) -> str:
     done = status == "completed" and summary["task"] == "train" and None not in (final, best)
     outcome = f" (test accuracy {final:.4f}, best {best:.4f})" if done else ""
     return f"run {status}{outcome} in {out_dir}: {', '.join(files)}"
+
+
+def _made_by_hydra(out_dir: Path) -> bool:
+    """The run dir holds only what Hydra (its .hydra/ and log) and the lock put there: it was made
+    for this run."""
+    return all(p.name in (".hydra", LOCK_NAME) or p.suffix == ".log" for p in out_dir.iterdir())
 
 
 def _stage(summary: dict[str, Any]) -> str:
@@ -321,6 +329,7 @@ def hydra_main(cfg: DictConfig) -> float:
     out_dir = Path(hydra_cfg.runtime.output_dir)
     if multirun and (done := prepare_job(cfg, hydra_cfg, out_dir)):
         return metric(done, cfg.objective)
+    made_for_it = not multirun and _made_by_hydra(out_dir)
     try:
         summary = run(cfg, out_dir, hydra_cfg.overrides.task)
     except KeyboardInterrupt as err:  # stops a sweep too: the user or the cluster asked
@@ -335,6 +344,11 @@ def hydra_main(cfg: DictConfig) -> float:
                   + f"; to go on (completed jobs are skipped, this one resumes): {_sweep_again()}", file=sys.stderr)
         sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
+    if made_for_it and summary.get("bad_input") and distributed.from_env().main:
+        # refused before anything was trained: a dir made for the run holds nothing worth keeping
+        # (the error is on the screen), and would stand among the runs as a failed one
+        shutil.rmtree(out_dir, ignore_errors=True)
+        summary["refused"] = "removed"
     if not multirun and distributed.from_env().main:  # rank 0 alone says where the files are (the others' dirs go)
         print(f"cnnbench: {_closing_line(summary, out_dir)}", file=sys.stderr)
     if status != "completed":  # run() has logged why
