@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import textwrap
 from pathlib import Path
@@ -31,6 +32,7 @@ TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "worst_class
 IDENTIFIERS = {"seed", "model.sample"}
 # A key with more settings than this (a search's continuous draws) is an axis, never a series.
 MOST_SERIES = 6
+MOST_TICKS = 10  # the values of a swept key labelled on its axis one by one
 BOOKKEEPING = {"task", "trainer.resume", "data.root", "data.download", "trainer.checkpoint", "trainer.save_best",
                "trainer.plot", "trainer.progress", "trainer.device", "logger", "objective"}
 
@@ -196,12 +198,20 @@ def _short(value) -> str:
     return f"{number:.4g}" if pd.notna(number) and not float(number).is_integer() else str(value)
 
 
-def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str) -> Path:
+def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str,
+                 shade: str | None = None) -> Path:
     """``metric`` against ``key``, one series per setting of the ``others``. A numeric key is a
     line (on a log axis when its values span a decade or more); a categorical one (norm_at,
-    model, block) is points in the order the sweep ran them, not sorted by name."""
+    model, block) is points in the order the sweep ran them, not sorted by name. ``shade``: a
+    numeric swept key with too many settings for a legend (ex_bn_lr's eight learning rates
+    against model.norm), drawn as each point's colour, with a colour bar."""
     fig = figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
+    if shade:
+        from matplotlib.colors import LogNorm, Normalize
+
+        tint = pd.to_numeric(results[shade], errors="coerce")
+        scale = (LogNorm if tint.min() > 0 and spans_decades(tint) else Normalize)(tint.min(), tint.max())
     x_num = pd.to_numeric(results[key], errors="coerce")
     numeric = bool(x_num.notna().all())
     draws = numeric and key in IDENTIFIERS  # seeds, samples: points at whole numbers
@@ -214,7 +224,13 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         name = ", ".join(f"{k}={_short(v)}" for k, v in zip(others, values)) or metric.replace("_", " ")
         y = pd.to_numeric(group[metric], errors="coerce")
         look = style(i)
-        if draws:
+        if shade:  # the points only, coloured by the shade key; the series by marker
+            look = {"marker": "os^Dv<>p*h"[i % 10], "s": 36, "c": tint[group.index], "cmap": "viridis", "norm": scale,
+                    "edgecolors": "black", "linewidths": 0.4}
+            x = x_num[group.index] if numeric else [categories.index(v) + (i - (len(groups) - 1) / 2) * width
+                                                     for v in shown[group.index]]
+            points = ax.scatter(x, y, label=name if others else None, **look)
+        elif draws:
             ax.plot(x_num[group.index], y, label=name, **(look | {"linestyle": "none", "markersize": 7}))
         elif numeric:
             order = x_num[group.index].argsort()
@@ -227,8 +243,11 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     if numeric and x_num.min() > 0 and (spans_decades(x_num) or doubling):
         ax.set_xscale("log", base=2 if doubling else 10)
         ticks = sorted(x_num.unique())
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        ax.minorticks_off()
+        logs = [math.log10(t) for t in ticks]
+        apart = all(b - a >= (logs[-1] - logs[0]) / 15 for a, b in zip(logs, logs[1:]))  # labels that do not collide
+        if len(ticks) <= MOST_TICKS and apart:  # a grid's values, each labelled; a search's draws keep the axis's own ticks
+            ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+            ax.minorticks_off()
     if draws:
         from matplotlib.ticker import MaxNLocator
 
@@ -238,9 +257,13 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         ax.set_xlim(-0.6, len(categories) - 0.4)
     ax.set(xlabel=key, ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} against {key}")
     ax.grid(alpha=0.3)
+    if shade:
+        fig.colorbar(points, ax=ax, label=shade)
     if others:  # one series needs no legend
-        fig.legend(loc="outside right center", fontsize="small", title=" x ".join(others))
-    fig.suptitle(title(path, results, [key, *others], "sweep"))
+        legend = fig.legend(loc="outside right center", fontsize="small", title=" x ".join(others))
+        for handle in legend.legend_handles if shade else []:  # a marker's shape, not one run's colour
+            handle.set_facecolor("white")
+    fig.suptitle(title(path, results, [key, *others, *([shade] if shade else [])], "sweep"))
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 
 
@@ -351,7 +374,9 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
         axes = plotted_keys(measured, keys)
         for key in axes if len(measured) > 1 else []:
             series = [k for k in axes if k != key and measured[k].nunique(dropna=False) <= MOST_SERIES]
-            written.append(plot_against(path, measured, key, series, metric))
+            crowded = [k for k in axes if k not in series and k != key]  # too many settings for a legend
+            shade = next((k for k in crowded if pd.to_numeric(measured[k], errors="coerce").notna().all()), None)
+            written.append(plot_against(path, measured, key, series, metric, shade))
     if "model.space" in results:  # a design-space study (experiment=ds_anynet): EDFs, trends, good regions
         from .design_study import study_report
         written += study_report(path, results)

@@ -197,12 +197,33 @@ def test_a_seed_is_points_and_a_searchs_draws_are_an_axis_not_a_legend(tmp_path,
         for norm in ("true", "false"):
             fake_run(tmp_path / "seeds" / f"{seed}{norm}", [f"seed={seed}", f"model.norm={norm}"], acc=0.5 + seed / 10)
     report.report(tmp_path / "search")
-    assert figures["report_vs_optimizer.lr.png"].legends == []  # momentum's ten values: no ten-entry legend
+    by_lr = figures["report_vs_optimizer.lr.png"]
+    assert by_lr.legends == []  # momentum's ten values: no ten-entry legend, but each point's colour
+    assert by_lr.axes[1].get_ylabel() == "optimizer.momentum"  # the colour bar
+    assert by_lr.axes[0].collections[0].get_array().tolist() == pytest.approx([0.5 + i / 23 for i in range(10)])
     report.report(tmp_path / "seeds")
     ax = figures["report_vs_seed.png"].axes[0]
     assert [line.get_linestyle() for line in ax.get_lines()] == ["None", "None"]
     assert [t.get_text() for t in figures["report_vs_seed.png"].legends[0].get_texts()] == ["model.norm=false", "model.norm=true"]
     assert report._short("0.13397250122983567") == "0.134" and report._short("64") == "64" and report._short(None) == "default"
+
+
+def test_a_key_with_too_many_settings_for_a_legend_is_each_points_colour(tmp_path, figures):
+    """ex_bn_lr: eight learning rates against model.norm. Sixteen same-coloured dots would not say
+    which rate is which; each dot is coloured by its rate, on a log colour bar."""
+    rates = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0]
+    for i, (norm, lr) in enumerate((n, r) for n in ("none", "batch") for r in rates):
+        fake_run(tmp_path / str(i), [f"model.norm={norm}", f"optimizer.lr={lr}"], acc=0.1 + i / 40)
+    report.report(tmp_path)
+    fig = figures["report_vs_model.norm.png"]
+    ax, bar = fig.axes
+    assert bar.get_ylabel() == "optimizer.lr" and bar.get_yscale() == "log"
+    points = ax.collections[0]
+    assert points.get_array().tolist() == rates * 2 and len(points.get_offsets()) == 16
+    assert "(model.norm x optimizer.lr)" in fig._suptitle.get_text()
+    # against the rates, the two norms are a legend of two lines, as before
+    assert sorted(t.get_text() for t in figures["report_vs_optimizer.lr.png"].legends[0].get_texts()) == \
+        ["model.norm=batch", "model.norm=none"]
 
 
 def test_a_search_is_plotted_against_its_own_objective(tmp_path, figures):
