@@ -33,6 +33,8 @@ IDENTIFIERS = {"seed", "model.sample"}
 # A key with more settings than this (a search's continuous draws) is an axis, never a series.
 MOST_SERIES = 6
 MOST_TICKS = 10  # the values of a swept key labelled on its axis one by one
+MOST_LEGEND = 24  # entries in a legend; a folder of more runs than this is told apart by the table
+LABEL_WIDTH = 48  # characters on a legend's or an axis label's line
 BOOKKEEPING = {"task", "trainer.resume", "data.root", "data.download", "trainer.checkpoint", "trainer.save_best",
                "trainer.plot", "trainer.progress", "trainer.device", "logger", "objective"}
 
@@ -110,8 +112,26 @@ def job_dir(path: Path, job) -> Path:
 
 
 def label(row: pd.Series, keys: list[str]) -> str:
-    """What sets the run apart (a key it did not set is left out), else its dir's name."""
-    return ", ".join(f"{k}={row[k]}" for k in keys if pd.notna(row[k])) or str(row["job"])
+    """What sets the run apart (a key it did not set is left out), else its dir's name; a long
+    one (a folder of unrelated runs differs in many keys) on several lines."""
+    text = ", ".join(f"{k}={row[k]}" for k in keys if pd.notna(row[k])) or str(row["job"])
+    return textwrap.fill(text, LABEL_WIDTH)
+
+
+def outside_legend(fig, entries: int, keys: list[str]):
+    """The legend right of the plots, for up to MOST_LEGEND entries (None beyond: the table and
+    report.html tell that many runs apart, a legend could not)."""
+    if entries > MOST_LEGEND:
+        return None
+    # centred: clear of the title
+    return fig.legend(loc="outside right center", fontsize="small",
+                      title=textwrap.fill(" x ".join(keys), LABEL_WIDTH) if 0 < len(keys) <= 4 else None)
+
+
+def crowded(what: str, entries: int) -> str:
+    """A title's note when a plot has too many runs or series for a legend."""
+    return f"{what}\n({entries} {'runs' if 'curves' in what else 'series'}, too many for a legend: the table and report.html tell them apart)" \
+        if entries > MOST_LEGEND else what
 
 
 def style(i: int) -> dict:
@@ -146,8 +166,8 @@ def title(path: Path, results: pd.DataFrame, keys: list[str], what: str) -> str:
     """``what`` for the sweep: its models and what it sweeps, not the folder's time stamp."""
     models = list(dict.fromkeys(str(m) for m in results.get("model", pd.Series(dtype=str)).dropna()))
     shown = ", ".join(models[:4]) + (f" and {len(models) - 4} more" if len(models) > 4 else "")
-    swept = " x ".join(keys) or "one run"
-    return textwrap.fill(f"{what}: {shown or path.name}, {len(results)} run{'s' if len(results) != 1 else ''} ({swept})", 100)
+    swept = " x ".join(keys[:4]) + (f" and {len(keys) - 4} more keys" if len(keys) > 4 else "") or "one run"
+    return textwrap.fill(f"{what}: {shown or path.name}, {len(results)} run{'s' if len(results) != 1 else ''} ({swept})", 80)
 
 
 def job_tables(path: Path, results: pd.DataFrame, name: str) -> list[tuple[pd.Series, pd.DataFrame]]:
@@ -185,8 +205,8 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Pat
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         epoch_axis(ax, pd.concat([m["epoch"] for _, m in runs]))
-    fig.legend(loc="outside right center", fontsize="small", title=" x ".join(keys) or None)  # centred: clear of the title
-    fig.suptitle(title(path, rows, keys, "learning curves"))
+    outside_legend(fig, len(runs), keys)
+    fig.suptitle(crowded(title(path, rows, keys, "learning curves"), len(runs)))
     return save_figure(fig, path / "report_curves.png")
 
 
@@ -259,11 +279,10 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     ax.grid(alpha=0.3)
     if shade:
         fig.colorbar(points, ax=ax, label=shade)
-    if others:  # one series needs no legend
-        legend = fig.legend(loc="outside right center", fontsize="small", title=" x ".join(others))
-        for handle in legend.legend_handles if shade else []:  # a marker's shape, not one run's colour
-            handle.set_facecolor("white")
-    fig.suptitle(title(path, results, [key, *others, *([shade] if shade else [])], "sweep"))
+    legend = outside_legend(fig, len(groups), others) if others else None  # one series needs no legend
+    for handle in legend.legend_handles if legend and shade else []:  # a marker's shape, not one run's colour
+        handle.set_facecolor("white")
+    fig.suptitle(crowded(title(path, results, [key, *others, *([shade] if shade else [])], "sweep"), len(groups)))
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 
 
@@ -271,6 +290,7 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str]) -> Path
     runs = job_tables(path, results, "bench.csv")
     if not runs:
         return None
+    keys = plotted_keys(pd.DataFrame([row for row, _ in runs]), keys)  # what sets these runs apart
     fig = figure(figsize=(13, 4.8), layout="constrained")
     ax_speed, ax_mem = fig.subplots(1, 2)
     measured = all(str(row.get("device", "cpu")).startswith("cuda") for row, _ in runs)
@@ -292,8 +312,9 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str]) -> Path
         ax.set_xticks(batch_sizes, [str(v) for v in batch_sizes])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-    fig.legend(loc="outside right center", fontsize="small", title=" x ".join(keys) or None)
-    fig.suptitle(title(path, pd.DataFrame([row for row, _ in runs]), keys, "throughput and memory against batch size"))
+    outside_legend(fig, len(runs), keys)
+    fig.suptitle(crowded(title(path, pd.DataFrame([row for row, _ in runs]), keys, "throughput and memory against batch size"),
+                         len(runs)))
     return save_figure(fig, path / "report_bench.png")
 
 
@@ -304,6 +325,7 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
     if runs is None or len(runs) < 2:
         return None
     kinds = [k for k in ("conv", "linear", "norm", "other") if runs[[f"params_{k}", f"flops_{k}"]].fillna(0).to_numpy().any()]
+    keys = plotted_keys(runs, keys)  # what sets these runs apart, not every run of the folder
     names = [label(row, keys) + (f" at {row['resolution']}" if "resolution" in runs and runs["resolution"].nunique() > 1 else "")
              for _, row in runs.iterrows()]  # a FLOP count means little without the input size
     y = range(len(runs))
@@ -373,9 +395,12 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
         measured = results[results[metric].notna()]
         axes = plotted_keys(measured, keys)
         for key in axes if len(measured) > 1 else []:
-            series = [k for k in axes if k != key and measured[k].nunique(dropna=False) <= MOST_SERIES]
-            crowded = [k for k in axes if k not in series and k != key]  # too many settings for a legend
-            shade = next((k for k in crowded if pd.to_numeric(measured[k], errors="coerce").notna().all()), None)
+            series, groups = [], 1
+            for k in (k for k in axes if k != key and measured[k].nunique(dropna=False) <= MOST_SERIES):
+                if groups * measured[k].nunique(dropna=False) <= MOST_LEGEND:  # a legend of at most MOST_LEGEND series
+                    series, groups = series + [k], groups * measured[k].nunique(dropna=False)
+            many = [k for k in axes if k not in series and k != key]  # too many settings for a legend
+            shade = next((k for k in many if pd.to_numeric(measured[k], errors="coerce").notna().all()), None)
             written.append(plot_against(path, measured, key, series, metric, shade))
     if "model.space" in results:  # a design-space study (experiment=ds_anynet): EDFs, trends, good regions
         from .design_study import study_report

@@ -3,6 +3,7 @@ the sweep's order, every run at any depth, integers as integers."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -240,3 +241,22 @@ def test_a_search_is_plotted_against_its_own_objective(tmp_path, figures):
                                             "    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n")
     report.report(tmp_path)  # a grid sweep: the final accuracy, as before
     assert figures["report_vs_optimizer.lr.png"].axes[0].get_ylabel() == "final test acc"
+
+
+def test_a_folder_of_many_unrelated_runs_gets_readable_plots(tmp_path, figures):
+    """`cnnbench-report outputs`: dozens of runs differing in many keys. No legend of thirty
+    paragraphs (the table tells them apart), no title of every key, labels on several lines."""
+    keys = ["optimizer.lr", "data.batch_size", "model.norm", "trainer.max_epochs", "data.subset", "model.width"]
+    for i in range(30):
+        fake_run(tmp_path / "sweeps" / str(i), [f"{k}={i % (j + 2)}" for j, k in enumerate(keys)], acc=i / 40)
+    report.report(tmp_path)
+    fig = figures["report_curves.png"]
+    assert fig.legends == [] and "30 runs, too many for a legend" in fig._suptitle.get_text()
+    assert "and 2 more keys" in fig._suptitle.get_text()
+    assert all(len(line) <= report.LABEL_WIDTH for line in report.label(pd.Series(
+        {"job": "0", **{k: 0.001 for k in keys}}), keys).splitlines())
+    for name, fig in figures.items():  # laid out, no plot collapses to nothing (matplotlib warns when one does)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fig.draw_without_rendering()
+        assert fig.axes[0].get_position().width > 0.2, name
