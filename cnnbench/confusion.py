@@ -283,8 +283,12 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
                           f"{meta['resolution'][0]}x{meta['resolution'][1]} and its layers do not fit {size[0]}x{size[1]}; "
                           "leave data.resize unset to evaluate at its own size") from None
     model.to(device)
+    partial = state.get("partial") or {}  # a checkpoint written mid-epoch (a stop signal): the steps into the next
     summary |= {"model": meta["model"], "checkpoint": str(path), "checkpoint_epoch": state.get("epoch", meta.get("epoch")),
+                **({"checkpoint_steps_into_next_epoch": partial["batches_done"]} if partial.get("batches_done") else {}),
                 "resolution": list(size), **environment(device)}
+    when = f"after epoch {summary['checkpoint_epoch']}" + (f" and {partial['batches_done']} steps of the next"
+                                                           if partial.get("batches_done") else "")
     train_split, test_split = load(cfg.data.root, cfg.data.download)
     _, loader = build_loaders(cfg, train_split, test_split, size, device, passes=(0, 1))  # the test images, once
     if "inputs" in meta:  # the normalisation the weights were trained with, whatever data.normalize says here
@@ -294,7 +298,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     write_outputs(errors, out_dir, summary, f"{meta['model']} ({path.name})", cfg.trainer.plot)
     summary["test_acc"] = summary["eval_test_acc"]
     show("\n".join([
-        f"{meta['model']} from {path}: test accuracy {errors.accuracy:.4f} on {summary['eval_images']} images; "
+        f"{meta['model']} from {path} ({when}): test accuracy {errors.accuracy:.4f} on {summary['eval_images']} images; "
         f"worst class {summary['worst_class']} ({summary['worst_class_acc']:.3f})",
         *(f"  {row['class']:12} {row['accuracy']:.3f}  ({row['correct']}/{row['count']})"
           + (f"  most often taken for {row['most_confused_with']} ({row['confused_count']})" if row["confused_count"] else "")

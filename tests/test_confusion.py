@@ -168,3 +168,16 @@ def test_an_evaluation_dir_is_named_after_the_checkpoints_run(make_cfg):
     assert named("task=evaluate", "trainer.resume=outputs/sweeps/2026-11-28/21-00-00/3") == "evaluate_21-00-00_3"
     assert named("model=resnet18") == "resnet18" and named("task=summary", "trainer.resume=x") == "bn_lenet"
     assert named("experiment=d2l_vgg11") == "vgg11_quarter"  # the model as chosen, not the registry's vgg11 it widens
+
+
+def test_evaluating_a_mid_epoch_checkpoint_says_how_far_into_the_epoch(make_cfg, tiny_data, tmp_path, capsys):
+    """A stop signal writes last.pt mid-epoch: its weights are not epoch 2's, and the files say so."""
+    from cnnbench.engine import load_checkpoint
+
+    run(make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=2", "data.batch_size=16", "trainer.checkpoint=true"), tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    state["partial"] = {"batches_done": 3}  # as a stop 3 steps into epoch 3 leaves it
+    torch.save(state, tmp_path / "run" / "last.pt")
+    summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}"), tmp_path / "eval")
+    assert summary["checkpoint_epoch"] == 2 and summary["checkpoint_steps_into_next_epoch"] == 3
+    assert "(after epoch 2 and 3 steps of the next): test accuracy" in capsys.readouterr().out
