@@ -41,6 +41,8 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["logger=mlflow", "logger.mlflow.experimnt=x"], "logger.mlflow.experimnt is not an option of the mlflow tracker (did you mean logger.mlflow.experiment?)"),
     (["task=evaluate", "trainer.resume=outputs/run", "model=resnet18", "model.norm=none"],
      "model=resnet18 model.norm=none: task=evaluate takes the model and its knobs from the checkpoint (trainer.resume)"),
+    (["model.norm=bach"], "model.norm='bach' is not allowed (did you mean batch?); choose one of: none, batch, scratch"),
+    (["model=anynet_sample", "model.space=AnyNetXB"], "model.space='AnyNetXB' is not allowed (did you mean anynetx_b?)"),
     (["logger.mlfow.experiment=x"], "logger.mlfow.experiment: mlfow is not a tracker (did you mean mlflow?)"),
 ])
 def test_mistakes_are_refused_with_the_nearest_real_name(tmp_path, monkeypatch, capsys, args, message):

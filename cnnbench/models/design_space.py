@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .layers import Channels, Ratio, Stride, pair
-from .registry import ModelError, Range, add_model
+from .registry import ModelError, Range, add_model, did_you_mean
 from .regnet import anynet
 
 Space = Literal["anynetx_a", "anynetx_b", "anynetx_c", "anynetx_d", "anynetx_e", "regnetx"]
@@ -246,7 +246,7 @@ def draw(space: str, sample: int, size: tuple[int, int] = (28, 28), in_channels:
     (space, sample) that meets the space's constraints and the compute band (``max_mflops=0``:
     no upper limit). Deterministic: the same arguments give the same network on any machine."""
     if space not in SPACES:
-        raise ModelError(f"model.space={space!r} is not allowed; choose one of: {', '.join(SPACES)}")
+        raise ModelError(f"model.space={space!r} is not allowed{did_you_mean(space, SPACES)}; choose one of: {', '.join(SPACES)}")
     if sample < 0:
         raise ModelError(f"model.sample={sample} is not allowed; it must be 0 or more")
     lo, hi = min_mflops * 1e6, (max_mflops * 1e6 if max_mflops > 0 else math.inf)

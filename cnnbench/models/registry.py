@@ -155,13 +155,21 @@ def knob_range(name: str, knob: str) -> Range | None:
         or DEFAULT_RANGES[type(default)]
 
 
+def did_you_mean(value: Any, choices) -> str:
+    """" (did you mean X?)" for the choice nearest ``value`` (case aside), else nothing."""
+    lower = {str(c).lower(): str(c) for c in choices}
+    close = difflib.get_close_matches(str(value).lower(), list(lower), n=1, cutoff=0.6)
+    return f" (did you mean {lower[close[0]]}?)" if close else ""
+
+
 def _check_type(key: str, value: Any, default: Any, hint: Any) -> Any:
     bounds = declared_range(hint)
     hint = typing.get_args(hint)[0] if bounds else hint
     choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
     if choices:
         if value not in choices:
-            raise ModelError(f"{key}={value!r} is not allowed; choose one of: {', '.join(map(str, choices))}")
+            raise ModelError(f"{key}={value!r} is not allowed{did_you_mean(value, choices)}; "
+                             f"choose one of: {', '.join(map(str, choices))}")
         return value
     if default is None or default is inspect.Parameter.empty:
         return value
