@@ -105,12 +105,13 @@ def _fmt(value: Any) -> Any:
     return repr(value) if isinstance(value, float) and math.isfinite(value) else value
 
 
-def show(text: str) -> None:
-    """Print a task's table on stdout, and keep it in the run's log file (cnnbench.log), as a
-    training run's log keeps its epochs. A reader that stops early (``cnnbench ... | head``) costs
-    the run nothing: the rest goes to /dev/null and the run carries on (its files are the record)."""
+def show(text: str, brief: str | None = None) -> None:
+    """Print a task's table on stdout (or its ``brief`` lines: a sweep's jobs), and keep it whole
+    in the run's log file (cnnbench.log), as a training run's log keeps its epochs. A reader that
+    stops early (``cnnbench ... | head``) costs the run nothing: the rest goes to /dev/null and
+    the run carries on (its files are the record)."""
     try:
-        print(text, flush=True)
+        print(text if brief is None else brief, flush=True)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     record = logging.LogRecord("cnnbench", logging.INFO, __file__, 0, text, None, None)

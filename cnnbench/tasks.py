@@ -56,6 +56,14 @@ from .rundir import read_summary
 log = logging.getLogger("cnnbench")
 
 
+def in_sweep() -> bool:
+    """Whether this run is a job of a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def shown_name(cfg: DictConfig) -> str:
     """The model as the command chose it, for the figures' titles: ``vgg11_quarter`` where the
     registry's name is ``vgg11`` (the run dir and the report name it so too)."""
@@ -204,7 +212,11 @@ def summary_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> Non
         measured = _bench_one(cfg, device, size, knobs, train_split, cfg.data.batch_size, warmup=1, steps=2)
         summary["train_peak_mb_measured"] = measured["train"]["peak_mem_mb"]
         summary["infer_peak_mb_measured"] = measured["infer"]["peak_mem_mb"]
-    show(format_layers(rows, summary))
+    table = format_layers(rows, summary)
+    # in a sweep, each job's totals (its layers are in layers.csv and its log; results.csv compares the jobs)
+    brief = "\n".join([f"{shown_name(cfg)} at {size[0]}x{size[1]}:", *(line for line in table.splitlines()
+                                                                     if line.lstrip().startswith(("total:", "memory at")))])
+    show(table, brief if in_sweep() else None)
 
 
 def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
