@@ -151,8 +151,17 @@ def plot_scatter(done: pd.DataFrame, path: Path) -> Path | None:
                 slope, intercept = np.polyfit(fx, y, 1)
                 grid = np.linspace(fx.min(), fx.max(), 50)
                 ax.plot(10**grid if q in LOG_SCALE else grid, slope * grid + intercept, color=color, linewidth=1.5)
-        if q in LOG_SCALE:
+        if q in LOG_SCALE:  # labels as 30k, 2M: a narrow span is labelled at its minor ticks, a wide one at its decades
+            from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
+
             ax.set_xscale("log")
+            values = pd.to_numeric(done[q], errors="coerce")
+            values = values[values > 0]
+            narrow = len(values) > 0 and values.max() < 10 * values.min()
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            if narrow:  # 20k, 50k, 100k, 200k: labelled minor ticks at 2 and 5 of each decade
+                ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+            ax.xaxis.set_minor_formatter(EngFormatter(sep="") if narrow else NullFormatter())
         ax.set(xlabel=QUANTITIES[q], ylabel="final test error (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(quantities):]:

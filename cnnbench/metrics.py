@@ -290,8 +290,9 @@ def plot_layers(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
         values = [100 * r[key] / total for r in weighted]
         ax.barh(y, values, color=[KIND_COLORS.get(r["kind"], "tab:gray") for r in weighted])
         for i, v in zip(y, values):
-            if v >= 0.05:
-                ax.annotate(f"{v:.1f}%", (v, i), xytext=(3, 0), textcoords="offset points", va="center", fontsize=8)
+            if v > 0:  # the smallest shares too: a bar too thin to see still has its number
+                ax.annotate(f"{v:.1f}%" if v >= 0.05 else "<0.1%", (v, i), xytext=(3, 0), textcoords="offset points",
+                            va="center", fontsize=8)
         ax.set_xlim(0, max(values + [1]) * 1.18)
         ax.set(xlabel=f"share of the {name} (%)", title=f"{name}: {_si(total)}")
         ax.grid(axis="x", alpha=0.3)

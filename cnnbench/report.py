@@ -341,7 +341,9 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
     if "train_memory_mb" in runs:
         axes[2].barh([i - 0.2 for i in y], runs["train_memory_mb"], height=0.4, color="tab:red", label="training")
         axes[2].barh([i + 0.2 for i in y], runs["infer_memory_mb"], height=0.4, color="tab:purple", label="prediction")
-        axes[2].set(xlabel="MB (estimate, at data.batch_size)", title="memory")
+        batches = runs["batch_size"].dropna().unique() if "batch_size" in runs else []
+        at = f"batch {int(batches[0])}" if len(batches) == 1 else "each run's data.batch_size"
+        axes[2].set(xlabel=f"MB (estimate, at {at})", title="memory")
         axes[2].legend(loc="lower right", fontsize="small")
     for ax in axes:
         ax.grid(axis="x", alpha=0.3)

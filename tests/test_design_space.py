@@ -117,7 +117,7 @@ def test_the_band_redraws_and_says_when_it_cannot_be_met():
         space.draw("anynetx_a", 0, (28, 28), 1, 10, 0.0, 0.1)
     with pytest.raises(ValueError, match="every network of regnetx is under the band"):  # not a ModelError:
         space.draw("regnetx", 0, (28, 28), 1, 10, 1000.0, 0.0)  # min_input_size reads it as "input too small"
-    with pytest.raises(ModelError, match="model.space='anynetx_f' is not allowed; choose one of: anynetx_a, "):
+    with pytest.raises(ModelError, match="model.space='anynetx_f' is not allowed \\(did you mean anynetx_e\\?\\); choose one of: anynetx_a, "):
         create_model("anynet_sample", space="anynetx_f")
 
 
