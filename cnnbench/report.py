@@ -118,6 +118,12 @@ def label(row: pd.Series, keys: list[str]) -> str:
     return textwrap.fill(text, LABEL_WIDTH)
 
 
+def labels_of(rows: list[pd.Series], keys: list[str]) -> list[str]:
+    """Each run's ``label``; runs that share one (the same settings run twice) add their job."""
+    labels = [label(row, keys) for row in rows]
+    return [f"{text} [{row['job']}]" if labels.count(text) > 1 else text for text, row in zip(labels, rows)]
+
+
 def outside_legend(fig, entries: int, keys: list[str]):
     """The legend right of the plots, for up to MOST_LEGEND entries (None beyond: the table and
     report.html tell that many runs apart, a legend could not)."""
@@ -183,8 +189,7 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Pat
         return None
     rows = pd.DataFrame([row for row, _ in runs])
     keys = plotted_keys(rows, keys)
-    labels = [label(row, keys) for row, _ in runs]
-    labels = [f"{text} [{row['job']}]" if labels.count(text) > 1 else text for text, (row, _) in zip(labels, runs)]
+    labels = labels_of([row for row, _ in runs], keys)
     # a run that stopped early (diverged, failed, interrupted) says so: its curve ends where it stopped
     labels = [text if row.get("status", "completed") == "completed" else f"{text} ({row['status']})"
               for text, (row, _) in zip(labels, runs)]
@@ -326,8 +331,9 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
         return None
     kinds = [k for k in ("conv", "linear", "norm", "other") if runs[[f"params_{k}", f"flops_{k}"]].fillna(0).to_numpy().any()]
     keys = plotted_keys(runs, keys)  # what sets these runs apart, not every run of the folder
-    names = [label(row, keys) + (f" at {row['resolution']}" if "resolution" in runs and runs["resolution"].nunique() > 1 else "")
-             for _, row in runs.iterrows()]  # a FLOP count means little without the input size
+    names = [text + (f" at {row['resolution']}" if "resolution" in runs and runs["resolution"].nunique() > 1 else "")
+             for text, (_, row) in zip(labels_of([row for _, row in runs.iterrows()], keys), runs.iterrows())]
+    # (the input size: a FLOP count means little without it)
     y = range(len(runs))
     fig = figure(figsize=(14, 1.6 + 0.35 * len(runs)), layout="constrained")
     axes = fig.subplots(1, 3, sharey=True)
