@@ -338,15 +338,13 @@ def test_a_refused_resume_leaves_a_completed_run_as_it_was(make_cfg, tiny_data, 
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".log"} == before
 
 
-def test_a_resume_refused_into_a_new_dir_leaves_no_dir(tiny_data, tmp_path):
+def test_a_resume_refused_into_a_new_dir_leaves_no_dir(make_cfg, tiny_data, tmp_path):
     """A resume refused before training (a completed run: nothing left to train; another model)
     exits 2 and leaves no failed run behind in the dir made for it."""
     base = ["trainer=smoke", "trainer.plot=false", f"data.root={tiny_data}"]
-    done = subprocess.run([sys.executable, "-m", "cnnbench", *base, "model=lenet", "trainer.checkpoint=true", "hydra.run.dir=done"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    assert run(make_cfg(*base, "model=lenet", "trainer.checkpoint=true"), tmp_path / "done")["status"] == "completed"
     for extra, message in ((["model=lenet", "trainer.resume=done"], "that run completed its 2 epochs, and this run has trainer.max_epochs=2: "
-                                                     "nothing is left to train"),
+                                                                    "nothing is left to train"),
                            (["trainer.resume=done", "model=alexnet28"], "the checkpoint is of model='lenet'")):
         proc = subprocess.run([sys.executable, "-m", "cnnbench", *base, *extra], cwd=tmp_path, capture_output=True, text=True,
                               timeout=300)
@@ -354,10 +352,8 @@ def test_a_resume_refused_into_a_new_dir_leaves_no_dir(tiny_data, tmp_path):
         assert "refused; nothing was run or kept" in proc.stderr.splitlines()[-1]
         assert not list((tmp_path / "outputs" / "runs").glob("*/*"))  # the dir made for it is gone
     # one more epoch is something to train: the run goes on from the checkpoint, in a dir of its own
-    more = subprocess.run([sys.executable, "-m", "cnnbench", *base, "model=lenet", "trainer.resume=done", "trainer.max_epochs=3"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert more.returncode == 0, more.stderr
-    assert pd.read_csv(next((tmp_path / "outputs" / "runs").glob("*/*/metrics.csv")))["epoch"].tolist() == [1, 2, 3]
+    more = run(make_cfg(*base, "model=lenet", f"trainer.resume={tmp_path / 'done'}", "trainer.max_epochs=3"), tmp_path / "more")
+    assert more["status"] == "completed" and pd.read_csv(tmp_path / "more" / "metrics.csv")["epoch"].tolist() == [1, 2, 3]
 
 
 def hydra_dirs(run_dir: Path | None = None, sweep_dir: Path | None = None, resume: str | None = None):
