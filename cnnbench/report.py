@@ -390,7 +390,10 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
             table[key] = numbers
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
         # whole numbers as integers, even beside a failed job's gap; other numbers to 4 significant digits
-        show(table.to_string(index=False, float_format=lambda v: f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"))
+        # counts in the millions and billions with separators: 46,764,746 params, 1,876,292,352 FLOPs
+        counts = {c: (lambda v: "" if pd.isna(v) else f"{int(v):,}") for c in ("params", "flops") if c in table}
+        show(table.to_string(index=False, float_format=lambda v: f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}",
+                             formatters=counts))
     if not plots:
         show(f"no plots (trainer.plot=false): cnnbench-report {path} --html draws them")
         return results, []

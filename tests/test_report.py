@@ -92,7 +92,7 @@ def test_tables_show_integers_as_integers(tmp_path, capsys, figures):
     fake_run(tmp_path / "1", ["optimizer.lr=1e9"], status="failed")  # no params: a gap in the column
     report.report(tmp_path)
     printed = capsys.readouterr().out
-    assert "61706" in printed and "61706.0" not in printed
+    assert "61,706" in printed and "61706.0" not in printed and "61,706.0" not in printed  # counts with separators
     assert "steady_epoch_time_s" in printed.splitlines()[0]  # runs compare by their steady-state epochs, warm-up apart
     write_results(tmp_path)
     assert "61706.0" not in (tmp_path / "results.csv").read_text() and "61706" in (tmp_path / "results.csv").read_text()
