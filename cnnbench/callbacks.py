@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import OmegaConf, open_dict, read_write
+from omegaconf import OmegaConf, read_write
 
 from .config import ConfigError, resume_command, validate_sweep
 from .metrics import collect_results, write_results
@@ -129,7 +129,7 @@ def take_dir(config, kind: str) -> Path:
     except DirBusy as err:
         refuse(str(err))
     if taken != folder:
-        with read_write(config.hydra), open_dict(config.hydra):
+        with read_write(config.hydra):
             config.hydra[kind].dir = str(taken)
             if kind == "sweep":
                 config.hydra.overrides.hydra.append(f"{key}={taken}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import functools
 import inspect
 import math
@@ -34,6 +33,7 @@ from . import data, distributed
 from .loggers import config_problem
 from .models import ModelError, get_spec, min_input_size
 from .models.registry import Range, accepts_input, check_knobs
+from .models.registry import did_you_mean as _nearest  # the one suggester of every message
 from .rundir import safe_name
 
 
@@ -449,12 +449,6 @@ def _typed_value_error(err, typed: str | None) -> str:
     if "is not a ListConfig" in reason:
         return f"{shown} is not allowed; {key} takes a list, e.g. {key}=[32,64]"
     return f"{shown}: {reason}"
-
-
-def _nearest(word: str, options, prefix: str = "") -> str:
-    """" (did you mean PREFIX.OPTION?)" for the option closest to ``word``, else nothing."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f" (did you mean {prefix + '.' if prefix else ''}{close[0]}?)" if close else ""
 
 
 @functools.lru_cache(maxsize=None)

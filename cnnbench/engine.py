@@ -444,8 +444,8 @@ def build_scheduler(cfg, optimizer: torch.optim.Optimizer, epochs: int, steps_pe
 
 
 def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_epoch: int) -> Trainer:
-    """The model (seeded), optimizer and schedule on ``device``, ready to train."""
-    set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision), cfg.trainer.threads)
+    """The model (seeded), optimizer and schedule on ``device``, ready to train (the backend
+    switches are the run's: ``set_backends``, at its start)."""
     torch.manual_seed(cfg.seed)
     channels_last = on_cuda(cfg.trainer.channels_last, device)
     model = create_model(cfg.model.name, image_size=size, **knobs).to(device)

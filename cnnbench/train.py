@@ -49,7 +49,7 @@ from .engine import (
 from .metrics import NoSpace, write_json, write_results
 from .rundir import LOCK_NAME, hold, read_summary, release
 from .sweeps import metric, prepare_job
-from .tasks import TASKS
+from .tasks import TASKS, in_sweep
 
 log = logging.getLogger("cnnbench")
 
@@ -174,9 +174,9 @@ def _stage(summary: dict[str, Any]) -> str:
 
 def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
     """What to do after an interruption: a command to paste, or what running again gives."""
-    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    sweep = in_sweep()
     if summary["task"] == "train" and (out_dir / "last.pt").exists():
-        if in_sweep:
+        if sweep:
             return f"run the sweep again, {_sweep_again()}: this job resumes from its last.pt, completed jobs are skipped"
         command = resume_command(summary["overrides"], out_dir)
         if (world := distributed.from_env()).distributed:  # the same processes: the same share of each batch per rank
@@ -194,7 +194,7 @@ def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
                 "from (trainer.checkpoint=true writes one every epoch)")
     else:
         what = "nothing was trained yet"
-    how = (f"run the sweep again, {_sweep_again()}, to run this job afresh, completed jobs are skipped" if in_sweep
+    how = (f"run the sweep again, {_sweep_again()}, to run this job afresh, completed jobs are skipped" if sweep
            else "run the same command again to start over")
     return f"{what}: {how}"
 

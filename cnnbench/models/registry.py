@@ -131,9 +131,8 @@ def check_knobs(name: str, knobs: dict[str, Any], prefix: str = "model") -> dict
     out = {}
     for key, value in knobs.items():
         if key not in allowed:
-            close = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
             raise ModelError(
-                f"{prefix}.{key} is not a knob of model {name}{f' (did you mean {prefix}.{close[0]}?)' if close else ''}; "
+                f"{prefix}.{key} is not a knob of model {name}{did_you_mean(key, allowed, prefix)}; "
                 f"its knobs are: {', '.join(allowed) or '(none)'}"
             )
         out[key] = _check_type(f"{prefix}.{key}", value, allowed[key].default, hints.get(key))
@@ -155,11 +154,12 @@ def knob_range(name: str, knob: str) -> Range | None:
         or DEFAULT_RANGES[type(default)]
 
 
-def did_you_mean(value: Any, choices) -> str:
-    """" (did you mean X?)" for the choice nearest ``value`` (case aside), else nothing."""
+def did_you_mean(value: Any, choices, prefix: str = "") -> str:
+    """" (did you mean PREFIX.X?)" for the choice X nearest ``value`` (case aside), else nothing:
+    the one suggestion of every "not a key / not an option / not allowed" message."""
     lower = {str(c).lower(): str(c) for c in choices}
     close = difflib.get_close_matches(str(value).lower(), list(lower), n=1, cutoff=0.6)
-    return f" (did you mean {lower[close[0]]}?)" if close else ""
+    return f" (did you mean {prefix + '.' if prefix else ''}{lower[close[0]]}?)" if close else ""
 
 
 def _check_type(key: str, value: Any, default: Any, hint: Any) -> Any:
