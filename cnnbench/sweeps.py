@@ -1,12 +1,15 @@
-"""What a sweep does with each job before running it: give it a GPU of its own when jobs run
-side by side, skip it when it already completed with the same config, resume it when it was
-interrupted (a requeued SLURM job, or a sweep run again into its dir)."""
+"""What a sweep does with each job before running it: give it a GPU and a share of the CPU
+cores of its own when jobs run side by side, skip it when it already completed with the same
+config, resume it when it was interrupted (a requeued SLURM job, or a sweep run again into its dir)."""
 from __future__ import annotations
 
 import logging
+import math
+import os
 from pathlib import Path
 
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .rundir import read_summary
@@ -19,6 +22,7 @@ def prepare_job(cfg: DictConfig, hydra_cfg, out_dir: Path) -> dict | None:
     job completed already (skip it), else None after setting what the job needs (a GPU, a resume)."""
     if "LocalLauncher" in str(hydra_cfg.launcher.get("_target_", "")):
         one_gpu_per_job(cfg, hydra_cfg.job.num)  # first: an earlier run's summary records the device
+        share_the_cores(cfg, jobs_side_by_side(hydra_cfg))
     before = previous_run(cfg, out_dir)
     if before and before["status"] == "completed":  # re-running a sweep into its dir: kept, not run again
         log.info("job %s already completed in %s: skipped", hydra_cfg.job.num, out_dir)
@@ -40,6 +44,37 @@ def one_gpu_per_job(cfg: DictConfig, job_num: int) -> None:
             cfg.trainer.device = f"cuda:{job_num % count}"
 
 
+def share_the_cores(cfg: DictConfig, jobs: int) -> None:
+    """Jobs running side by side on one machine: with trainer.threads=null, each takes its share
+    of the cores. torch's default, a thread per core in every job, makes N jobs spin N threads a
+    core, which on a CPU trains many times slower than one thread each (docs/speed.md)."""
+    if cfg.trainer.threads is None:
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, jobs))
+        with open_dict(cfg):
+            cfg.trainer.threads = threads
+        log.info("%d jobs side by side: %d CPU thread%s each (trainer.threads sets another count)",
+                 jobs, threads, "" if threads == 1 else "s")
+
+
+def jobs_side_by_side(hydra_cfg) -> int:
+    """How many jobs the local parallel launcher runs at once: a search's batch (its sweeper's
+    n_jobs), else all the sweep's combinations: its sweeper's params (a recipe's axes) and the
+    command line's sweeps, read from the multirun.yaml the launcher wrote in the sweep's dir.
+    When they cannot be counted, as many as there are cores."""
+    try:
+        sweep = OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml").hydra
+        sweeper = sweep.sweeper
+        if sweeper.get("n_jobs"):
+            return int(sweeper.n_jobs)
+        axes = {}  # key: its values; the command line's win over the recipe's, as in Hydra's sweeper
+        for line in [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()] + list(sweep.overrides.task):
+            override = OverridesParser.create().parse_override(line)
+            axes[override.key_or_group] = len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
+        return max(1, math.prod(axes.values()))
+    except Exception:  # noqa: BLE001 - no multirun.yaml, or a sweep only its sweeper can expand
+        return len(os.sched_getaffinity(0))
+
+
 def previous_run(cfg: DictConfig, out_dir: Path) -> dict | None:
     """The summary of an earlier run of this very config in ``out_dir``, if there is one
     (``trainer.resume``, which a resumed run sets, does not count as a difference)."""
@@ -48,8 +83,9 @@ def previous_run(cfg: DictConfig, out_dir: Path) -> dict | None:
         return None
     ours = OmegaConf.to_container(cfg, resolve=True)
     theirs = summary.get("config") or {}
-    for config in (ours, theirs):
-        config.get("trainer", {}).pop("resume", None)
+    for config in (ours, theirs):  # a resume, and the threads a job was given, change no result
+        for key in ("resume", "threads"):
+            config.get("trainer", {}).pop(key, None)
     return summary if ours == theirs else None
 
 

@@ -3,6 +3,7 @@ config composes; a preempted job (SIGUSR2, as SLURM sends it) is requeued and re
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -57,6 +58,9 @@ def test_local_parallel_sweep_writes_results(tiny_data, tmp_path):
     assert proc.returncode == 0, err
     results = pd.read_csv(tmp_path / "results.csv")
     assert results["optimizer.lr"].tolist() == [0.01, 0.1] and (results["status"] == "completed").all()
+    # the two jobs ran at once: each had half the cores, not all of them
+    threads = {json.loads((tmp_path / job / "summary.json").read_text())["cpu_threads"] for job in ("0", "1")}
+    assert threads == {max(1, len(os.sched_getaffinity(0)) // 2)}
 
 
 @pytest.mark.slow  # several processes

@@ -255,3 +255,36 @@ def test_a_stopped_sweep_writes_the_jobs_so_far_and_goes_on_when_run_again(tiny_
     assert "job 0 already completed" in again.stderr and "job 1 was interrupted" in again.stderr
     results = pd.read_csv(sweep / "results.csv")
     assert results["status"].tolist() == ["completed"] * 3 and "trainer.resume" not in results
+
+
+def test_jobs_side_by_side_share_the_cores(make_cfg, tmp_path, monkeypatch):
+    """hydra/launcher=local_parallel runs every job at once: each gets its share of the cores
+    (torch's default, all of them in every job, made training many times slower)."""
+    from omegaconf import OmegaConf
+
+    from cnnbench import sweeps
+
+    def jobs(task: list[str], **sweeper) -> int:
+        multirun = {"hydra": {"sweeper": sweeper, "overrides": {"task": task}}}
+        OmegaConf.save(OmegaConf.create(multirun), tmp_path / "multirun.yaml")
+        return sweeps.jobs_side_by_side(OmegaConf.create({"sweep": {"dir": str(tmp_path)}}))
+
+    assert jobs(["optimizer.lr=0.01,0.1,1", "data.batch_size=64,128", "seed=0"]) == 6
+    # a recipe's own axes count; the command line's sweep of the same key replaces the recipe's
+    recipe = {"params": {"model.norm": "none,batch", "optimizer.lr": "0.01,0.03,0.1"}}
+    assert jobs([], **recipe) == 6 and jobs(["optimizer.lr=0.1,1"], **recipe) == 4
+    assert jobs(["seed=range(0,5)"]) == 5
+    assert jobs(["seed=0"], n_jobs=3, params={"optimizer.lr": "tag(log, interval(0.005, 2.0))"}) == 3  # a search's batch
+    monkeypatch.setattr(sweeps.os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert jobs(["optimizer.lr=interval(0, 1)"]) == 8  # cannot be counted: as many as cores
+    (tmp_path / "multirun.yaml").unlink()
+    assert sweeps.jobs_side_by_side(OmegaConf.create({"sweep": {"dir": str(tmp_path)}})) == 8
+
+    cfg = make_cfg()
+    sweeps.share_the_cores(cfg, 3)
+    assert cfg.trainer.threads == 2  # 8 cores, 3 jobs
+    sweeps.share_the_cores(cfg, 20)
+    assert cfg.trainer.threads == 2, "a thread count already set (by the user) is kept"
+    cfg = make_cfg()
+    sweeps.share_the_cores(cfg, 20)
+    assert cfg.trainer.threads == 1
