@@ -114,7 +114,7 @@ def on(trainer: Trainer, batches, cfg):
     """An epoch of ``trainer.train_one_epoch`` over ``batches``: (seconds, images/s), with the
     backend switches a cnnbench run sets (the book's epochs set PyTorch's defaults)."""
     def epoch() -> tuple[float, float]:
-        set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision))
+        set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision), cfg.trainer.threads)
         stats = trainer.train_one_epoch(batches)
         return stats["epoch_time_s"], stats["train_images_per_s"]
     return epoch
@@ -160,7 +160,7 @@ def measure(name: str, overrides: list[str], args) -> list[dict]:
         (warm_s, _), steady = epoch(), [epoch() for _ in range(args.epochs)]
         seconds = statistics.median(s for s, _ in steady)
         images_per_s = statistics.median(rate for _, rate in steady)
-        trainer = trainers.get(pipeline)
+        trainer = trainers["graphed"] if pipeline == "synthetic" else trainers.get(pipeline)  # the book row has none
         rows.append({
             "model": name, "pipeline": pipeline, "resolution": size[0], "batch_size": cfg.data.batch_size,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",

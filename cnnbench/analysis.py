@@ -190,7 +190,7 @@ def measure_steps(trainer: Trainer, loader, steps: int, warmup: int, train: bool
         if i >= warmup:
             times.append(time.perf_counter() - start)
     step = statistics.median(times)
-    return {"images_per_s": len(y) / step, "step_time_ms": step * 1e3, "peak_mem_mb": peak_memory_mb(trainer.device)}
+    return {"images_per_s": len(y) / step, "step_time_ms": step * 1e3, "peak_mem_mb": peak_memory_mb(trainer.device, loader)}
 
 
 def min_size_report(name: str, in_channels: int = 1, **knobs: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:

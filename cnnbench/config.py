@@ -124,7 +124,7 @@ class SchedulerConfig:
 class TrainerConfig:
     max_epochs: int = 10  # the book trains every model for 10 epochs
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    precision: Precision = Precision.auto
+    precision: Precision = Precision.auto  # auto: bf16 on CUDA (fp16 with loss scaling before Ampere), fp32 on the CPU
     channels_last: Optional[bool] = None  # NHWC memory format (faster convolutions on tensor-core GPUs); null: on for CUDA
     # torch.compile the training step; on CUDA its forward and backward replay as CUDA graphs (no
     # per-kernel launch cost). null: on for CUDA, off on the CPU. The first step pays the
@@ -132,7 +132,8 @@ class TrainerConfig:
     compile: Optional[bool] = None
     matmul_precision: MatmulPrecision = MatmulPrecision.high
     # CPU threads for torch's operators (torch.set_num_threads). null: torch's default, one per
-    # core. Where other work shares the cores, fewer can be several times faster (docs/speed.md).
+    # core (under hydra/launcher=local_parallel, each job's share of the cores). Where other work
+    # shares the cores, fewer can be several times faster (docs/speed.md).
     threads: Optional[int] = None
     label_smoothing: float = 0.0  # cross-entropy label smoothing, in [0, 1)
     grad_clip: float = 0.0  # clip the gradient norm to this value (0: off)

@@ -342,6 +342,12 @@ class DeviceLoader:
         return min(steps, self.limit_batches) if self.limit_batches else steps
 
     @property
+    def step_batch(self) -> int:
+        """Images in each of this rank's full steps (an epoch's last step may have fewer)."""
+        n = min(self.batch_size, len(self.split))
+        return n // self.world_size + (self.rank < n % self.world_size)  # tensor_split's larger shares come first
+
+    @property
     def num_samples(self) -> int:
         """Images one pass yields."""
         return min(len(self.split), len(self) * self.batch_size)
@@ -390,6 +396,14 @@ def resize_split(split: Split, size: tuple[int, int], chunk: int = 2048) -> Spli
         x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
         images[i : i + chunk] = x.squeeze(1).round_().clamp_(0, 255).to(torch.uint8)
     return Split(images, split.labels)
+
+
+def held_on(device: torch.device, *loaders) -> int:
+    """Bytes the loaders' images and labels take on ``device``'s kind of memory, each storage once
+    (a subset is a view of its split): on a GPU, the dataset's share of CUDA's peak allocation."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                for loader in loaders for t in (loader.split.images, loader.split.labels) if t.device.type == device.type}
+    return sum(storages.values())
 
 
 def free_memory(device: torch.device) -> int:

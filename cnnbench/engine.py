@@ -29,9 +29,15 @@ from tqdm import tqdm
 
 from . import distributed
 from .config import ConfigError, enum_value, first_line
-from .data import DeviceLoader
+from .data import DeviceLoader, held_on
 from .metrics import atomic_write
 from .models import create_model
+
+# Deterministic cuBLAS needs a fixed workspace configuration, which cuBLAS reads once, when it first
+# starts in a process: set afterwards (by a sweep's first deterministic job after others), it
+# changes nothing. So it is set here, before any run. ":4096:8" is the size PyTorch chooses on
+# Hopper GPUs anyway; elsewhere it costs about 24 MB of GPU memory, and no speed.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +129,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``trainer.precision`` (None: plain fp32)."""
+    """The autocast dtype for ``trainer.precision`` (None: plain fp32). ``auto``: bf16 on a CUDA
+    GPU that computes in it (Ampere and later), fp16 (with loss scaling) on older ones, where
+    bf16 is emulated and slow; fp32 on the CPU."""
     precision = enum_value(precision)
     if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -146,9 +156,6 @@ def set_backends(deterministic: bool, matmul_precision: str = "high", threads: i
     if not _default_threads:
         _default_threads.append(torch.get_num_threads())
     torch.set_num_threads(threads or _default_threads[0])
-    if deterministic:
-        # cuBLAS needs a fixed workspace for deterministic results (read when cuBLAS starts).
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
     torch.backends.cudnn.benchmark = not deterministic
     torch.backends.cudnn.deterministic = deterministic
@@ -192,11 +199,13 @@ def reset_peak_memory(device: torch.device) -> None:
         pass
 
 
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak device memory since ``reset_peak_memory`` (CUDA), else the process's peak resident
-    memory since then (the interpreter, torch and the dataset included)."""
+def peak_memory_mb(device: torch.device, *loaders: DeviceLoader) -> float:
+    """Peak device memory since ``reset_peak_memory`` (CUDA), less the images and labels the
+    ``loaders`` keep on the GPU (up to 3.5 GB at 224 px: the dataset, not what the model needs);
+    else the process's peak resident memory since then (the interpreter, torch and the dataset
+    included)."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
+        return (torch.cuda.max_memory_allocated(device) - held_on(device, *loaders)) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
@@ -231,9 +240,13 @@ class Trainer:
     def __post_init__(self):
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=self.label_smoothing)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.compile_s: float | None = None  # seconds the first compiled step took (compilation)
+        # Seconds the first compiled steps took: compilation, and on CUDA the graph trees' warm-up
+        # step and the CUDA graph capture in the second (replays start with the third).
+        self.compile_s: float | None = None
         self._batch: int | None = None  # the batch size the compiled step is specialised to
         self._compiled = None
+        self._compiled_calls = 0
+        self._starting_calls = 2 if self.device.type == "cuda" else 1
         if self.compile:
             compile_cache()
             torch._dynamo.reset()  # a fresh start for each run: an earlier job's compilations neither count nor linger
@@ -259,13 +272,13 @@ class Trainer:
         """Train on one batch; returns its loss and correct count as device tensors (no host sync)."""
         forward = self._forward
         if self._compiled is not None:
-            self._batch = self._batch or len(y)
+            self._batch = self._batch or len(y)  # an epoch sets it from its loader first (a resume may start on a partial batch)
             if len(y) == self._batch:
                 forward = self._compiled
                 if self.device.type == "cuda":
                     torch.compiler.cudagraph_mark_step_begin()  # a new iteration: graph outputs may be reused
-        first = forward is self._compiled and self.compile_s is None
-        if first:
+        starting = forward is self._compiled and self._compiled_calls < self._starting_calls
+        if starting:
             synchronize(self.device)
             started = time.perf_counter()
         loss, correct = forward(x, y)
@@ -278,9 +291,10 @@ class Trainer:
         self.scaler.update()
         if self.scheduler is not None and self.step_scheduler_per_batch:
             self.scheduler.step()
-        if first:
+        if starting:
             synchronize(self.device)
-            self.compile_s = time.perf_counter() - started
+            self.compile_s = (self.compile_s or 0.0) + time.perf_counter() - started
+            self._compiled_calls += 1
         return loss.detach(), correct
 
     @torch.no_grad()
@@ -294,6 +308,8 @@ class Trainer:
         """One pass over ``loader``. ``partial`` continues an epoch that a checkpoint cut short;
         when ``stop`` is set after a step, raises EpochCut with the sums so far."""
         self.model.train()
+        if self._compiled is not None and not self._batch:  # (a list of batches, as benchmarks pass, has none)
+            self._batch = getattr(loader, "step_batch", None)
         partial = partial or {}
         done, before = partial.get("batches_done", 0), partial.get("elapsed", 0.0)
         # A cut epoch's sums are global (summed over the ranks): rank 0 carries them on.
@@ -414,7 +430,7 @@ def fit(
             row |= {"test_loss": math.nan, "test_acc": math.nan, "eval_time_s": math.nan}
         else:
             row |= trainer.evaluate(test_loader, last_tally if epoch == max_epochs else None)
-        row["peak_mem_mb"] = peak_memory_mb(trainer.device)
+        row["peak_mem_mb"] = peak_memory_mb(trainer.device, train_loader, test_loader)
         on_epoch(row)
         if diverged:
             why = f" (above trainer.diverge_loss={diverge_loss:g})" if math.isfinite(loss) else ""
@@ -606,10 +622,19 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
     return path, state
 
 
+OPTIMIZER_KERNEL_KEYS = ("fused", "foreach", "capturable", "differentiable")  # how to step, not what: this machine's
+
+
 def restore(state: dict, trainer: Trainer, loader: DeviceLoader) -> None:
     """Put a checkpoint's state back into a freshly built trainer and its training loader."""
     unwrap(trainer.model).load_state_dict(state["model"])
+    # The saved param groups replace this run's, kernel choices included: a checkpoint written on
+    # the CPU would turn CUDA's fused optimizer off, and with fp16 loss scaling then fail at the
+    # first step (the optimizer still takes the scaler's arguments only a fused kernel handles).
+    kernels = [{key: group[key] for key in OPTIMIZER_KERNEL_KEYS if key in group} for group in trainer.optimizer.param_groups]
     trainer.optimizer.load_state_dict(state["optimizer"])
+    for group, own in zip(trainer.optimizer.param_groups, kernels):
+        group.update(own)
     if trainer.scheduler and state["scheduler"]:
         trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.scaler.load_state_dict(state["scaler"])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import confusion, data, distributed, loggers
 from .analysis import (
@@ -207,9 +207,10 @@ def summary_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> Non
                         "and the FLOPs (per image, forward) are")
         except Exception as err:  # a plot must never cost the run its status
             log.warning("could not plot the layers: %s", err)
-    if device.type == "cuda":  # the real thing, next to the estimate
+    if device.type == "cuda":  # the real thing, next to the estimate: eager steps, as the estimate counts them
         train_split, _ = data.load(cfg.data.root, cfg.data.download)
-        measured = _bench_one(cfg, device, size, knobs, train_split, cfg.data.batch_size, warmup=1, steps=2)
+        eager = OmegaConf.merge(cfg, {"trainer": {"compile": False}})  # no compilation for three steps, nor graph pools
+        measured = _bench_one(eager, device, size, knobs, train_split, cfg.data.batch_size, warmup=1, steps=2)
         summary["train_peak_mb_measured"] = measured["train"]["peak_mem_mb"]
         summary["infer_peak_mb_measured"] = measured["infer"]["peak_mem_mb"]
     table = format_layers(rows, summary)

@@ -28,6 +28,7 @@ def test_chapter_speed_benchmark_runs_on_the_cpu(tiny_data, tmp_path):
     assert (rows.images_per_s > 0).all() and (rows.batch_size == 20).all() and set(rows.resolution) == {28}
     by = rows.set_index("pipeline")
     assert by.loc["graphed", "compiled"] and not by.loc["eager", "compiled"] and by.loc["graphed", "compile_s"] > 0
+    assert by.loc["synthetic", "compiled"] and not by.loc["book", "compiled"]  # pure compute is the graphed step's
     # the profiler's count of operators per step: the compiled step fuses many into few kernels
     assert by.loc["eager", "launches_per_step"] > by.loc["graphed", "launches_per_step"] > 0
     summary = pd.read_csv(tmp_path / "speed_summary.csv", index_col="model")

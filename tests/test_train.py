@@ -464,3 +464,91 @@ def test_the_cpus_peak_memory_is_each_runs_own():
     del big
     reset_peak_memory(cpu)
     assert peak_memory_mb(cpu) < with_it - 200
+
+
+def tiny_loader(batch_size: int, n: int = 50):
+    from cnnbench import data
+
+    gen = torch.Generator().manual_seed(0)
+    split = data.Split(torch.randint(0, 256, (n, 4, 4), dtype=torch.uint8, generator=gen), torch.randint(0, 10, (n,), generator=gen))
+    return data.DeviceLoader(split, batch_size, (4, 4), shuffle=True)
+
+
+def tiny_trainer(amp_dtype=None, **optimizer):
+    from cnnbench.engine import Trainer
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 10))
+    return Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, **optimizer), torch.device("cpu"),
+                   amp_dtype=amp_dtype, progress=False)
+
+
+def test_a_resume_on_an_epochs_last_partial_batch_keeps_the_compiled_step_for_full_batches():
+    """The compiled step is specialised to the loader's full batch, not to the first batch it
+    sees: a run resumed just before an epoch's last, partial batch trained every later epoch
+    eagerly (on CUDA: no CUDA graphs for the rest of the run)."""
+    trainer, sizes = tiny_trainer(), []
+
+    def compiled(x, y):  # stands in for torch.compile's function: which batches take it
+        sizes.append(len(y))
+        return trainer._forward(x, y)
+
+    trainer._compiled = compiled
+    loader = tiny_loader(20)  # 50 images: batches of 20, 20, 10
+    loader.load_state_dict({**loader.state_dict(), "batches_done": 2})
+    trainer.train_one_epoch(loader, partial={"batches_done": 2})  # the resumed epoch: its partial batch alone
+    trainer.train_one_epoch(loader)
+    assert sizes == [20, 20], "the partial batch runs eagerly, every full one compiled"
+    assert tiny_loader(3, n=2).step_batch == 2  # a split smaller than a batch: its one step is the full one
+
+
+def test_a_resume_keeps_the_optimizer_kernels_of_the_machine_it_runs_on():
+    """On CUDA the optimizer is fused. A checkpoint written with a plain one (on the CPU, say)
+    switched that off in the resumed run, and with fp16 loss scaling its first step failed:
+    "Expected grad_scale and found_inf to be None"."""
+    from cnnbench import engine
+
+    loader, written = tiny_loader(10), tiny_trainer(torch.float16)
+    written.train_one_epoch(loader)
+    state = {"model": written.model.state_dict(), "optimizer": written.optimizer.state_dict(), "scheduler": None,
+             "scaler": written.scaler.state_dict(), "loader": loader.state_dict(), "rng": {"torch": torch.get_rng_state(), "cuda": []}}
+    resumed = tiny_trainer(torch.float16, fused=True)
+    engine.restore(state, resumed, loader)
+    assert resumed.optimizer.param_groups[0]["fused"] is True
+    assert resumed.optimizer.param_groups[0]["momentum"] == 0.9 and resumed.optimizer.state  # the rest is the checkpoint's
+    assert math.isfinite(resumed.train_one_epoch(loader)["train_loss"])
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float16)])
+def test_auto_precision_is_bf16_where_the_gpu_computes_in_it(monkeypatch, native, expected):
+    """Before Ampere (a T4, a V100) bf16 is only emulated: slow, where fp16 has tensor cores."""
+    from cnnbench.engine import autocast_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert autocast_dtype("auto", torch.device("cuda")) == expected
+    assert autocast_dtype("bf16", torch.device("cuda")) == torch.bfloat16  # as chosen
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+
+
+def test_cuda_peak_memory_leaves_out_the_dataset_held_on_the_gpu(monkeypatch):
+    """At 224 px the resized dataset takes 3.5 GB of the GPU: not what the model needs."""
+    from cnnbench import data, engine
+
+    train = tiny_loader(10)
+    test = data.DeviceLoader(data.Split(train.split.images[:20], train.split.labels[:20]), 10, (4, 4))  # views: counted once
+    assert data.held_on(torch.device("cpu"), train, test) == 50 * 16 + 50 * 8  # uint8 images, int64 labels
+    assert data.held_on(torch.device("cuda"), train, test) == 0
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**20)
+    monkeypatch.setattr(engine, "held_on", lambda device, *loaders: data.held_on(torch.device("cpu"), *loaders))
+    assert engine.peak_memory_mb(torch.device("cuda"), train, test) == pytest.approx(3 - 1200 / 2**20)
+
+
+def test_cublas_gets_its_deterministic_workspace_before_any_run():
+    """cuBLAS reads CUBLAS_WORKSPACE_CONFIG once per process: set at a deterministic job's start,
+    after an earlier job had used cuBLAS, it changed nothing. So importing cnnbench sets it."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    code = "import os, cnnbench.engine; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ":4096:8"
