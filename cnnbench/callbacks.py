@@ -154,9 +154,11 @@ def best_job(rows: list[dict], config, sweep_dir: Path) -> str | None:
 def check_sweep_dir(sweep_dir: Path, config) -> None:
     """A sweep dir holding jobs of another sweep is refused: its completed runs would be
     overwritten, or listed in results.csv beside this sweep's as if one experiment. The same
-    sweep run again is welcome (its completed jobs are skipped, interrupted ones resume), unless
-    it is a search (Optuna) that draws its trials afresh. The earlier sweep is read from the
-    multirun.yaml Hydra's grid sweeper wrote into the dir (this runs before it writes anew)."""
+    sweep run again is welcome (its completed jobs are skipped, interrupted ones resume), and so
+    is a grown one, where every earlier job is this sweep's job of the same number (a design
+    study's longer sample range, say), unless it is a search (Optuna) that draws its trials
+    afresh. The earlier sweep is read from the multirun.yaml Hydra's grid sweeper wrote into the
+    dir (this runs before it writes anew)."""
     if (sweep_dir / "summary.json").is_file():
         refuse(f"hydra.sweep.dir={sweep_dir} holds a single run (summary.json): its files would mix with the sweep's "
                "jobs and hide them from the report; choose another hydra.sweep.dir")
@@ -171,13 +173,29 @@ def check_sweep_dir(sweep_dir: Path, config) -> None:
         theirs = None
     if "BasicSweeper" not in sweeper:
         what = "an earlier run of a search, which draws its trials afresh"
-    elif theirs is not None and theirs != ours:
+    elif theirs is not None and theirs != ours and not _grows(config, sweep_dir, earlier):
         what = f"another sweep ({' '.join(theirs[0]) or 'no overrides'})"
     else:
         return  # the same sweep again (or one that left no multirun.yaml: as before)
     refuse(f"hydra.sweep.dir={sweep_dir} holds {len(earlier)} job(s) of {what}: this sweep would overwrite them or mix "
-           "with them in results.csv; choose another hydra.sweep.dir (the same grid sweep run again skips its completed "
-           "jobs and resumes interrupted ones)")
+           "with them in results.csv; choose another hydra.sweep.dir (the same grid sweep run again, or a grown one that keeps "
+           "each of these jobs at its number, skips its completed jobs and resumes interrupted ones)")
+
+
+def _grows(config, sweep_dir: Path, earlier: list[str]) -> bool:
+    """Whether this grid sweep keeps every earlier job of ``sweep_dir`` as its job of the same
+    number, with the same overrides (job N's dir then holds job N's run, to skip or resume)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    try:  # the jobs in the order Hydra's grid sweeper numbers them: the recipe's axes, then the command line's
+        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task))
+        jobs = [sorted(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
+    except Exception:  # noqa: BLE001 - an override only Hydra's own config loader can expand (a glob)
+        return False
+    return all(name.isdigit() and int(name) < len(jobs) and jobs[int(name)] == sorted(read_summary(sweep_dir / name).get("overrides") or [])
+               for name in earlier)
 
 
 def _sweep_identity(config) -> tuple:

@@ -288,3 +288,31 @@ def test_jobs_side_by_side_share_the_cores(make_cfg, tmp_path, monkeypatch):
     cfg = make_cfg()
     sweeps.share_the_cores(cfg, 20)
     assert cfg.trainer.threads == 1
+
+
+def test_a_grown_grid_sweep_goes_on_in_its_dir_and_any_other_is_refused(tmp_path, capsys):
+    """A design study grows in place: run again into its dir with a longer sample range, its
+    finished jobs keep their numbers and are skipped. A sweep that would give a finished job's
+    number to another job (a space added in front, other settings, fewer jobs) is refused."""
+    import itertools
+
+    from omegaconf import OmegaConf
+
+    from cnnbench.callbacks import check_sweep_dir
+
+    def sweep(*task: str):
+        params = {"model.sample": "range(0,2)", "model.space": "anynetx_a,regnetx"}  # as ds_anynet: sample first
+        return OmegaConf.create({"hydra": {"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                                                       "params": params}, "overrides": {"task": ["experiment=ds_anynet", *task]}}})
+
+    OmegaConf.save(sweep("trainer=smoke"), tmp_path / "multirun.yaml")
+    for n, (sample, space) in enumerate(itertools.product(range(2), ["anynetx_a", "regnetx"])):
+        (tmp_path / str(n)).mkdir()
+        overrides = [f"model.sample={sample}", f"model.space={space}", "experiment=ds_anynet", "trainer=smoke"]
+        (tmp_path / str(n) / "summary.json").write_text(json.dumps({"overrides": overrides}))
+    check_sweep_dir(tmp_path, sweep("trainer=smoke"))  # the same sweep again
+    check_sweep_dir(tmp_path, sweep("trainer=smoke", "model.sample=range(0,5)"))  # grown: jobs 0-3 are the same four
+    for other in (["model.space=anynetx_a,anynetx_b,regnetx"], ["model.sample=range(0,1)"], ["optimizer.lr=0.3"]):
+        with pytest.raises(SystemExit):
+            check_sweep_dir(tmp_path, sweep("trainer=smoke", *other))
+        assert f"hydra.sweep.dir={tmp_path} holds 4 job(s) of another sweep" in capsys.readouterr().err
