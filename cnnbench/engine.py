@@ -245,13 +245,15 @@ class Trainer:
         self.compile_s: float | None = None
         self._batch: int | None = None  # the batch size the compiled step is specialised to
         self._compiled = None
+        # CUDA graphs on CUDA, but not under DistributedDataParallel: with CUDA graph trees it has
+        # open upstream bugs (errors, pytorch#113809; batch norm's buffers skip the graphs, #139207).
+        self._graphs = self.compile and self.device.type == "cuda" and not self.world.distributed
         self._compiled_calls = 0
-        self._starting_calls = 2 if self.device.type == "cuda" else 1
+        self._starting_calls = 2 if self._graphs else 1
         if self.compile:
             compile_cache()
             torch._dynamo.reset()  # a fresh start for each run: an earlier job's compilations neither count nor linger
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self._compiled = torch.compile(self._forward, mode=mode, dynamic=False)
+            self._compiled = torch.compile(self._forward, mode="reduce-overhead" if self._graphs else None, dynamic=False)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -275,7 +277,7 @@ class Trainer:
             self._batch = self._batch or len(y)  # an epoch sets it from its loader first (a resume may start on a partial batch)
             if len(y) == self._batch:
                 forward = self._compiled
-                if self.device.type == "cuda":
+                if self._graphs:
                     torch.compiler.cudagraph_mark_step_begin()  # a new iteration: graph outputs may be reused
         starting = forward is self._compiled and self._compiled_calls < self._starting_calls
         if starting:

@@ -552,3 +552,21 @@ def test_cublas_gets_its_deterministic_workspace_before_any_run():
     code = "import os, cnnbench.engine; print(os.environ['CUBLAS_WORKSPACE_CONFIG'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == ":4096:8"
+
+
+def test_the_compiled_step_uses_cuda_graphs_on_one_gpu_and_not_under_ddp(monkeypatch):
+    """DistributedDataParallel with CUDA graph trees has open upstream bugs (pytorch#113809,
+    #139207): under torchrun the step is compiled without graphs. Built only: no GPU runs here."""
+    from cnnbench import distributed, engine
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, **kwargs: modes.append(mode) or fn)
+
+    def trainer(device: str, world=distributed.World(), compile=True):
+        model = torch.nn.Linear(2, 2)
+        return engine.Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), torch.device(device), world=world, compile=compile)
+
+    assert trainer("cuda")._graphs and modes == ["reduce-overhead"]
+    assert not trainer("cuda", distributed.World(rank=1, local_rank=1, size=2, distributed=True))._graphs and modes[-1] is None
+    assert not trainer("cpu")._graphs and modes[-1] is None
+    assert not trainer("cuda", compile=False)._graphs and len(modes) == 3
