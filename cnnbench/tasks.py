@@ -97,13 +97,10 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     device, size, knobs = describe(cfg, summary)
     meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size,
             "recipe": training_recipe(cfg), "overrides": own_overrides(summary.get("overrides", [])),
-            "processes": summary["processes"]}
+            "processes": summary["processes"], "threads": torch.get_num_threads()}
     resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
-    if state and state["epoch"] >= cfg.trainer.max_epochs and read_summary(resume.parent).get("status") == "completed":
-        # (a run stopped after its last epoch, while writing its results, is resumed to write them)
-        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: that run completed its {state['epoch']} epochs, and this "
-                          f"run has trainer.max_epochs={cfg.trainer.max_epochs}: nothing is left to train; give "
-                          f"trainer.max_epochs=N (more than {state['epoch']}) to train on")
+    if state:
+        _check_resume(cfg, resume, state, out_dir)
     write_json(out_dir / "summary.json", summary)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download)
     train_loader, test_loader = build_loaders(cfg, train_split, test_split, size, device)
@@ -117,6 +114,12 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                                    "steps_into_next_epoch": partial["batches_done"] if partial else 0}
         log.info("resuming from %s: %d epochs done%s", resume, state["epoch"],
                  f", {partial['batches_done']} steps into the next" if partial else "")
+        threads = state["meta"].get("threads")
+        if device.type == "cpu" and threads and threads != meta["threads"]:  # the order of CPU sums: the last digits
+            summary["resumed_from"]["threads"] = threads
+            log.warning("the checkpoint's run used %d CPU threads, this one %d (trainer.threads): the order of the CPU's "
+                        "sums differs, so the resumed run's numbers are not exactly those of an uninterrupted run",
+                        threads, meta["threads"])
         before = state["meta"].get("processes", 1)
         if before != summary["processes"]:  # the batch is the same, split otherwise: allowed, but not exact
             summary["resumed_from"]["processes"] = before
@@ -147,10 +150,13 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
         if cfg.trainer.save_best and summary["best_test_acc"] != best_before:
             save_weights(out_dir / "best.pt", trainer, meta | {"epoch": row["epoch"], "test_acc": row["test_acc"]})
 
+    saved = []  # the epochs this run wrote last.pt after
+
     def checkpoint(epochs_done: int, cut: dict | None) -> None:
         # every epoch when asked to; always when a signal stops the run, so it can resume
         if cfg.trainer.checkpoint or cut is not None or stop:
             save_checkpoint(out_dir / "last.pt", trainer, train_loader, epochs_done, cut, meta)
+            saved.append(epochs_done)
 
     summary.update(_results(writer.rows))
     tally = confusion.final_tally(test_loader)  # the last evaluation counts the per-class files' numbers too
@@ -160,6 +166,13 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
             fit(trainer, train_loader, test_loader, cfg.trainer.max_epochs, on_epoch, checkpoint,
                 start_epoch=start_epoch, partial=partial, stop=stop, diverge_loss=cfg.trainer.diverge_loss,
                 last_tally=tally)
+        stale = out_dir / "last.pt"
+        if stale.is_file() and saved[-1:] != [cfg.trainer.max_epochs]:
+            # an earlier stop's checkpoint (trainer.checkpoint=false): older than the results now,
+            # it would evaluate an unfinished model, or resume over the completed run
+            stale.unlink()
+            log.info("removed %s: a stop's checkpoint, older than this run's results (trainer.checkpoint=true keeps one "
+                     "of the last epoch)", stale)
     finally:
         summary["_epochs_ended"] = time.perf_counter()
         summary["training_s"] = summary["_epochs_ended"] - summary["_epochs_started"]
@@ -176,6 +189,25 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
             except Exception as err:  # a plot must never cost the run its status
                 log.warning("could not plot the learning curves: %s", err)
     confusion.after_training(trainer, test_loader, out_dir, summary, shown_name(cfg), cfg.trainer.plot, tally)  # per_class.csv, ...
+
+
+def _check_resume(cfg: DictConfig, resume: Path, state: dict, out_dir: Path) -> None:
+    """A resume that would train nothing, or overwrite a completed run with an older state of it,
+    is refused before anything runs."""
+    run = read_summary(resume.parent)
+    if run.get("status") != "completed":
+        return
+    if state["epoch"] >= cfg.trainer.max_epochs:
+        # (a run stopped after its last epoch, while writing its results, is resumed to write them)
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: that run completed its {state['epoch']} epochs, and this "
+                          f"run has trainer.max_epochs={cfg.trainer.max_epochs}: nothing is left to train; give "
+                          f"trainer.max_epochs=N (more than {state['epoch']}) to train on")
+    done = run.get("epochs_completed") or 0
+    if state["epoch"] < done and resume.parent.resolve() == out_dir.resolve():
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: {resume.name} is from epoch {state['epoch']} (a stop), but the "
+                          f"run in {out_dir} completed {done} epochs after it: resuming there would train epochs "
+                          f"{state['epoch'] + 1}-{done} again over its results. To branch from epoch {state['epoch']}, resume "
+                          "into another dir (leave hydra.run.dir out)")
 
 
 def _results(rows: list[dict[str, float]]) -> dict[str, Any]:

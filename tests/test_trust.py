@@ -453,3 +453,50 @@ def test_a_second_signal_while_a_stop_is_recorded_does_not_cut_it_short():
         with engine.stop_at_once(lambda: "after training"):
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
+
+
+def test_a_resumed_run_leaves_no_stale_checkpoint_and_a_stale_one_cannot_overwrite_it(make_cfg, tiny_data, tmp_path, monkeypatch):
+    """Stopped, then resumed with trainer.checkpoint=false (as the stop's advice says) to the end:
+    the stop's last.pt, from mid-training, went on lying in the completed run. Evaluating it gave
+    the unfinished model; resuming from it again trained over the completed run's epochs. Now
+    the completed run removes it, and a stale checkpoint (kept from before) is refused there."""
+    base = [f"data.root={tiny_data}", "trainer=smoke", "trainer.max_epochs=3", "trainer.plot=false", "trainer.progress=false"]
+    step, calls = engine.Trainer.step, []
+
+    def step_then_sigterm(self, x, y):  # SIGTERM in epoch 2's first step
+        out = step(self, x, y)
+        calls.append(1)
+        if len(calls) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(engine.Trainer, "step", step_then_sigterm)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(*base), tmp_path)
+    monkeypatch.undo()
+    stale = (tmp_path / "last.pt").read_bytes()
+    resumed = run(make_cfg(*base, f"trainer.resume={tmp_path}"), tmp_path)
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 3
+    assert not (tmp_path / "last.pt").exists()  # the stop's checkpoint went with the run's completion
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".log"}
+    (tmp_path / "last.pt").write_bytes(stale)  # as a run completed before this fix left it
+    again = run(make_cfg(*base, f"trainer.resume={tmp_path}"), tmp_path)
+    assert again["bad_input"] and ("last.pt is from epoch 1 (a stop), but the run in " in again["error"]
+                                   and "completed 3 epochs after it: resuming there would train epochs 2-3 again" in again["error"])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix not in (".log", ".pt")} == before
+    # into another dir, branching from epoch 1 is allowed
+    assert run(make_cfg(*base, f"trainer.resume={tmp_path}"), tmp_path / "branch")["status"] == "completed"
+    # with trainer.checkpoint=true the last epoch's checkpoint is kept
+    kept = run(make_cfg(*base, "trainer.checkpoint=true"), tmp_path / "kept")
+    assert kept["status"] == "completed" and (tmp_path / "kept" / "last.pt").is_file()
+
+
+def test_a_resume_with_another_thread_count_says_it_is_not_exact(make_cfg, tiny_data, tmp_path, caplog):
+    """The CPU's thread count changes the order of its sums, so the last digits of a resumed run."""
+    base = [f"data.root={tiny_data}", "trainer=smoke", "trainer.plot=false", "trainer.checkpoint=true"]
+    run(make_cfg(*base, "trainer.threads=2"), tmp_path / "two")
+    resumed = run(make_cfg(*base, "trainer.threads=1", "trainer.max_epochs=3", f"trainer.resume={tmp_path / 'two'}"), tmp_path / "one")
+    assert resumed["status"] == "completed" and resumed["resumed_from"]["threads"] == 2 and resumed["cpu_threads"] == 1
+    assert "the checkpoint's run used 2 CPU threads, this one 1" in caplog.text
+    same = run(make_cfg(*base, "trainer.threads=1", "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'one'}"), tmp_path / "again")
+    assert "threads" not in same["resumed_from"]
