@@ -386,6 +386,15 @@ def test_bad_input_fails_before_training(make_cfg, tmp_path, overrides, message)
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
 
 
+def test_drop_last_with_fewer_images_than_a_batch_is_refused(make_cfg, tiny_data, tmp_path):
+    """It trained on nothing and died dividing by zero images."""
+    summary = run(make_cfg(f"data.root={tiny_data}", "data.drop_last=true", "data.subset=50", "data.batch_size=128"), tmp_path)
+    assert summary["status"] == "failed" and summary["bad_input"]
+    assert summary["error"] == ("data.drop_last=true leaves no training batch: data.batch_size=128 is more than the 50 training "
+                                "images (data.subset=50); lower data.batch_size, or set data.drop_last=false")
+    assert not (tmp_path / "metrics.csv").exists()
+
+
 def test_tasks_that_read_no_data_ignore_data_root(make_cfg, tmp_path):
     from cnnbench.config import validate
 
