@@ -41,9 +41,9 @@ tbody tr:hover { background: #f9fafb; }
 # Sort the results table by the clicked column (numbers as numbers; a second click reverses),
 # and count the images the browser could decode (shown in the footer; a test reads it).
 SCRIPT = """
-document.querySelectorAll('table.sortable th').forEach(function (th, col) {
+document.querySelectorAll('table.sortable th').forEach(function (th) {
   th.addEventListener('click', function () {
-    var table = th.closest('table'), body = table.tBodies[0];
+    var col = th.cellIndex, table = th.closest('table'), body = table.tBodies[0];
     var asc = !th.classList.contains('asc');
     table.querySelectorAll('th').forEach(function (h) { h.classList.remove('asc', 'desc'); });
     th.classList.add(asc ? 'asc' : 'desc');
@@ -115,6 +115,16 @@ def results_table(results: pd.DataFrame, keys: list[str]) -> str:
     return f'<div class="scroll"><table class="sortable" id="results"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body) + "\n</tbody></table></div>"
 
 
+def csv_table(path: Path) -> str:
+    """A table the report wrote (design_study.csv, ...), as a sortable HTML table under its name."""
+    frame = pd.read_csv(path)
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = ["<tr>" + "".join(_cell(str(c), v.item() if hasattr(v, "item") else v) for c, v in row.items()) + "</tr>"
+            for _, row in frame.iterrows()]
+    return (f"<h3>{html.escape(path.name)}</h3>\n<div class=\"scroll\"><table class=\"sortable\"><thead><tr>{head}</tr></thead>"
+            "<tbody>\n" + "\n".join(body) + "\n</tbody></table></div>")
+
+
 def job_section(job_dir: Path, row: pd.Series, keys: list[str]) -> str:
     job = str(row["job"])
     label = ", ".join(f"{k}={row[k]}" for k in keys if k in row) or job_dir.name
@@ -136,7 +146,8 @@ def job_section(job_dir: Path, row: pd.Series, keys: list[str]) -> str:
 
 
 def write_html(path: Path, results: pd.DataFrame, keys: list[str], plots: list[Path]) -> Path:
-    """Write ``report.html`` into ``path`` (a sweep dir, or a run dir with one job)."""
+    """Write ``report.html`` into ``path`` (a sweep dir, or a run dir with one job): the results
+    table, the report's ``plots`` (its PNGs as images, its CSVs as tables) and every job's figures."""
     single = (path / "summary.json").is_file()
     name = path.name if single else str(path)
     counts = results["status"].value_counts().to_dict() if "status" in results else {}
@@ -152,7 +163,8 @@ Swept: {html.escape(', '.join(keys) or 'nothing')}. Click a column heading to so
 <h2>Results</h2>
 {results_table(results, keys)}
 <h2>Plots</h2>
-<div class="plots">{''.join(embed(p, p.name) for p in plots if p.is_file()) or '<p>none</p>'}</div>
+<div class="plots">{''.join(embed(p, p.name) for p in plots if p.suffix == ".png" and p.is_file()) or '<p>none</p>'}</div>
+{''.join(csv_table(p) for p in plots if p.suffix == ".csv" and p.is_file())}
 <h2>Jobs</h2>
 {''.join(jobs)}
 <p><small id="images-loaded" data-count=""></small></p>

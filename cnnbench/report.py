@@ -374,6 +374,9 @@ def _objective(path: Path) -> str | None:
     return OmegaConf.select(config, "objective", default=None)
 
 
+INDEX_KEYS = ("model.sample",)  # which network a design space's draw is: an index, not a quantity to plot against
+
+
 def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd.DataFrame, list[Path]]:
     """Print the table of the run(s) under ``path`` and write the report's PNGs there (and,
     with ``html``, report.html: everything in one self-contained page). ``plots=False``: the
@@ -404,7 +407,7 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
                    if m and m in results and pd.to_numeric(results[m], errors="coerce").notna().any()), None)
     if metric:  # against each key the runs that measured it tried (a folder may mix tasks, resumes, ...)
         measured = results[results[metric].notna()]
-        axes = plotted_keys(measured, keys)
+        axes = [k for k in plotted_keys(measured, keys) if k not in INDEX_KEYS]
         for key in axes if len(measured) > 1 else []:
             series, groups = [], 1
             for k in (k for k in axes if k != key and measured[k].nunique(dropna=False) <= MOST_SERIES):

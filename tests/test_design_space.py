@@ -221,3 +221,5 @@ def test_a_tiny_study_runs_end_to_end(tiny_data, tmp_path):
     assert results["flops"].between(2e6, 6e6).all()
     assert (tmp_path / "report_edf.png").stat().st_size > 10_000
     assert (tmp_path / "design_study.csv").is_file()
+    # a draw's index is no quantity: accuracy is plotted against the space, not against model.sample
+    assert (tmp_path / "report_vs_model.space.png").is_file() and not (tmp_path / "report_vs_model.sample.png").exists()

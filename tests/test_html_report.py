@@ -138,3 +138,19 @@ def test_a_browser_shows_the_table_and_every_image(sweep_dir, tmp_path, scratch)
     subprocess.run([*browser, "--window-size=1400,1000", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=120, env=env)
     assert shot.stat().st_size > 30_000  # a page with a table and plots, not a blank one
+
+
+def test_a_table_the_report_wrote_is_an_html_table_not_an_image(tmp_path):
+    """A design study's design_study.csv was embedded as an <img> of CSV text: a broken image."""
+    import pandas as pd
+
+    from cnnbench.html_report import write_html
+
+    table = tmp_path / "design_study.csv"
+    table.write_text("space,n,area_vs_anynetx_a\nanynetx_a,32,0.0\nregnetx,32,0.0312\n")
+    page_path = write_html(tmp_path, pd.DataFrame({"job": [], "status": []}), [], [table])
+    page = Page(page_path.read_text())
+    assert page.images == []
+    assert ["space", "n", "area_vs_anynetx_a"] == page.headings[-3:]
+    assert page.rows[-2:] == [["anynetx_a", "32", "0"], ["regnetx", "32", "0.0312"]]
+    assert "<h3>design_study.csv</h3>" in page_path.read_text()
