@@ -516,6 +516,9 @@ def check_overrides(overrides: list[str]) -> None:
                                   f"its keys are: {', '.join(known)}")
         elif not name and key not in fields and key not in GROUPS:
             raise ConfigError(f"{key} is not a top-level key{_nearest(key, fields)}; the keys are: {', '.join(sorted(fields))}")
+        elif name and section not in fields and section not in GROUPS:
+            raise ConfigError(f"{key}: {section} is not a section of the config{_nearest(section, fields)}; the top-level "
+                              f"keys are: {', '.join(sorted(fields))}")
 
 
 def _check_tracker_key(key: str, parsed) -> None:

@@ -217,7 +217,10 @@ def checked_args(args: list[str]) -> list[str]:
     """The command line as Hydra gets it, checked first (raises ConfigError): group options and
     section keys; a single run's model knobs and optimizer arguments; a multirun's ``model.KNOB=V``
     and ``optimizer.ARG=V`` as one-value sweeps (``config.one_value_sweeps``). --cfg, --help and
-    --info run nothing: Hydra composes them as one run, so they keep their values as typed."""
+    --info run nothing: Hydra composes them as one run, so they keep their values as typed. ``-m``
+    may stand anywhere (Hydra's parser takes it only before the overrides)."""
+    multirun = [a for a in args if a in ("-m", "--multirun")]
+    args = multirun + [a for a in args if a not in multirun]
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     check_overrides(overrides)
     if not CONFIG_FLAGS & {a.split("=")[0] for a in args}:  # another primary config has keys of its own

@@ -121,6 +121,11 @@ def test_what_hydra_gets_from_the_command_line():
     from cnnbench.train import checked_args
 
     assert checked_args(["-m", "model=vgg11,vgg13", "model.width=0.25"]) == ["-m", "model=vgg11,vgg13", "model.width=choice(0.25)"]
+    # -m anywhere: Hydra's parser took it only first ("unrecognized arguments: optimizer.lr=choice(0.1)")
+    assert checked_args(["trainer=smoke", "-m", "optimizer.lr=0.1"]) == ["-m", "trainer=smoke", "optimizer.lr=choice(0.1)"]
+    # a misspelt section is named with the nearest, not Hydra's "use +tranier.max_epochs=3"
+    with pytest.raises(ConfigError, match=r"^tranier.max_epochs: tranier is not a section of the config \(did you mean trainer\?\)"):
+        checked_args(["tranier.max_epochs=3"])
     assert checked_args(["experiment=ex_bn_lr", "optimizer.lr=0.5"]) == ["experiment=ex_bn_lr", "optimizer.lr=choice(0.5)"]
     # --cfg, --help and --info compose one run: no sweep syntax, even for a sweeping recipe
     for flag in ("--cfg", "--help", "--info"):
