@@ -251,7 +251,6 @@ def after_training(trainer, test_loader: DeviceLoader, out_dir: Path, summary: d
 
 # --- task=evaluate ------------------------------------------------------------------------
 
-
 def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     """task=evaluate trainer.resume=RUN_OR_PT: the per-class files of a checkpoint's model on
     the test set. The model and its knobs come from the checkpoint, and so does the resolution
@@ -284,6 +283,8 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
                           "leave data.resize unset to evaluate at its own size") from None
     model.to(device)
     partial = state.get("partial") or {}  # a checkpoint written mid-epoch (a stop signal): the steps into the next
+    if "config" in meta:  # the run that trained the weights: its settings describe this evaluation in a report
+        summary["trained_config"] = meta["config"]
     summary |= {"model": meta["model"], "checkpoint": str(path), "checkpoint_epoch": state.get("epoch", meta.get("epoch")),
                 **({"checkpoint_steps_into_next_epoch": partial["batches_done"]} if partial.get("batches_done") else {}),
                 "resolution": list(size), **environment(device)}

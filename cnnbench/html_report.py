@@ -17,7 +17,7 @@ import pandas as pd
 # Per-job images, in the order shown; mistakes.png is folded away (it is large and secondary).
 JOB_IMAGES = ("curves.png", "confusion.png")
 FOLDED_IMAGES = ("mistakes.png",)
-COLUMNS = ["status", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "epochs_completed", "params",
+COLUMNS = ["status", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "epochs_completed", "params",
            "flops", "train_memory_mb", "best_train_images_per_s", "min_size", "wall_time_s", "device", "error"]
 STATUS_COLOURS = {"completed": "#d8f3dc", "diverged": "#ffe5b4", "oom": "#e9d5ff", "interrupted": "#e5e7eb",
                   "failed": "#fecaca", "running": "#dbeafe"}
@@ -127,12 +127,12 @@ def csv_table(path: Path) -> str:
 
 def job_section(job_dir: Path, row: pd.Series, keys: list[str]) -> str:
     job = str(row["job"])
-    label = ", ".join(f"{k}={row[k]}" for k in keys if k in row) or job_dir.name
+    label = ", ".join(f"{k}={row[k]}" for k in keys if k in row)
     status = str(row.get("status", ""))
     colour = STATUS_COLOURS.get(status, "#ffffff")
     parts = [f'<section class="job" id="job-{html.escape(job)}">',
-             f'<h3>job {html.escape(job)}: {html.escape(label)} <span class="status" style="background:{colour}">'
-             f"{html.escape(status)}</span></h3>"]
+             f'<h3>job {html.escape(job)}{": " + html.escape(label) if label else ""} <span class="status" '
+             f'style="background:{colour}">{html.escape(status)}</span></h3>']
     error = row.get("error")
     if isinstance(error, str) and error:
         parts.append(f'<p class="missing">{html.escape(error)}</p>')

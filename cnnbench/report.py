@@ -20,9 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from .metrics import KIND_COLORS, collect_results, epoch_axis, figure, save_figure, show, whole_numbers
+from .rundir import described_config
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
-TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "worst_class", "worst_class_acc", "params", "flops",
+TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "params", "flops",
          "train_memory_mb", "infer_memory_mb", "min_size", "best_train_images_per_s", "largest_train_batch", "largest_train_batch_mb", "steady_epoch_time_s",
          "wall_time_s"]  # steady_epoch_time_s: the median epoch without the first, which pays the warm-up
 
@@ -80,7 +81,7 @@ def fill_unset(path: Path, results: pd.DataFrame, keys: list[str]) -> pd.DataFra
     def config(job) -> dict:
         if job not in configs:
             try:
-                configs[job] = json.loads((job_dir(path, job) / "summary.json").read_text()).get("config") or {}
+                configs[job] = described_config(json.loads((job_dir(path, job) / "summary.json").read_text()))
             except (OSError, ValueError, AttributeError):
                 configs[job] = {}
         return configs[job]

@@ -28,6 +28,29 @@ def read_summary(folder: Path) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
+# What an evaluation takes from its own config; every other setting is the trained model's.
+EVALUATED_HERE = {"task", "data.root", "data.download", "data.test_subset", "data.test_batch_size",
+                  "trainer.device", "trainer.precision", "trainer.resume", "logger"}
+
+
+def described_config(summary: dict) -> dict:
+    """The settings a run is listed with: its config; for task=evaluate, the trained run's
+    (recorded in its checkpoint) with what the evaluation set itself. Its own config holds the
+    command's defaults (trainer.max_epochs=10, optimizer.lr=0.1), not how the model was trained."""
+    config, trained = summary.get("config") or {}, summary.get("trained_config")
+    if not isinstance(trained, dict):
+        return config
+    described = {section: dict(value) if isinstance(value, dict) else value for section, value in trained.items()}
+    for key in EVALUATED_HERE:
+        section, _, name = key.partition(".")
+        if not name:
+            if section in config:
+                described[section] = config[section]
+        elif name in config.get(section, {}):
+            described.setdefault(section, {})[name] = config[section][name]
+    return described
+
+
 class DirBusy(RuntimeError):
     """Another process writes this dir."""
 

@@ -97,7 +97,8 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     device, size, knobs = describe(cfg, summary)
     meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size,
             "recipe": training_recipe(cfg), "overrides": own_overrides(summary.get("overrides", [])),
-            "processes": summary["processes"], "threads": torch.get_num_threads()}
+            "processes": summary["processes"], "threads": torch.get_num_threads(),
+            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}  # what task=evaluate's report lists
     resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
     if state:
         _check_resume(cfg, resume, state, out_dir)

@@ -181,3 +181,19 @@ def test_evaluating_a_mid_epoch_checkpoint_says_how_far_into_the_epoch(make_cfg,
     summary = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}"), tmp_path / "eval")
     assert summary["checkpoint_epoch"] == 2 and summary["checkpoint_steps_into_next_epoch"] == 3
     assert "(after epoch 2 and 3 steps of the next): test accuracy" in capsys.readouterr().out
+
+
+def test_a_report_lists_an_evaluation_with_the_settings_its_model_was_trained_with(make_cfg, tiny_data, tmp_path):
+    """An evaluation's own config holds the command's defaults (optimizer.lr=0.1, 10 epochs): the
+    report showed those as if the checkpoint had been trained with them, and no accuracy."""
+    from cnnbench import report
+
+    trained = ["trainer=smoke", f"data.root={tiny_data}", "trainer.checkpoint=true", "optimizer.lr=0.05"]
+    run(make_cfg(*trained), tmp_path / "run", overrides=trained)
+    evaluate = ["task=evaluate", f"trainer.resume={tmp_path / 'run'}", f"data.root={tiny_data}", "data.test_batch_size=8"]
+    summary = run(make_cfg(*evaluate), tmp_path / "eval", overrides=evaluate)
+    assert summary["trained_config"]["optimizer"]["lr"] == 0.05 and summary["config"]["optimizer"]["lr"] == 0.1
+    results, _ = report.report(tmp_path, plots=False)
+    row = results.set_index("job").loc["eval"]
+    assert float(row["optimizer.lr"]) == 0.05  # as trained (the evaluate command's own config says 0.1)
+    assert int(row["data.test_batch_size"]) == 8 and row["eval_test_acc"] == summary["eval_test_acc"]  # as evaluated
