@@ -163,6 +163,28 @@ def set_backends(deterministic: bool, matmul_precision: str = "high", threads: i
     torch.backends.cudnn.allow_tf32 = matmul_precision != "highest"
 
 
+_busy_told: list[bool] = []  # the busy-machine hint, once per process
+
+
+def tell_if_busy(threads: int | None, device: str) -> None:
+    """Once per process, before a CPU run with torch's default threads (one per core): when other
+    work already keeps the cores busy (a 1-minute load average of 1 or more), say that one thread
+    can be several times faster. torch's threads spin-wait for each other, so one that lost its
+    core holds up the rest (docs/speed.md, "CPU threads")."""
+    if threads is not None or _busy_told or resolve_device(device).type != "cpu":
+        return
+    _busy_told.append(True)
+    cores = _default_threads[0] if _default_threads else torch.get_num_threads()
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # no load average on this system
+        return
+    if cores > 1 and load >= 1.0:
+        log.warning("other work keeps this machine busy (load average %.1f over the last minute, %d cores): torch's "
+                    "thread per core waits on it, and trainer.threads=1 can train several times faster "
+                    "(docs/speed.md, \"CPU threads\")", load, cores)
+
+
 # The user's choice, read before anything imports torch._dynamo (which sets the variable to
 # inductor's default, /tmp/torchinductor_$USER, the first time it looks).
 _USER_INDUCTOR_DIR = os.environ.get("TORCHINDUCTOR_CACHE_DIR")

@@ -45,6 +45,7 @@ from .engine import (
     Diverged,
     set_backends,
     stop_at_once,
+    tell_if_busy,
 )
 from .metrics import NoSpace, write_json, write_results
 from .rundir import LOCK_NAME, hold, read_summary, release
@@ -98,6 +99,8 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
         with stop_at_once(lambda: _stage(summary)):
             validate(cfg)
             set_backends(cfg.trainer.deterministic, enum_value(cfg.trainer.matmul_precision), cfg.trainer.threads)
+            if summary["task"] in ("train", "bench"):  # the tasks that spend their time in torch's operators
+                tell_if_busy(cfg.trainer.threads, cfg.trainer.device)
             TASKS[summary["task"]](cfg, out_dir, summary)
         summary["status"] = "completed"
     except (ConfigError, data.DataError) as err:

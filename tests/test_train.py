@@ -579,3 +579,22 @@ def test_the_compiled_step_uses_cuda_graphs_on_one_gpu_and_not_under_ddp(monkeyp
     assert not trainer("cuda", distributed.World(rank=1, local_rank=1, size=2, distributed=True))._graphs and modes[-1] is None
     assert not trainer("cpu")._graphs and modes[-1] is None
     assert not trainer("cuda", compile=False)._graphs and len(modes) == 3
+
+
+def test_a_busy_machine_is_told_about_trainer_threads_once(monkeypatch, caplog):
+    """A newcomer's run beside a test suite trained 20x slower with a thread per core, and nothing said why."""
+    from cnnbench import engine
+
+    monkeypatch.setattr(engine, "_busy_told", [])
+    monkeypatch.setattr(engine, "_default_threads", [2])
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.2, 0.8))
+    engine.tell_if_busy(1, "cpu")  # threads chosen: nothing to say
+    engine.tell_if_busy(None, "cpu")
+    engine.tell_if_busy(None, "cpu")  # once per process: a sweep's later jobs say it no more
+    assert caplog.text.count("other work keeps this machine busy (load average 1.6 over the last minute, 2 cores)") == 1
+    assert "trainer.threads=1 can train several times faster" in caplog.text
+    monkeypatch.setattr(engine, "_busy_told", [])
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    caplog.clear()
+    engine.tell_if_busy(None, "cpu")
+    assert "busy" not in caplog.text  # an idle machine
