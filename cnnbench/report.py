@@ -31,6 +31,7 @@ TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "eval_test_a
 # Overrides that say where or how a run was done, not what it tried: never an axis of a plot.
 # Numbers that name a draw, not a quantity: points against them, never a line between neighbours.
 IDENTIFIERS = {"seed", "model.sample"}
+INDEX_KEYS = ("model.sample",)  # which network a design space's draw is: not even an axis (the space is)
 # A key with more settings than this (a search's continuous draws) is an axis, never a series.
 MOST_SERIES = 6
 MOST_TICKS = 10  # the values of a swept key labelled on its axis one by one
@@ -274,10 +275,13 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         if len(ticks) <= MOST_TICKS and apart:  # a grid's values, each labelled; a search's draws keep the axis's own ticks
             ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
             ax.minorticks_off()
-    if draws:
+    if numeric and ax.get_xscale() == "linear" and all(float(v).is_integer() for v in x_num):
         from matplotlib.ticker import MaxNLocator
 
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # seeds, epochs, depths: no tick at 2.5
+    if metric.endswith("_acc"):  # a fraction: no margin below 0 or above 1
+        low, high = ax.get_ylim()
+        ax.set_ylim(max(low, 0), min(high, 1))
     if not numeric:
         ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
         ax.set_xlim(-0.6, len(categories) - 0.4)
@@ -373,9 +377,6 @@ def _objective(path: Path) -> str | None:
     if "BasicSweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="BasicSweeper")):
         return None
     return OmegaConf.select(config, "objective", default=None)
-
-
-INDEX_KEYS = ("model.sample",)  # which network a design space's draw is: an index, not a quantity to plot against
 
 
 def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd.DataFrame, list[Path]]:

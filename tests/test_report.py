@@ -260,3 +260,20 @@ def test_a_folder_of_many_unrelated_runs_gets_readable_plots(tmp_path, figures):
             warnings.simplefilter("error")
             fig.draw_without_rendering()
         assert fig.axes[0].get_position().width > 0.2, name
+
+
+def test_against_a_whole_numbered_key_the_ticks_are_whole_and_an_accuracy_stays_in_0_1(tmp_path, monkeypatch):
+    """Epochs 2, 5, 10 had ticks at 2.5 and 7.5; accuracies all 0 had an axis down to -0.04."""
+    import pandas as pd
+
+    from cnnbench import report
+
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.append(fig) or path)
+    results = pd.DataFrame({"job": range(6), "trainer.max_epochs": [2, 5, 10] * 2, "model.norm": ["none"] * 3 + ["batch"] * 3,
+                            "final_test_acc": [0.0] * 6, "status": ["completed"] * 6})
+    report.plot_against(tmp_path, results, "trainer.max_epochs", ["model.norm"], "final_test_acc", None)
+    ax = figures[0].axes[0]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert ax.get_ylim()[0] == 0
