@@ -195,6 +195,9 @@ def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
     elif done:
         what = (f"{epochs} {'is' if done == 1 else 'are'} in metrics.csv, but no checkpoint was written to resume "
                 "from (trainer.checkpoint=true writes one every epoch)")
+    elif summary["task"] == "bench":
+        what = ("the batch sizes measured before the stop are in bench.csv" if (out_dir / "bench.csv").is_file()
+                else "nothing was measured yet")
     else:
         what = "nothing was trained yet"
     how = (f"run the sweep again, {_sweep_again()}, to run this job afresh, completed jobs are skipped" if sweep

@@ -323,7 +323,29 @@ def test_a_stop_signal_before_training_or_in_any_task_is_recorded(make_cfg, tiny
                                     "may be missing: run the same command again to start over")
         return
     where = "before training" if task == "train" else f"during task={task}"
-    assert summary["error"] == f"stopped by SIGTERM {where}; nothing was trained yet: run the same command again to start over"
+    what = "nothing was measured yet" if task == "bench" else "nothing was trained yet"
+    assert summary["error"] == f"stopped by SIGTERM {where}; {what}: run the same command again to start over"
+
+
+def test_a_bench_stopped_after_its_first_batch_size_says_bench_csv_holds_it(make_cfg, tiny_data, tmp_path, monkeypatch):
+    from cnnbench import tasks
+
+    bench_one, calls = tasks._bench_one, []
+
+    def stop_in_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        return bench_one(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "_bench_one", stop_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg("task=bench", f"data.root={tiny_data}", "trainer=smoke"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["error"] == ("stopped by SIGTERM during task=bench; the batch sizes measured before the stop are in "
+                                "bench.csv: run the same command again to start over")
+    assert pd.read_csv(tmp_path / "bench.csv")["batch_size"].tolist() == [2, 2]  # train and infer at the first size
 
 
 def test_a_refused_resume_leaves_a_completed_run_as_it_was(make_cfg, tiny_data, tmp_path):
