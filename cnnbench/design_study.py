@@ -94,7 +94,8 @@ def study_table(done: pd.DataFrame) -> pd.DataFrame:
             if other != space:
                 row[f"area_vs_{other}"] = area_between(e, done.loc[done[SPACE] == other, "error"])
         rows.append(row)
-    return pd.DataFrame(rows)
+    columns = ["space", "n", "error_min", "error_median", "error_mean", *(f"area_vs_{space}" for space in spaces)]
+    return pd.DataFrame(rows, columns=columns)  # the areas in the spaces' order (a space's own is blank)
 
 
 def good_region_table(done: pd.DataFrame, top: float = 0.25) -> pd.DataFrame:

@@ -81,7 +81,7 @@ def sweep_info() -> Sweep | None:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return None
-        sweep_dir = Path(hydra_cfg.sweep.dir)
+        sweep_dir = Path(hydra_cfg.sweep.dir).absolute()  # as a single run's dir: tracker.json's paths hold from anywhere
         return Sweep(sweep_dir, str(hydra_cfg.job.num), _swept_first(sweep_dir, list(hydra_cfg.overrides.task)))
     except Exception:  # outside a Hydra app, or a Hydra without these fields
         return None
@@ -156,7 +156,7 @@ class TensorBoard(Tracker):
         else:
             self.root = Path(base) if base else run_dir / TENSORBOARD_DIR
             log_dir = self.root / run_dir.name if base else self.root
-        self.continued = state.get("log_dir") == str(log_dir)
+        self.continued = bool(state.get("log_dir")) and Path(state["log_dir"]).absolute() == log_dir.absolute()
         if not self.continued:  # else a resumed run: its event files stay, epochs already there are skipped
             for old in log_dir.glob("events.out.tfevents.*"):  # an earlier run in this dir
                 old.unlink()
@@ -351,6 +351,8 @@ class Trackers:
             return False
 
     def _save(self) -> None:
+        if not self.state:  # no tracker started, none to continue: no file to list among the run's
+            return
         try:
             write_json(self.run_dir / STATE_FILE, self.state)
         except OSError as err:

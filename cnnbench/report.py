@@ -24,7 +24,7 @@ from .rundir import described_config
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
 TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "params", "flops",
-         "train_memory_mb", "infer_memory_mb", "min_size", "best_train_images_per_s", "largest_train_batch", "largest_train_batch_mb", "steady_epoch_time_s",
+         "train_memory_mb", "infer_memory_mb", "min_size", "no_collapse_size", "best_train_images_per_s", "largest_train_batch", "largest_train_batch_mb", "steady_epoch_time_s",
          "wall_time_s"]  # steady_epoch_time_s: the median epoch without the first, which pays the warm-up
 
 
@@ -361,7 +361,7 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
     axes[0].set_yticks(list(y), names)
     axes[0].invert_yaxis()
     axes[0].legend(loc="lower right", fontsize="small")
-    fig.suptitle(f"{path.name}: what each run's network costs (task=summary)")
+    fig.suptitle(crowded(title(path, runs, keys, "what each network costs (task=summary)"), len(runs)))
     return save_figure(fig, path / "report_summary.png")
 
 

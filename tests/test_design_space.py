@@ -187,6 +187,7 @@ def test_edf_and_the_area_between_curves_on_a_hand_made_table():
     table = ds.study_table(done).set_index("space")
     assert table.loc["a", "n"] == 4 and table.loc["b", "error_mean"] == pytest.approx(35)
     assert table.loc["a", "area_vs_b"] == pytest.approx(10.0) == table.loc["b", "area_vs_a"]
+    assert list(table.columns)[-2:] == ["area_vs_a", "area_vs_b"]  # in the spaces' order, not the first space's last
 
 
 def test_good_region_bootstraps_the_best_networks_values():

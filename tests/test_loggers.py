@@ -153,7 +153,8 @@ def test_an_interrupted_run_resumes_its_mlflow_run(make_cfg, tiny_data, tmp_path
     from cnnbench.metrics import MetricsWriter
 
     store(tmp_path)
-    args = [f"data.root={tiny_data}", "data.batch_size=16", "trainer.max_epochs=2", "logger=mlflow"]
+    args = [f"data.root={tiny_data}", "data.batch_size=16", "trainer.max_epochs=2", "logger=mlflow",
+            "trainer.checkpoint=true"]  # (without, the stop's last.pt goes when the resumed run completes)
     write = MetricsWriter.write
 
     def write_then_sigterm(self, row):  # SIGTERM arrives as epoch 1's row is written
@@ -280,3 +281,4 @@ def test_a_tracking_store_that_cannot_answer_fails_at_once(make_cfg, tmp_path, m
         trackers = loggers.start(make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri={uri}"), tmp_path)
     assert trackers.trackers == []
     assert any("logger=mlflow failed to start" in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / loggers.STATE_FILE).exists()  # no tracker started: no empty tracker.json among the run's files
