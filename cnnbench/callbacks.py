@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, read_write
 
-from .config import ConfigError, resume_command, validate_sweep
+from .config import ConfigError, resume_command, sweep_jobs, validate_sweep
 from .metrics import collect_results, write_results
 from .rundir import DirBusy, hold, hold_unused, read_summary
 
@@ -185,13 +185,8 @@ def check_sweep_dir(sweep_dir: Path, config) -> None:
 def _grows(config, sweep_dir: Path, earlier: list[str]) -> bool:
     """Whether this grid sweep keeps every earlier job of ``sweep_dir`` as its job of the same
     number, with the same overrides (job N's dir then holds job N's run, to skip or resume)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = config.hydra.sweeper.get("params") or {}
-    try:  # the jobs in the order Hydra's grid sweeper numbers them: the recipe's axes, then the command line's
-        parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task))
-        jobs = [sorted(job) for job in BasicSweeper.split_arguments(parsed, None)[0]]
+    try:  # the jobs as Hydra's grid sweeper numbers them
+        jobs = [sorted(job) for job in sweep_jobs(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))]
     except Exception:  # noqa: BLE001 - an override only Hydra's own config loader can expand (a glob)
         return False
     return all(name.isdigit() and int(name) < len(jobs) and jobs[int(name)] == sorted(read_summary(sweep_dir / name).get("overrides") or [])

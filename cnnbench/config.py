@@ -53,7 +53,7 @@ def first_line(err: BaseException) -> str:
 
 
 class Precision(str, Enum):
-    auto = "auto"  # bf16 autocast on CUDA, fp32 on the CPU
+    auto = "auto"  # bf16 autocast on CUDA (fp16 with loss scaling on GPUs before Ampere), fp32 on the CPU
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"  # autocast with a gradient scaler (CUDA)
@@ -124,7 +124,7 @@ class SchedulerConfig:
 class TrainerConfig:
     max_epochs: int = 10  # the book trains every model for 10 epochs
     device: str = "auto"  # auto (cuda if available) | cpu | cuda | cuda:N
-    precision: Precision = Precision.auto  # auto: bf16 on CUDA (fp16 with loss scaling before Ampere), fp32 on the CPU
+    precision: Precision = Precision.auto
     channels_last: Optional[bool] = None  # NHWC memory format (faster convolutions on tensor-core GPUs); null: on for CUDA
     # torch.compile the training step; on CUDA its forward and backward replay as CUDA graphs (no
     # per-kernel launch cost). null: on for CUDA, off on the CPU. The first step pays the
@@ -671,21 +671,19 @@ def one_value_sweeps(overrides: list[str]) -> list[str]:
 
 def sweep_jobs(overrides: list[str], params: dict | None) -> list[list[str]]:
     """The jobs (override lists) Hydra's basic sweeper makes of a multirun's command-line
-    overrides and ``hydra.sweeper.params`` (the command line wins for a key in both)."""
+    overrides and ``hydra.sweeper.params``, numbered as it numbers them: its params first, then
+    the command line's, a key given again keeping its first place with its last values (the
+    command line wins), the first axis varying slowest."""
     import itertools
 
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parser = OverridesParser.create()
-    given = parser.parse_overrides(list(overrides))
-    keys = {o.get_key_element() for o in given}
-    from_params = parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()])
-    axes = []
-    for o in [p for p in from_params if p.get_key_element() not in keys] + given:
+    axes: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)):
         element = o.get_key_element()
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        axes.append([f"{element}={v}" for v in values])
-    return [list(job) for job in itertools.product(*axes)]
+        axes[element] = [f"{element}={v}" for v in values]
+    return [list(job) for job in itertools.product(*axes.values())]
 
 
 def validate_sweep(overrides: list[str], params: dict | None) -> None:

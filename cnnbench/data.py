@@ -452,7 +452,8 @@ def build_loaders(cfg, train: Split, test: Split, size: tuple[int, int], device:
             log.warning("%s=%d is more than the %d images there are: all are used", key, n, held)
     if cfg.data.subset:
         train = Split(train.images[: cfg.data.subset], train.labels[: cfg.data.subset])
-    if cfg.data.drop_last and len(train) < cfg.data.batch_size:
+    train_passes, test_passes = passes or (cfg.trainer.max_epochs, cfg.trainer.max_epochs)
+    if train_passes and cfg.data.drop_last and len(train) < cfg.data.batch_size:
         held = f"data.subset={cfg.data.subset}" if cfg.data.subset else f"the data in {cfg.data.root or 'data.root'}"
         raise DataError(f"data.drop_last=true leaves no training batch: data.batch_size={cfg.data.batch_size} is more than the "
                         f"{len(train):,} training images ({held}); lower data.batch_size, or set data.drop_last=false")
@@ -473,7 +474,6 @@ def build_loaders(cfg, train: Split, test: Split, size: tuple[int, int], device:
     test_loader = DeviceLoader(
         test, cfg.data.test_batch_size, limit_batches=cfg.trainer.limit_test_batches, **common
     )
-    train_passes, test_passes = passes or (cfg.trainer.max_epochs, cfg.trainer.max_epochs)
     augmented = cfg.data.crop_padding or cfg.data.hflip
     loaders = {"test images": (test_loader, test_passes)}
     if not augmented:

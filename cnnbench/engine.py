@@ -136,7 +136,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
+        return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16  # this run's GPU
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -168,21 +168,34 @@ _busy_told: list[bool] = []  # the busy-machine hint, once per process
 
 def tell_if_busy(threads: int | None, device: str) -> None:
     """Once per process, before a CPU run with torch's default threads (one per core): when other
-    work already keeps the cores busy (a 1-minute load average of 1 or more), say that one thread
-    can be several times faster. torch's threads spin-wait for each other, so one that lost its
-    core holds up the rest (docs/speed.md, "CPU threads")."""
+    work keeps the cores busy, say that one thread can be several times faster. torch's threads
+    spin-wait for each other, so one that lost its core holds up the rest (docs/speed.md, "CPU
+    threads"). Busy: a 1-minute load average of 1 or more, and other threads runnable now (the
+    load average alone still counts a run that has just ended)."""
     if threads is not None or _busy_told or resolve_device(device).type != "cpu":
         return
     _busy_told.append(True)
     cores = _default_threads[0] if _default_threads else torch.get_num_threads()
+    load, others = _load()
+    if cores > 1 and load >= 1.0 and others >= 1:
+        log.warning("other work keeps this machine busy (load average %.1f over the last minute, %d other thread%s "
+                    "runnable, %d cores): torch's thread per core waits on it, and trainer.threads=1 can train several "
+                    "times faster (docs/speed.md, \"CPU threads\")", load, others, "" if others == 1 else "s", cores)
+
+
+def _load(samples: int = 3) -> tuple[float, int]:
+    """The 1-minute load average, and the threads other than this one runnable now (the median
+    of a few looks, 10 ms apart, from Linux's /proc/loadavg); (0, 0) where it cannot be read."""
+    runnable = []
     try:
-        load = os.getloadavg()[0]
-    except OSError:  # no load average on this system
-        return
-    if cores > 1 and load >= 1.0:
-        log.warning("other work keeps this machine busy (load average %.1f over the last minute, %d cores): torch's "
-                    "thread per core waits on it, and trainer.threads=1 can train several times faster "
-                    "(docs/speed.md, \"CPU threads\")", load, cores)
+        for i in range(samples):
+            fields = Path("/proc/loadavg").read_text().split()
+            runnable.append(int(fields[3].split("/")[0]) - 1)  # "R/T": R counts this thread
+            if i < samples - 1:
+                time.sleep(0.01)
+    except (OSError, ValueError, IndexError):
+        return 0.0, 0
+    return float(fields[0]), sorted(runnable)[len(runnable) // 2]
 
 
 # The user's choice, read before anything imports torch._dynamo (which sets the variable to

@@ -81,7 +81,7 @@ def sweep_info() -> Sweep | None:
         hydra_cfg = HydraConfig.get()
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return None
-        sweep_dir = Path(hydra_cfg.sweep.dir).absolute()  # as a single run's dir: tracker.json's paths hold from anywhere
+        sweep_dir = Path(hydra_cfg.sweep.dir)  # as typed: it names the sweep's MLflow experiment
         return Sweep(sweep_dir, str(hydra_cfg.job.num), _swept_first(sweep_dir, list(hydra_cfg.overrides.task)))
     except Exception:  # outside a Hydra app, or a Hydra without these fields
         return None
@@ -168,7 +168,7 @@ class TensorBoard(Tracker):
             self.writer.add_text("config", "```\n" + OmegaConf.to_yaml(cfg, resolve=True) + "```")
             self.writer.flush()
         self.log_dir = log_dir
-        return {"log_dir": str(log_dir)}
+        return {"log_dir": str(log_dir.absolute())}  # tracker.json's paths hold from any working dir
 
     def log_epoch(self, row):
         for key in METRICS:

@@ -4,14 +4,13 @@ config, resume it when it was interrupted (a requeued SLURM job, or a sweep run 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 
 import torch
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from .config import sweep_jobs
 from .rundir import read_summary
 
 log = logging.getLogger("cnnbench")
@@ -58,21 +57,18 @@ def share_the_cores(cfg: DictConfig, jobs: int) -> None:
 
 def jobs_side_by_side(hydra_cfg) -> int:
     """How many jobs the local parallel launcher runs at once: a search's batch (its sweeper's
-    n_jobs), else all the sweep's combinations: its sweeper's params (a recipe's axes) and the
-    command line's sweeps, read from the multirun.yaml the launcher wrote in the sweep's dir.
-    When they cannot be counted, as many as there are cores."""
+    n_jobs), else the grid's jobs (``config.sweep_jobs`` of the overrides in the multirun.yaml the
+    grid sweeper wrote in the sweep's dir), at most its max_batch_size. Jobs a re-run skips count
+    too. When they cannot be counted, as many as there are cores."""
+    sweeper = hydra_cfg.sweeper
+    if sweeper.get("n_jobs"):
+        return int(sweeper.n_jobs)
     try:
-        sweep = OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml").hydra
-        sweeper = sweep.sweeper
-        if sweeper.get("n_jobs"):
-            return int(sweeper.n_jobs)
-        axes = {}  # key: its values; the command line's win over the recipe's, as in Hydra's sweeper
-        for line in [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()] + list(sweep.overrides.task):
-            override = OverridesParser.create().parse_override(line)
-            axes[override.key_or_group] = len(list(override.sweep_string_iterator())) if override.is_sweep_override() else 1
-        return max(1, math.prod(axes.values()))
+        task = OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml").hydra.overrides.task
+        jobs = len(sweep_jobs(list(task), sweeper.get("params")))
     except Exception:  # noqa: BLE001 - no multirun.yaml, or a sweep only its sweeper can expand
         return len(os.sched_getaffinity(0))
+    return max(1, min(jobs, sweeper.get("max_batch_size") or jobs))
 
 
 def previous_run(cfg: DictConfig, out_dir: Path) -> dict | None:

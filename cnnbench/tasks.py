@@ -98,7 +98,8 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     meta = {"model": cfg.model.name, "knobs": knobs, "resolution": list(size), "batch_size": cfg.data.batch_size,
             "recipe": training_recipe(cfg), "overrides": own_overrides(summary.get("overrides", [])),
             "processes": summary["processes"], "threads": torch.get_num_threads(),
-            "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)}  # what task=evaluate's report lists
+            # what task=evaluate's report lists; no logger (a tracking URI may hold a password; checkpoints get shared)
+            "config": {k: v for k, v in OmegaConf.to_container(cfg, resolve=True, enum_to_str=True).items() if k != "logger"}}
     resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
     if state:
         _check_resume(cfg, resume, state, out_dir)
@@ -107,6 +108,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     train_loader, test_loader = build_loaders(cfg, train_split, test_split, size, device)
     meta["inputs"] = {"mean": train_loader.mean, "std": train_loader.std}  # what task=evaluate must feed the weights
     trainer = build_trainer(cfg, device, size, knobs, len(train_loader))
+    summary["precision"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(trainer.amp_dtype, "fp32")  # auto, resolved
     start_epoch, partial = 1, None
     if resume:
         restore(state, trainer, train_loader)
@@ -168,7 +170,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                 start_epoch=start_epoch, partial=partial, stop=stop, diverge_loss=cfg.trainer.diverge_loss,
                 last_tally=tally)
         stale = out_dir / "last.pt"
-        if stale.is_file() and saved[-1:] != [cfg.trainer.max_epochs]:
+        if not cfg.trainer.checkpoint and stale.is_file() and saved[-1:] != [cfg.trainer.max_epochs]:
             # an earlier stop's checkpoint (trainer.checkpoint=false): older than the results now,
             # it would evaluate an unfinished model, or resume over the completed run
             stale.unlink()
@@ -205,10 +207,10 @@ def _check_resume(cfg: DictConfig, resume: Path, state: dict, out_dir: Path) -> 
                           f"trainer.max_epochs=N (more than {state['epoch']}) to train on")
     done = run.get("epochs_completed") or 0
     if state["epoch"] < done and resume.parent.resolve() == out_dir.resolve():
-        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: {resume.name} is from epoch {state['epoch']} (a stop), but the "
-                          f"run in {out_dir} completed {done} epochs after it: resuming there would train epochs "
-                          f"{state['epoch'] + 1}-{done} again over its results. To branch from epoch {state['epoch']}, resume "
-                          "into another dir (leave hydra.run.dir out)")
+        again = f"epochs {state['epoch'] + 1}-{done}" if done > state["epoch"] + 1 else f"epoch {done}"
+        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: {resume.name} is from epoch {state['epoch']}, but the run in "
+                          f"{out_dir} completed {done} epochs: resuming there would train {again} again over its results. "
+                          f"To branch from epoch {state['epoch']}, resume into another dir (leave hydra.run.dir out)")
 
 
 def _results(rows: list[dict[str, float]]) -> dict[str, Any]:

@@ -113,7 +113,14 @@ def test_a_command_line_value_replaces_a_recipes_sweep_of_that_key(make_cfg):
                                       "++model.depth=null", "trainer.max_epochs=1"]  # null cannot be a choice
     params = make_cfg("experiment=ds_anynet", hydra=True).hydra.sweeper.params
     jobs = sweep_jobs(one_value_sweeps(args[:2]), params)
-    assert jobs == [[f"model.space={space}", "experiment=ds_anynet", "model.sample=5"] for space in ("anynetx_a", "anynetx_e", "regnetx")]
+    assert jobs == [["model.sample=5", f"model.space={space}", "experiment=ds_anynet"] for space in ("anynetx_a", "anynetx_e", "regnetx")]
+    # numbered as Hydra's grid sweeper numbers them: the recipe's key keeps its place, first (a study grows at its end)
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    grown = ["experiment=ds_anynet", "model.sample=range(0,3)"]
+    hydras = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()] + grown), None)[0]
+    assert sweep_jobs(grown, params) == [list(job) for job in hydras] and sweep_jobs(grown, params)[1][:2] == ["model.sample=0", "model.space=anynetx_e"]
 
 
 def test_what_hydra_gets_from_the_command_line():

@@ -106,8 +106,8 @@ def test_a_resume_under_another_process_count_says_it_is_not_exact(make_cfg, tin
     assert summary["status"] == "completed" and summary["resumed_from"]["processes"] == 2
     assert "the checkpoint's run had 2 process(es), this one has 1" in caplog.text
     state["meta"].pop("processes")  # a checkpoint from before the count was kept: one process
-    torch.save(state, tmp_path / "last.pt")
-    summary = run(make_cfg(*args, "trainer.max_epochs=2", f"trainer.resume={tmp_path}"), tmp_path)
+    torch.save(state, tmp_path / "older.pt")  # (older than the run in tmp_path: resumed elsewhere)
+    summary = run(make_cfg(*args, "trainer.max_epochs=2", f"trainer.resume={tmp_path / 'older.pt'}"), tmp_path / "again")
     assert summary["status"] == "completed" and "processes" not in summary["resumed_from"]
 
 

@@ -264,21 +264,23 @@ def test_jobs_side_by_side_share_the_cores(make_cfg, tmp_path, monkeypatch):
 
     from cnnbench import sweeps
 
-    def jobs(task: list[str], **sweeper) -> int:
-        multirun = {"hydra": {"sweeper": sweeper, "overrides": {"task": task}}}
-        OmegaConf.save(OmegaConf.create(multirun), tmp_path / "multirun.yaml")
-        return sweeps.jobs_side_by_side(OmegaConf.create({"sweep": {"dir": str(tmp_path)}}))
+    def jobs(task: list[str], **sweeper) -> int:  # the grid sweeper's multirun.yaml, the job's own Hydra config
+        OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"task": task}}}), tmp_path / "multirun.yaml")
+        return sweeps.jobs_side_by_side(OmegaConf.create({"sweep": {"dir": str(tmp_path)}, "sweeper": sweeper}))
 
     assert jobs(["optimizer.lr=0.01,0.1,1", "data.batch_size=64,128", "seed=0"]) == 6
     # a recipe's own axes count; the command line's sweep of the same key replaces the recipe's
     recipe = {"params": {"model.norm": "none,batch", "optimizer.lr": "0.01,0.03,0.1"}}
     assert jobs([], **recipe) == 6 and jobs(["optimizer.lr=0.1,1"], **recipe) == 4
-    assert jobs(["seed=range(0,5)"]) == 5
-    assert jobs(["seed=0"], n_jobs=3, params={"optimizer.lr": "tag(log, interval(0.005, 2.0))"}) == 3  # a search's batch
+    assert jobs(["seed=range(0,5)"]) == 5 and jobs(["seed=range(0,5)"], max_batch_size=2) == 2  # batches of 2
+    # a search (Optuna writes no multirun.yaml): its batch, from the job's own config
+    (tmp_path / "multirun.yaml").unlink()
+    search = OmegaConf.create({"sweep": {"dir": str(tmp_path)}, "sweeper": {"n_jobs": 3, "params": {"optimizer.lr": "interval(0, 1)"}}})
+    assert sweeps.jobs_side_by_side(search) == 3
     monkeypatch.setattr(sweeps.os, "sched_getaffinity", lambda pid: set(range(8)))
     assert jobs(["optimizer.lr=interval(0, 1)"]) == 8  # cannot be counted: as many as cores
     (tmp_path / "multirun.yaml").unlink()
-    assert sweeps.jobs_side_by_side(OmegaConf.create({"sweep": {"dir": str(tmp_path)}})) == 8
+    assert sweeps.jobs_side_by_side(OmegaConf.create({"sweep": {"dir": str(tmp_path)}, "sweeper": {}})) == 8
 
     cfg = make_cfg()
     sweeps.share_the_cores(cfg, 3)

@@ -33,7 +33,7 @@ def test_loss_goes_down_on_a_small_subset(make_cfg, real_data, tmp_path):
     assert metrics["test_acc"].iloc[-1] > 0.7  # ten classes: chance is 0.1
     assert saved["final_test_acc"] == pytest.approx(metrics["test_acc"].iloc[-1], abs=1e-6)
     assert saved["best_test_acc"] == pytest.approx(metrics["test_acc"].max(), abs=1e-6)
-    assert saved["params"] == 44_878 and saved["flops"] > 0 and saved["device"] == "cpu"
+    assert saved["params"] == 44_878 and saved["flops"] > 0 and saved["device"] == "cpu" and saved["precision"] == "fp32"
     assert (tmp_path / "curves.png").stat().st_size > 10_000
 
 
@@ -532,8 +532,8 @@ def test_auto_precision_is_bf16_where_the_gpu_computes_in_it(monkeypatch, native
     """Before Ampere (a T4, a V100) bf16 is only emulated: slow, where fp16 has tensor cores."""
     from cnnbench.engine import autocast_dtype
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
-    assert autocast_dtype("auto", torch.device("cuda")) == expected
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0) if native else (7, 5))
+    assert autocast_dtype("auto", torch.device("cuda", 1)) == expected
     assert autocast_dtype("bf16", torch.device("cuda")) == torch.bfloat16  # as chosen
     assert autocast_dtype("auto", torch.device("cpu")) is None
 
@@ -585,16 +585,22 @@ def test_a_busy_machine_is_told_about_trainer_threads_once(monkeypatch, caplog):
     """A newcomer's run beside a test suite trained 20x slower with a thread per core, and nothing said why."""
     from cnnbench import engine
 
-    monkeypatch.setattr(engine, "_busy_told", [])
+    def machine(load: float, others: int) -> None:
+        monkeypatch.setattr(engine, "_busy_told", [])
+        monkeypatch.setattr(engine, "_load", lambda: (load, others))
+        caplog.clear()
+
     monkeypatch.setattr(engine, "_default_threads", [2])
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.6, 1.2, 0.8))
+    machine(1.6, 2)
     engine.tell_if_busy(1, "cpu")  # threads chosen: nothing to say
     engine.tell_if_busy(None, "cpu")
     engine.tell_if_busy(None, "cpu")  # once per process: a sweep's later jobs say it no more
-    assert caplog.text.count("other work keeps this machine busy (load average 1.6 over the last minute, 2 cores)") == 1
+    assert caplog.text.count("other work keeps this machine busy (load average 1.6 over the last minute, 2 other threads "
+                             "runnable, 2 cores)") == 1
     assert "trainer.threads=1 can train several times faster" in caplog.text
-    monkeypatch.setattr(engine, "_busy_told", [])
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.3, 0.2, 0.1))
-    caplog.clear()
-    engine.tell_if_busy(None, "cpu")
-    assert "busy" not in caplog.text  # an idle machine
+    for idle in ((0.3, 2), (1.6, 0)):  # an idle machine; one whose load is the run that has just ended
+        machine(*idle)
+        engine.tell_if_busy(None, "cpu")
+        assert "busy" not in caplog.text
+    load, others = engine._load()  # read from this machine: a load average and a count
+    assert load >= 0 and others >= 0

@@ -503,8 +503,8 @@ def test_a_resumed_run_leaves_no_stale_checkpoint_and_a_stale_one_cannot_overwri
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".log"}
     (tmp_path / "last.pt").write_bytes(stale)  # as a run completed before this fix left it
     again = run(make_cfg(*base, f"trainer.resume={tmp_path}"), tmp_path)
-    assert again["bad_input"] and ("last.pt is from epoch 1 (a stop), but the run in " in again["error"]
-                                   and "completed 3 epochs after it: resuming there would train epochs 2-3 again" in again["error"])
+    assert again["bad_input"] and ("last.pt is from epoch 1, but the run in " in again["error"]
+                                   and "completed 3 epochs: resuming there would train epochs 2-3 again" in again["error"])
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix not in (".log", ".pt")} == before
     # into another dir, branching from epoch 1 is allowed
     assert run(make_cfg(*base, f"trainer.resume={tmp_path}"), tmp_path / "branch")["status"] == "completed"
@@ -522,3 +522,17 @@ def test_a_resume_with_another_thread_count_says_it_is_not_exact(make_cfg, tiny_
     assert "the checkpoint's run used 2 CPU threads, this one 1" in caplog.text
     same = run(make_cfg(*base, "trainer.threads=1", "trainer.max_epochs=4", f"trainer.resume={tmp_path / 'one'}"), tmp_path / "again")
     assert "threads" not in same["resumed_from"]
+
+
+def test_a_run_stopped_while_writing_its_results_resumes_to_write_them_and_keeps_its_checkpoint(make_cfg, tiny_data, tmp_path,
+                                                                                                monkeypatch):
+    from cnnbench import confusion
+
+    base = [f"data.root={tiny_data}", "trainer=smoke", "trainer.plot=false", "trainer.checkpoint=true"]
+    monkeypatch.setattr(confusion, "after_training", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM) or time.sleep(5))
+    with pytest.raises(KeyboardInterrupt):
+        run(make_cfg(*base), tmp_path)
+    monkeypatch.undo()
+    summary = run(make_cfg(*base, f"trainer.resume={tmp_path}"), tmp_path)  # trains nothing: writes the results
+    assert summary["status"] == "completed" and (tmp_path / "per_class.csv").is_file()
+    assert engine.load_checkpoint(tmp_path / "last.pt")["epoch"] == 2  # the last epoch's, kept (it can be lengthened)
