@@ -69,3 +69,22 @@ def make_cfg():
 
     return lambda *overrides, **kwargs: compose("trainer.plot=false", *overrides, **kwargs)
 
+
+
+def sigterm_after_step(monkeypatch, n: int) -> None:
+    """SIGTERM this process as the run's ``n``-th training step returns (``monkeypatch.undo()``
+    takes it back): a stop mid-epoch, at a known step."""
+    import signal
+
+    from cnnbench import engine
+
+    step, calls = engine.Trainer.step, []
+
+    def step_then_sigterm(self, x, y):
+        out = step(self, x, y)
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(engine.Trainer, "step", step_then_sigterm)

@@ -9,6 +9,7 @@ import re
 import pandas as pd
 import pytest
 import torch
+from conftest import sigterm_after_step
 from variants import KNOB_VARIANTS, smoke_side
 
 from cnnbench.config import CONF_DIR, model_knobs
@@ -309,25 +310,11 @@ def test_compiled_step_matches_the_eager_step(make_cfg, tiny_data, tmp_path, mon
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compiled_run_stopped_mid_epoch_resumes_exactly(make_cfg, tiny_data, tmp_path, monkeypatch, backend):
-    import os
-    import signal
-
-    from cnnbench import engine
-
     overrides = ["model=bn_lenet", f"data.root={tiny_data}", "data.batch_size=20", "trainer.max_epochs=3",
                  "trainer.compile=true", "scheduler=cosine", "trainer.progress=false"]
     compile_with(monkeypatch, backend)
     run(make_cfg(*overrides), tmp_path / "full")
-    step, calls = engine.Trainer.step, []
-
-    def step_then_sigterm(self, x, y):  # SIGTERM during epoch 2's second step
-        out = step(self, x, y)
-        calls.append(1)
-        if len(calls) == 7:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(engine.Trainer, "step", step_then_sigterm)
+    sigterm_after_step(monkeypatch, 7)  # during epoch 2's second step
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(*overrides), tmp_path / "cut")
     monkeypatch.undo()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import write_idx
+from conftest import sigterm_after_step, write_idx
 
 from cnnbench import data, engine, metrics
 from cnnbench.train import run
@@ -483,16 +483,7 @@ def test_a_resumed_run_leaves_no_stale_checkpoint_and_a_stale_one_cannot_overwri
     the unfinished model; resuming from it again trained over the completed run's epochs. Now
     the completed run removes it, and a stale checkpoint (kept from before) is refused there."""
     base = [f"data.root={tiny_data}", "trainer=smoke", "trainer.max_epochs=3", "trainer.plot=false", "trainer.progress=false"]
-    step, calls = engine.Trainer.step, []
-
-    def step_then_sigterm(self, x, y):  # SIGTERM in epoch 2's first step
-        out = step(self, x, y)
-        calls.append(1)
-        if len(calls) == 4:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return out
-
-    monkeypatch.setattr(engine.Trainer, "step", step_then_sigterm)
+    sigterm_after_step(monkeypatch, 4)  # in epoch 2's first step
     with pytest.raises(KeyboardInterrupt):
         run(make_cfg(*base), tmp_path)
     monkeypatch.undo()
