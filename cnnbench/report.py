@@ -366,17 +366,20 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
 
 
 def _objective(path: Path) -> str | None:
-    """A search's objective (``objective``, what each trial returned to Optuna), from the
-    multirun.yaml Hydra wrote into the sweep dir; None for a grid sweep or another folder."""
-    try:
-        from omegaconf import OmegaConf
+    """A search's objective (``objective``, what each trial returned to Optuna); None for a grid
+    sweep or another folder. Optuna's sweeper writes no multirun.yaml (Hydra's grid sweeper
+    does): a search is told by the sweeper in its jobs' .hydra/hydra.yaml, the objective read from
+    their config."""
+    from omegaconf import OmegaConf
 
-        config = OmegaConf.load(path / "multirun.yaml")
-    except Exception:  # noqa: BLE001 - no sweep dir, or an unreadable file: the default metrics
-        return None
-    if "BasicSweeper" in str(OmegaConf.select(config, "hydra.sweeper._target_", default="BasicSweeper")):
-        return None
-    return OmegaConf.select(config, "objective", default=None)
+    for job in sorted(path.glob("*/.hydra/hydra.yaml")):
+        try:
+            sweeper = str(OmegaConf.select(OmegaConf.load(job), "hydra.sweeper._target_", default="") or "")
+            config = OmegaConf.load(job.parent / "config.yaml")
+        except Exception:  # noqa: BLE001 - unreadable: the next job's
+            continue
+        return None if not sweeper or "BasicSweeper" in sweeper else OmegaConf.select(config, "objective", default=None)
+    return None
 
 
 def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd.DataFrame, list[Path]]:

@@ -233,12 +233,16 @@ def test_a_search_is_plotted_against_its_own_objective(tmp_path, figures):
         fake_run(tmp_path / str(i), [f"optimizer.lr={0.05 * (i + 1)}"], acc=0.5 + i / 10)
         summary = json.loads((tmp_path / str(i) / "summary.json").read_text()) | {"best_test_acc": 0.9 - i / 10}
         (tmp_path / str(i) / "summary.json").write_text(json.dumps(summary))
-    (tmp_path / "multirun.yaml").write_text("objective: best_test_acc\nhydra:\n  sweeper:\n"
-                                            "    _target_: hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper\n")
+    def sweeper(target: str) -> None:  # each job's .hydra files, as Hydra writes them (Optuna writes no multirun.yaml)
+        for i in range(3):
+            (tmp_path / str(i) / ".hydra").mkdir(exist_ok=True)
+            (tmp_path / str(i) / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  sweeper:\n    _target_: {target}\n")
+            (tmp_path / str(i) / ".hydra" / "config.yaml").write_text("objective: best_test_acc\n")
+
+    sweeper("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper")
     report.report(tmp_path)
     assert figures["report_vs_optimizer.lr.png"].axes[0].get_ylabel() == "best test acc"
-    (tmp_path / "multirun.yaml").write_text("objective: best_test_acc\nhydra:\n  sweeper:\n"
-                                            "    _target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n")
+    sweeper("hydra._internal.core_plugins.basic_sweeper.BasicSweeper")
     report.report(tmp_path)  # a grid sweep: the final accuracy, as before
     assert figures["report_vs_optimizer.lr.png"].axes[0].get_ylabel() == "final test acc"
 

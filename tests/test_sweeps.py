@@ -184,6 +184,9 @@ def test_optuna_search_returns_the_objective(tiny_data, tmp_path):
     best = (tmp_path / "optimization_results.yaml").read_text()
     # the value Optuna saw is the objective each run returned: its best test accuracy
     assert f"best_value: {results['best_test_acc'].max()}" in best
+    from cnnbench.report import _objective
+
+    assert _objective(tmp_path) == "best_test_acc"  # the report plots what the search optimised (no multirun.yaml tells it)
     top = results.loc[results["best_test_acc"].idxmax()]  # and the sweep's last line says which job that was
     assert proc.stderr.strip().splitlines()[-1] == (f"cnnbench: best job {top['job']} (maximize best_test_acc): "
                                                     f"best_test_acc={top['best_test_acc']:.4g}, in {tmp_path / str(top['job'])}")

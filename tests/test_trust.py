@@ -99,7 +99,7 @@ def test_a_model_name_cannot_move_the_run_dir_out_of_outputs(tmp_path):
 
 def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(real_data, tmp_path):
     run_dir = tmp_path / "run"
-    first = cnnbench("model=lenet", "data.subset=8192", "data.test_subset=1000", "trainer.max_epochs=2", "trainer.plot=false",
+    first = cnnbench("model=lenet", "data.subset=2048", "data.test_subset=500", "trainer.max_epochs=2", "trainer.plot=false",
                      "trainer.checkpoint=true", f"hydra.run.dir={run_dir}")
     deadline = time.time() + 120
     while not (run_dir / ".cnnbench.lock").exists():
@@ -121,7 +121,7 @@ def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(r
                            capture_output=True, text=True, timeout=120)
     assert third.returncode == 2 and "holds a completed run" in third.stderr
     # ... and the refusal spells out how to continue it, in the settings it was started with
-    assert ("cnnbench model=lenet data.subset=8192 data.test_subset=1000 trainer.plot=false trainer.checkpoint=true "
+    assert ("cnnbench model=lenet data.subset=2048 data.test_subset=500 trainer.plot=false trainer.checkpoint=true "
             f"hydra.run.dir={run_dir} trainer.resume={run_dir} trainer.max_epochs=N") in " ".join(third.stderr.split())
     assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [1, 2]
 
