@@ -147,10 +147,11 @@ def test_a_table_the_report_wrote_is_an_html_table_not_an_image(tmp_path):
     from cnnbench.html_report import write_html
 
     table = tmp_path / "design_study.csv"
-    table.write_text("space,n,area_vs_anynetx_a\nanynetx_a,32,0.0\nregnetx,32,0.0312\n")
+    table.write_text("space,n,area_vs_anynetx_a,seconds\nanynetx_a,32,0.0,23.0\nregnetx,32,0.0312,3.2896\n")
     page_path = write_html(tmp_path, pd.DataFrame({"job": [], "status": []}), [], [table])
     page = Page(page_path.read_text())
     assert page.images == []
-    assert ["space", "n", "area_vs_anynetx_a"] == page.headings[-3:]
-    assert page.rows[-2:] == [["anynetx_a", "32", "0"], ["regnetx", "32", "0.0312"]]
+    assert ["space", "n", "area_vs_anynetx_a", "seconds"] == page.headings[-4:]
+    # a column's numbers with the same decimals: 23.0 beside 3.3, not beside 3.2896
+    assert page.rows[-2:] == [["anynetx_a", "32", "0.0000", "23.0"], ["regnetx", "32", "0.0312", "3.3"]]
     assert "<h3>design_study.csv</h3>" in page_path.read_text()
