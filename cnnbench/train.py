@@ -178,6 +178,8 @@ def _stage(summary: dict[str, Any]) -> str:
 def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
     """What to do after an interruption: a command to paste, or what running again gives."""
     sweep = in_sweep()
+    if sweep and _in_search():
+        return SEARCH_STOPPED
     if summary["task"] == "train" and (out_dir / "last.pt").exists():
         if sweep:
             return f"run the sweep again, {_sweep_again()}: this job resumes from its last.pt, completed jobs are skipped"
@@ -203,6 +205,15 @@ def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
     how = (f"run the sweep again, {_sweep_again()}, to run this job afresh, completed jobs are skipped" if sweep
            else "run the same command again to start over")
     return f"{what}: {how}"
+
+
+SEARCH_STOPPED = ("a search cannot go on where it stopped (run again into its dir it would draw new trials over these); "
+                  "its trials so far are in results.csv: run it again into a new dir")
+
+
+def _in_search() -> bool:
+    """Whether this process's multirun is a search (Optuna's sweeper), not a grid."""
+    return "BasicSweeper" not in str(HydraConfig.get().sweeper.get("_target_", "BasicSweeper"))
 
 
 def _sweep_again() -> str:
@@ -349,8 +360,10 @@ def hydra_main(cfg: DictConfig) -> float:
         if multirun and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", "")):  # jobs one after another, here
             sweep_dir = Path(hydra_cfg.sweep.dir).absolute()
             path = write_results(sweep_dir)  # the jobs so far: the sweep's end, which writes it, never comes
+            go_on = (SEARCH_STOPPED if _in_search()
+                     else f"to go on (completed jobs are skipped, this one resumes): {_sweep_again()}")
             print(f"cnnbench: the sweep stopped in job {hydra_cfg.job.num}" + (f"; the jobs so far are in {path}" if path else "")
-                  + f"; to go on (completed jobs are skipped, this one resumes): {_sweep_again()}", file=sys.stderr)
+                  + f"; {go_on}", file=sys.stderr)
         sys.exit(128 + signum)  # 130 for SIGINT, 143 for SIGTERM
     status = summary["status"]
     if made_for_it and summary.get("bad_input") and distributed.from_env().main:

@@ -321,3 +321,29 @@ def test_a_grown_grid_sweep_goes_on_in_its_dir_and_any_other_is_refused(tmp_path
         with pytest.raises(SystemExit):
             check_sweep_dir(tmp_path, sweep("trainer=smoke", *other))
         assert f"hydra.sweep.dir={tmp_path} holds 4 job(s) of another sweep" in capsys.readouterr().err
+
+
+def test_a_stopped_search_does_not_advise_going_on_in_its_dir(tmp_path, monkeypatch):
+    """A stopped grid sweep goes on when run again into its dir; a search run again there is
+    refused (it would draw new trials over the old): its stop said to run it again all the same."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from cnnbench import train
+    from cnnbench.config import compose
+
+    summary = {"task": "train", "overrides": [], "epochs_completed": 0}
+    (tmp_path / "last.pt").write_bytes(b"")
+    monkeypatch.setattr(train, "in_sweep", lambda: True)
+    monkeypatch.setattr(train, "_sweep_again", lambda: "cnnbench -m ... hydra.sweep.dir=D")
+    previous = HydraConfig.instance().cfg
+    try:
+        for chosen, advice in ((["+hparams_search=lenet_lr"], train.SEARCH_STOPPED),
+                               ([], "run the sweep again, cnnbench -m ... hydra.sweep.dir=D: this job resumes from its last.pt")):
+            config = compose(*chosen, hydra=True)
+            config.hydra.mode = RunMode.MULTIRUN
+            HydraConfig.instance().set_config(config)
+            assert train._resume_advice(summary, tmp_path).startswith(advice)
+    finally:
+        HydraConfig.instance().cfg = previous
+    assert "run it again into a new dir" in train.SEARCH_STOPPED
