@@ -58,14 +58,16 @@ def share_the_cores(cfg: DictConfig, jobs: int) -> None:
 def jobs_side_by_side(hydra_cfg) -> int:
     """How many jobs the local parallel launcher runs at once: a search's batch (its sweeper's
     n_jobs), else the grid's jobs (``config.sweep_jobs`` of the overrides in the multirun.yaml the
-    grid sweeper wrote in the sweep's dir), at most its max_batch_size. Jobs a re-run skips count
-    too. When they cannot be counted, as many as there are cores."""
+    grid sweeper wrote in the sweep's dir) less those completed already (a re-run skips them), at
+    most its max_batch_size. When they cannot be counted, as many as there are cores."""
     sweeper = hydra_cfg.sweeper
     if sweeper.get("n_jobs"):
         return int(sweeper.n_jobs)
     try:
-        task = OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml").hydra.overrides.task
-        jobs = len(sweep_jobs(list(task), sweeper.get("params")))
+        sweep_dir = Path(hydra_cfg.sweep.dir)
+        task = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
+        total = len(sweep_jobs(list(task), sweeper.get("params")))
+        jobs = total - sum(read_summary(sweep_dir / str(n)).get("status") == "completed" for n in range(total))
     except Exception:  # noqa: BLE001 - no multirun.yaml, or a sweep only its sweeper can expand
         return len(os.sched_getaffinity(0))
     return max(1, min(jobs, sweeper.get("max_batch_size") or jobs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -276,6 +277,12 @@ def test_jobs_side_by_side_share_the_cores(make_cfg, tmp_path, monkeypatch):
     recipe = {"params": {"model.norm": "none,batch", "optimizer.lr": "0.01,0.03,0.1"}}
     assert jobs([], **recipe) == 6 and jobs(["optimizer.lr=0.1,1"], **recipe) == 4
     assert jobs(["seed=range(0,5)"]) == 5 and jobs(["seed=range(0,5)"], max_batch_size=2) == 2  # batches of 2
+    for done in ("0", "3"):  # a re-run skips the completed jobs: they take no cores
+        (tmp_path / done).mkdir()
+        (tmp_path / done / "summary.json").write_text('{"status": "completed"}')
+    assert jobs(["seed=range(0,5)"]) == 3
+    for done in ("0", "3"):
+        shutil.rmtree(tmp_path / done)
     # a search (Optuna writes no multirun.yaml): its batch, from the job's own config
     (tmp_path / "multirun.yaml").unlink()
     search = OmegaConf.create({"sweep": {"dir": str(tmp_path)}, "sweeper": {"n_jobs": 3, "params": {"optimizer.lr": "interval(0, 1)"}}})
