@@ -57,17 +57,28 @@ class Sweep:
         return f"{self.job}_{','.join(self.overrides)}" if self.overrides else self.job
 
 
-def _swept_first(sweep_dir: Path, overrides: list[str]) -> list[str]:
-    """``overrides`` with the keys the sweep varies (per its multirun.yaml) alone, else all."""
-    try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
+def _swept_first(hydra_cfg, overrides: list[str]) -> list[str]:
+    """``overrides`` with the keys the sweep varies alone, else all: its sweeper's params (a
+    recipe's axes, a search's draws) and the command line's sweeps (from the multirun.yaml a
+    grid sweep writes in its dir; a search writes none)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        task = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
-        swept = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(task)) if o.is_sweep_override()}
-        mine = [o for o in overrides if o.lstrip("+~").partition("=")[0] in swept]
-        return mine or overrides
-    except Exception:  # no multirun.yaml (another launcher's layout): every override
-        return overrides
+    parser = OverridesParser.create()
+    lines = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
+    try:
+        lines += list(OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml").hydra.overrides.task)
+    except Exception:  # noqa: BLE001 - none (a search), or unreadable: the params alone
+        pass
+    swept = set()
+    for line in lines:
+        try:
+            override = parser.parse_override(line)
+        except Exception:  # noqa: BLE001 - a line Hydra's parser refuses names no sweep
+            continue
+        if override.is_sweep_override():
+            swept.add(override.key_or_group)
+    mine = [o for o in overrides if o.lstrip("+~").partition("=")[0] in swept]
+    return mine or overrides
 
 
 def sweep_info() -> Sweep | None:
@@ -82,7 +93,7 @@ def sweep_info() -> Sweep | None:
         if hydra_cfg.mode != RunMode.MULTIRUN:
             return None
         sweep_dir = Path(hydra_cfg.sweep.dir)  # as typed: it names the sweep's MLflow experiment
-        return Sweep(sweep_dir, str(hydra_cfg.job.num), _swept_first(sweep_dir, list(hydra_cfg.overrides.task)))
+        return Sweep(sweep_dir, str(hydra_cfg.job.num), _swept_first(hydra_cfg, list(hydra_cfg.overrides.task)))
     except Exception:  # outside a Hydra app, or a Hydra without these fields
         return None
 

@@ -282,3 +282,20 @@ def test_a_tracking_store_that_cannot_answer_fails_at_once(make_cfg, tmp_path, m
     assert trackers.trackers == []
     assert any("logger=mlflow failed to start" in r.getMessage() for r in caplog.records)
     assert not (tmp_path / loggers.STATE_FILE).exists()  # no tracker started: no empty tracker.json among the run's files
+
+
+def test_a_jobs_tracker_name_holds_what_its_sweep_varies(tmp_path):
+    """A grid's command-line sweeps (its multirun.yaml), a recipe's axes and a search's draws (its
+    sweeper's params: Optuna writes no multirun.yaml) name a job's TensorBoard folder and MLflow run."""
+    def hydra_cfg(params: dict):
+        return OmegaConf.create({"sweep": {"dir": str(tmp_path)}, "sweeper": {"params": params}})
+
+    job = ["experiment=ex_bn_lr", "model.norm=batch", "optimizer.lr=0.05", "data.batch_size=64", "trainer=smoke"]
+    search = {"optimizer.lr": "tag(log, interval(0.005, 2.0))", "data.resize": "28"}  # a fixed value is no axis
+    assert loggers._swept_first(hydra_cfg(search), job) == ["optimizer.lr=0.05"]
+    recipe = {"model.norm": "none,batch", "optimizer.lr": "0.01,0.05"}
+    assert loggers._swept_first(hydra_cfg(recipe), job) == ["model.norm=batch", "optimizer.lr=0.05"]
+    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"task": ["data.batch_size=64,128", "trainer=smoke"]}}}),
+                   tmp_path / "multirun.yaml")
+    assert loggers._swept_first(hydra_cfg(recipe), job) == ["model.norm=batch", "optimizer.lr=0.05", "data.batch_size=64"]
+    assert loggers._swept_first(hydra_cfg({}), ["trainer=smoke", "seed=1"]) == ["trainer=smoke", "seed=1"]  # nothing swept: all
