@@ -14,7 +14,7 @@ from omegaconf import OmegaConf, read_write
 
 from .config import ConfigError, resume_command, sweep_jobs, validate_sweep
 from .metrics import collect_results, write_results
-from .rundir import DirBusy, hold, hold_unused, read_summary
+from .rundir import DirBusy, hold, hold_unused, is_search, read_summary
 
 
 def loud(method):
@@ -98,7 +98,7 @@ class OutputCheck(Callback):
     @loud
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if "BasicSweeper" in str(config.hydra.sweeper.get("_target_", "")):  # the jobs are known up front
+        if not is_search(config.hydra.sweeper):  # a grid: the jobs are known up front
             try:
                 validate_sweep(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
             except ConfigError as err:
@@ -165,13 +165,12 @@ def check_sweep_dir(sweep_dir: Path, config) -> None:
     earlier = sorted({path.parent.name for path in sweep_dir.glob("*/summary.json")})
     if not earlier:
         return
-    sweeper = str(config.hydra.sweeper.get("_target_", ""))
     ours = _sweep_identity(config)
     try:
         theirs = _sweep_identity(OmegaConf.load(sweep_dir / "multirun.yaml"))
     except Exception:  # noqa: BLE001 - none, or unreadable: nothing to tell the sweeps apart by
         theirs = None
-    if "BasicSweeper" not in sweeper:
+    if is_search(config.hydra.sweeper):
         what = "an earlier run of a search, which draws its trials afresh"
     elif theirs is not None and theirs != ours and not _grows(config, sweep_dir, earlier):
         what = f"another sweep ({' '.join(theirs[0]) or 'no overrides'})"

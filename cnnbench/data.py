@@ -454,9 +454,9 @@ def build_loaders(cfg, train: Split, test: Split, size: tuple[int, int], device:
         train = Split(train.images[: cfg.data.subset], train.labels[: cfg.data.subset])
     train_passes, test_passes = passes or (cfg.trainer.max_epochs, cfg.trainer.max_epochs)
     if train_passes and cfg.data.drop_last and len(train) < cfg.data.batch_size:
-        held = f"data.subset={cfg.data.subset}" if cfg.data.subset else f"the data in {cfg.data.root or 'data.root'}"
+        source = f"data.subset={cfg.data.subset}" if cfg.data.subset else f"the data in {cfg.data.root or 'data.root'}"
         raise DataError(f"data.drop_last=true leaves no training batch: data.batch_size={cfg.data.batch_size} is more than the "
-                        f"{len(train):,} training images ({held}); lower data.batch_size, or set data.drop_last=false")
+                        f"{len(train):,} training images ({source}); lower data.batch_size, or set data.drop_last=false")
     if cfg.data.test_subset:
         test = Split(test.images[: cfg.data.test_subset], test.labels[: cfg.data.test_subset])
     mean = std = None

@@ -128,6 +128,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # trainer.precision's settings
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``trainer.precision`` (None: plain fp32). ``auto``: bf16 on a CUDA
     GPU that computes in it (Ampere and later), fp16 (with loss scaling) on older ones, where
@@ -137,7 +140,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16  # this run's GPU
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return AUTOCAST_DTYPES[precision]
 
 
 def on_cuda(setting: bool | None, device: torch.device) -> bool:

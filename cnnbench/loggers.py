@@ -34,6 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
 from .metrics import COLUMNS, MLFLOW_ARTIFACTS_DIR, TENSORBOARD_DIR, write_json
+from .rundir import grid_overrides
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +65,8 @@ def _swept_first(hydra_cfg, overrides: list[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    lines = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()]
-    try:
-        lines += list(OmegaConf.load(Path(hydra_cfg.sweep.dir) / "multirun.yaml").hydra.overrides.task)
-    except Exception:  # noqa: BLE001 - none (a search), or unreadable: the params alone
-        pass
+    grid = grid_overrides(hydra_cfg.sweep.dir)  # none for a search: its params alone
+    lines = [f"{k}={v}" for k, v in (hydra_cfg.sweeper.get("params") or {}).items()] + list(grid.task if grid else [])
     swept = set()
     for line in lines:
         try:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .metrics import KIND_COLORS, collect_results, epoch_axis, figure, save_figure, show, whole_numbers
-from .rundir import described_config
+from .rundir import described_config, is_search
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
 TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "params", "flops",
@@ -378,7 +378,7 @@ def _objective(path: Path) -> str | None:
             config = OmegaConf.load(job.parent / "config.yaml")
         except Exception:  # noqa: BLE001 - unreadable: the next job's
             continue
-        return None if not sweeper or "BasicSweeper" in sweeper else OmegaConf.select(config, "objective", default=None)
+        return OmegaConf.select(config, "objective", default=None) if sweeper and is_search({"_target_": sweeper}) else None
     return None
 
 

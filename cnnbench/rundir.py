@@ -28,6 +28,23 @@ def read_summary(folder: Path) -> dict[str, Any]:
     return summary if isinstance(summary, dict) else {}
 
 
+def is_search(sweeper) -> bool:
+    """Whether a sweeper config (``hydra.sweeper``) is a search (Optuna's, which draws its trials
+    as it goes) rather than Hydra's grid sweeper, whose jobs are known up front."""
+    return "BasicSweeper" not in str(sweeper.get("_target_") or "BasicSweeper")
+
+
+def grid_overrides(sweep_dir: Path):
+    """The overrides (``task``, ``hydra``) a grid sweep was started with, from the multirun.yaml
+    Hydra's grid sweeper writes into its dir; None without one (a search writes none)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra.overrides
+    except Exception:  # noqa: BLE001 - none, or unreadable
+        return None
+
+
 # What an evaluation takes from its own config; every other setting is the trained model's.
 EVALUATED_HERE = {"task", "data.root", "data.download", "data.test_subset", "data.test_batch_size",
                   "trainer.device", "trainer.precision", "trainer.resume", "logger"}

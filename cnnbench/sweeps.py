@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import sweep_jobs
-from .rundir import read_summary
+from .rundir import grid_overrides, read_summary
 
 log = logging.getLogger("cnnbench")
 
@@ -63,13 +63,12 @@ def jobs_side_by_side(hydra_cfg) -> int:
     sweeper = hydra_cfg.sweeper
     if sweeper.get("n_jobs"):
         return int(sweeper.n_jobs)
+    sweep_dir, overrides = Path(hydra_cfg.sweep.dir), grid_overrides(hydra_cfg.sweep.dir)
     try:
-        sweep_dir = Path(hydra_cfg.sweep.dir)
-        task = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
-        total = len(sweep_jobs(list(task), sweeper.get("params")))
-        jobs = total - sum(read_summary(sweep_dir / str(n)).get("status") == "completed" for n in range(total))
-    except Exception:  # noqa: BLE001 - no multirun.yaml, or a sweep only its sweeper can expand
+        total = len(sweep_jobs(list(overrides.task), sweeper.get("params")))
+    except Exception:  # noqa: BLE001 - no multirun.yaml (None), or a sweep only its sweeper can expand
         return len(os.sched_getaffinity(0))
+    jobs = total - sum(read_summary(sweep_dir / str(n)).get("status") == "completed" for n in range(total))
     return max(1, min(jobs, sweeper.get("max_batch_size") or jobs))
 
 

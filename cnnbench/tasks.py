@@ -30,6 +30,7 @@ from .analysis import (
 from .config import ConfigError, enum_value, model_knobs, own_overrides, resolution
 from .data import DeviceLoader, Split, build_loaders
 from .engine import (
+    AUTOCAST_DTYPES,
     StopFlag,
     build_trainer,
     find_checkpoint,
@@ -108,7 +109,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     train_loader, test_loader = build_loaders(cfg, train_split, test_split, size, device)
     meta["inputs"] = {"mean": train_loader.mean, "std": train_loader.std}  # what task=evaluate must feed the weights
     trainer = build_trainer(cfg, device, size, knobs, len(train_loader))
-    summary["precision"] = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(trainer.amp_dtype, "fp32")  # auto, resolved
+    summary["precision"] = {dtype: name for name, dtype in AUTOCAST_DTYPES.items()}[trainer.amp_dtype]  # auto, resolved
     start_epoch, partial = 1, None
     if resume:
         restore(state, trainer, train_loader)

@@ -48,7 +48,7 @@ from .engine import (
     tell_if_busy,
 )
 from .metrics import NoSpace, write_json, write_results
-from .rundir import LOCK_NAME, hold, read_summary, release
+from .rundir import LOCK_NAME, grid_overrides, hold, is_search, read_summary, release
 from .sweeps import metric, prepare_job
 from .tasks import TASKS, in_sweep
 
@@ -178,7 +178,7 @@ def _stage(summary: dict[str, Any]) -> str:
 def _resume_advice(summary: dict[str, Any], out_dir: Path) -> str:
     """What to do after an interruption: a command to paste, or what running again gives."""
     sweep = in_sweep()
-    if sweep and _in_search():
+    if sweep and is_search(HydraConfig.get().sweeper):
         return SEARCH_STOPPED
     if summary["task"] == "train" and (out_dir / "last.pt").exists():
         if sweep:
@@ -211,20 +211,14 @@ SEARCH_STOPPED = ("a search cannot go on where it stopped (run again into its di
                   "its trials so far are in results.csv: run it again into a new dir")
 
 
-def _in_search() -> bool:
-    """Whether this process's multirun is a search (Optuna's sweeper), not a grid."""
-    return "BasicSweeper" not in str(HydraConfig.get().sweeper.get("_target_", "BasicSweeper"))
-
-
 def _sweep_again() -> str:
     """The command that goes on with this process's sweep, in its dir: the sweep's own overrides
     are in the multirun.yaml its launcher wrote there (a job's config holds the job's)."""
     sweep_dir = Path(HydraConfig.get().sweep.dir).absolute()
-    try:
-        overrides = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides
-        return sweep_command(list(overrides.task), list(overrides.hydra), sweep_dir)
-    except Exception:  # noqa: BLE001 - none, or unreadable
+    overrides = grid_overrides(sweep_dir)
+    if overrides is None:
         return f"the same command with hydra.sweep.dir={sweep_dir}"
+    return sweep_command(list(overrides.task), list(overrides.hydra), sweep_dir)
 
 
 register_configs()
@@ -360,7 +354,7 @@ def hydra_main(cfg: DictConfig) -> float:
         if multirun and "BasicLauncher" in str(hydra_cfg.launcher.get("_target_", "")):  # jobs one after another, here
             sweep_dir = Path(hydra_cfg.sweep.dir).absolute()
             path = write_results(sweep_dir)  # the jobs so far: the sweep's end, which writes it, never comes
-            go_on = (SEARCH_STOPPED if _in_search()
+            go_on = (SEARCH_STOPPED if is_search(hydra_cfg.sweeper)
                      else f"to go on (completed jobs are skipped, this one resumes): {_sweep_again()}")
             print(f"cnnbench: the sweep stopped in job {hydra_cfg.job.num}" + (f"; the jobs so far are in {path}" if path else "")
                   + f"; {go_on}", file=sys.stderr)
