@@ -75,29 +75,31 @@ def embed(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}" title="{html.escape(alt)}">'
 
 
-def _decimals(values) -> int | None:
+def _plain(value):
+    """A numpy scalar (a pandas cell) as Python's own number; anything else as it is."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _decimals(column: pd.Series) -> int | None:
     """Decimals for a column of numbers, the same for all its cells: 4 below 10 (accuracies,
     seconds), else 1 (23.0 beside 3.3, not beside 3.2896); None for whole numbers (counts, which
     pandas makes floats where some rows lack them)."""
-    numbers = [abs(v) for v in values if isinstance(v, float) and not math.isnan(v)]
+    numbers = [abs(v) for v in map(_plain, column) if isinstance(v, float) and not math.isnan(v)]
     if all(v.is_integer() and v < 1e15 for v in numbers):
         return None
     return 4 if max(numbers) < 10 else 1
 
 
-_OWN = object()  # a cell formatted by its own value alone
-
-
-def _cell(column: str, value, decimals: int | None | object = _OWN) -> str:
-    """A table cell: the shown text (floats with ``decimals``, by default by their own size), and
-    the raw value the sorter compares."""
+def _cell(column: str, value, decimals: int | None) -> str:
+    """A table cell: the shown text (floats with their column's ``decimals``), and the raw value
+    the sorter compares."""
+    value = _plain(value)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return '<td data-value=""></td>'
-    places = _decimals([value]) if decimals is _OWN else decimals
-    if isinstance(value, float) and places is None:
+    if isinstance(value, float) and decimals is None:
         value = int(value)  # a whole number: pandas makes counts floats where some jobs lack them
     if isinstance(value, float):
-        text = f"{value:,.{places}f}"
+        text = f"{value:,.{decimals}f}"
     elif isinstance(value, int) and not isinstance(value, bool):
         text = f"{value:,}"
     else:
@@ -117,7 +119,7 @@ def results_table(results: pd.DataFrame, keys: list[str]) -> str:
                *[c for c in COLUMNS if c in results and c not in keys and results[c].notna().any()]]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
-    decimals = {c: _decimals([v.item() if hasattr(v, "item") else v for v in results[c]]) for c in columns if c != "job"}
+    decimals = {c: _decimals(results[c]) for c in columns if c != "job"}
     for _, row in results.iterrows():
         cells = []
         for c in columns:
@@ -126,7 +128,7 @@ def results_table(results: pd.DataFrame, keys: list[str]) -> str:
                 cells.append(f'<td class="text" data-value="{html.escape(str(value))}"><a href="#job-{html.escape(str(value))}">'
                              f"{html.escape(str(value))}</a></td>")
             else:
-                cells.append(_cell(c, value.item() if hasattr(value, "item") else value, decimals[c]))
+                cells.append(_cell(c, value, decimals[c]))
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<div class="scroll"><table class="sortable" id="results"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body) + "\n</tbody></table></div>"
 
@@ -135,8 +137,8 @@ def csv_table(path: Path) -> str:
     """A table the report wrote (design_study.csv, ...), as a sortable HTML table under its name."""
     frame = pd.read_csv(path)
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    decimals = {c: _decimals([v.item() if hasattr(v, "item") else v for v in frame[c]]) for c in frame.columns}
-    body = ["<tr>" + "".join(_cell(str(c), v.item() if hasattr(v, "item") else v, decimals[c]) for c, v in row.items()) + "</tr>"
+    decimals = {c: _decimals(frame[c]) for c in frame.columns}
+    body = ["<tr>" + "".join(_cell(str(c), v, decimals[c]) for c, v in row.items()) + "</tr>"
             for _, row in frame.iterrows()]
     return (f"<h3>{html.escape(path.name)}</h3>\n<div class=\"scroll\"><table class=\"sortable\"><thead><tr>{head}</tr></thead>"
             "<tbody>\n" + "\n".join(body) + "\n</tbody></table></div>")
