@@ -53,7 +53,7 @@ def first_line(err: BaseException) -> str:
 
 
 class Precision(str, Enum):
-    auto = "auto"  # bf16 autocast on CUDA (fp16 with loss scaling on GPUs before Ampere) and on CPUs with AMX; else fp32
+    auto = "auto"  # bf16 autocast on CUDA (fp16 with loss scaling on GPUs before Ampere), fp32 on the CPU
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"  # autocast with a gradient scaler (CUDA)

@@ -131,22 +131,14 @@ def resolve_device(name: str) -> torch.device:
 AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # trainer.precision's settings
 
 
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bf16 matrix units (Intel AMX, Sapphire Rapids and later), on which
-    oneDNN's bf16 convolutions and matmuls beat fp32: 1.2-1.7x on every model of the chapter,
-    measured on this project's 2-core Xeon (BENCHMARKS.md). Elsewhere bf16 is emulated and slower."""
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # torch's own probe (cpuinfo); private, hence the guard
-    return bool(amx and torch.backends.mkldnn.is_available() and amx())
-
-
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``trainer.precision`` (None: plain fp32). ``auto``: the fastest the
-    hardware computes natively: bf16 on a CUDA GPU of Ampere or later and on a CPU with AMX; fp16
-    (with loss scaling) on older GPUs, where bf16 is emulated and slow; fp32 on other CPUs."""
+    """The autocast dtype for ``trainer.precision`` (None: plain fp32). ``auto``: bf16 on a CUDA
+    GPU that computes in it (Ampere and later), fp16 (with loss scaling) on older ones, where
+    bf16 is emulated and slow; fp32 on the CPU."""
     precision = enum_value(precision)
     if precision == "auto":
         if device.type != "cuda":
-            return torch.bfloat16 if cpu_computes_bf16() else None
+            return None
         return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16  # this run's GPU
     return AUTOCAST_DTYPES[precision]
 
@@ -264,7 +256,7 @@ class Trainer:
     ``compile``, the forward pass and its loss and metrics are compiled by torch.compile, and the
     backward pass with them (AOTAutograd); on CUDA in ``reduce-overhead`` mode, which replays
     both as CUDA graphs, so a small model's step costs GPU time, not Python's kernel launches.
-    The optimizer step stays eager (a fused kernel on CUDA, see ``optimizer_kernel``), so learning-
+    The optimizer step stays eager (a fused kernel on CUDA, see ``build_trainer``), so learning-
     rate schedules, gradient clipping and fp16 loss scaling work as without compilation. A batch
     of another size than the first (the last partial batch of an epoch) runs eagerly: it is
     trained on, and it triggers no recompilation.
@@ -515,7 +507,7 @@ def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_
     model = create_model(cfg.model.name, image_size=size, **knobs).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = instantiate(cfg.optimizer, params=model.parameters(), **optimizer_kernel(cfg.optimizer, device))
+    optimizer = instantiate(cfg.optimizer, params=model.parameters(), **fused_if_possible(cfg.optimizer, device))
     scheduler, per_batch = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.max_epochs, steps_per_epoch)
     world = distributed.from_env()
     if world.distributed:  # gradients averaged over the ranks at every backward
@@ -536,20 +528,17 @@ def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_
     )
 
 
-def optimizer_kernel(optimizer_cfg: DictConfig, device: torch.device) -> dict:
-    """How the optimizer steps, unless the config chooses (``fused``/``foreach``): one fused kernel
-    on CUDA for the optimizers that have one (SGD, Adam, AdamW: the whole update in one launch
-    instead of a few per parameter group); on the CPU, ``foreach`` (a handful of multi-tensor ops
-    instead of a loop over the parameters: the same numbers, bit for bit, about 10% off a small
-    model's step; torch's CPU default is the loop, and its fused CPU kernels round otherwise)."""
-    if "fused" in optimizer_cfg or "foreach" in optimizer_cfg:
+def fused_if_possible(optimizer_cfg: DictConfig, device: torch.device) -> dict:
+    """``fused=True`` on CUDA for optimizers that have a fused kernel (SGD, Adam, AdamW: the whole
+    update in one launch instead of a few per parameter group), unless the config chooses."""
+    if device.type != "cuda" or "fused" in optimizer_cfg or "foreach" in optimizer_cfg:
         return {}
     import inspect
 
     from hydra.utils import get_class
 
-    key = "fused" if device.type == "cuda" else "foreach"
-    return {key: True} if key in inspect.signature(get_class(optimizer_cfg._target_).__init__).parameters else {}
+    takes = "fused" in inspect.signature(get_class(optimizer_cfg._target_).__init__).parameters
+    return {"fused": True} if takes else {}
 
 
 # --- checkpoints ------------------------------------------------------------------------
