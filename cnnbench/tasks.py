@@ -131,9 +131,9 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                         "batch norm statistics differ, so the resumed run is not the one an uninterrupted run would "
                         "have been", before, summary["processes"])
     log.info(
-        "%s: %s params, %.3g GFLOPs/image at %dx%d, %d training images, batch %d, on %s",
+        "%s: %s params, %.3g GFLOPs/image at %dx%d, %d training images, batch %d, on %s in %s",
         cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size,
-        train_loader.num_samples, cfg.data.batch_size, device,
+        train_loader.num_samples, cfg.data.batch_size, device, summary["precision"],
     )
     # A resumed run continues its metrics.csv from the checkpoint's epoch (later rows dropped).
     writer = MetricsWriter(out_dir / "metrics.csv", keep_epochs=start_epoch - 1 if resume else None,

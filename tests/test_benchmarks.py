@@ -46,6 +46,16 @@ def test_whole_run_benchmark_runs_the_book_style_script_and_the_floor(real_data,
     assert proc.stdout.startswith("test accuracy ")
 
 
+def test_cpu_precision_benchmark_times_each_setting(tiny_data):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_precision.py"), "--models", "bn_lenet,lenet",
+                           "--batch", "8", "--steps", "1", "--rounds", "1", f"data.root={tiny_data}"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith(("| bn_lenet ", "| lenet "))]
+    assert [row[:3] for row in rows] == [[" bn_lenet ", " 28 ", " 8 "], [" lenet ", " 28 ", " 8 "]]  # d2l_bn_lenet, model=lenet
+    assert all(float(ms) > 0 for row in rows for ms in row[3:6]) and all(row[6].strip().endswith("x") for row in rows)
+
+
 def test_chapter_speed_rejects_unknown_models():
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "chapter_speed.py"), "--models", "lenet5"],
                           capture_output=True, text=True, timeout=120, check=False)
