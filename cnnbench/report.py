@@ -174,8 +174,11 @@ def title(path: Path, results: pd.DataFrame, keys: list[str], what: str) -> str:
     """``what`` for the sweep: its models and what it sweeps, not the folder's time stamp."""
     models = list(dict.fromkeys(str(m) for m in results.get("model", pd.Series(dtype=str)).dropna()))
     shown = ", ".join(models[:4]) + (f" and {len(models) - 4} more" if len(models) > 4 else "")
-    swept = " x ".join(keys[:4]) + (f" and {len(keys) - 4} more keys" if len(keys) > 4 else "") or "one run"
-    return textwrap.fill(f"{what}: {shown or path.name}, {len(results)} run{'s' if len(results) != 1 else ''} ({swept})", 80)
+    swept = " x ".join(keys[:4]) + (f" and {len(keys) - 4} more keys" if len(keys) > 4 else "")
+    head = f"{what}: {shown or path.name}"
+    tail = f"{len(results)} run{'s' if len(results) != 1 else ''}" + (f" ({swept})" if swept else "")
+    # the run count and its keys stay together: on the first line when all fits, else on their own
+    return f"{head}, {tail}" if len(head) + len(tail) < 80 else f"{textwrap.fill(head, 80)}\n{tail}"
 
 
 def job_tables(path: Path, results: pd.DataFrame, name: str) -> list[tuple[pd.Series, pd.DataFrame]]:
@@ -231,7 +234,9 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     line (on a log axis when its values span a decade or more); a categorical one (norm_at,
     model, block) is points in the order the sweep ran them, not sorted by name. ``shade``: a
     numeric swept key with too many settings for a legend (ex_bn_lr's eight learning rates
-    against model.norm), drawn as each point's colour, with a colour bar."""
+    against model.norm), drawn as each point's colour, with a colour bar; against a categorical
+    key the points of a setting also stand in the shade's order across its slot, so runs with the
+    same score (eight untrained runs at 0.1) are all seen."""
     fig = figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     if shade:
@@ -254,8 +259,13 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         if shade:  # the points only, coloured by the shade key; the series by marker
             look = {"marker": "os^Dv<>p*h"[i % 10], "s": 36, "c": tint[group.index], "cmap": "viridis", "norm": scale,
                     "edgecolors": "black", "linewidths": 0.4}
-            x = x_num[group.index] if numeric else [categories.index(v) + (i - (len(groups) - 1) / 2) * width
-                                                     for v in shown[group.index]]
+            if numeric:
+                x = x_num[group.index]
+            else:  # within its slot each point stands at its shade's rank: equal scores stay apart, in order
+                rank = tint[group.index].rank(method="dense")
+                offset = ((rank - 1) / max(rank.max() - 1, 1) - 0.5) * 0.8 * width if rank.max() > 1 else 0 * rank
+                x = [categories.index(v) + (i - (len(groups) - 1) / 2) * width + o
+                     for v, o in zip(shown[group.index], offset)]
             points = ax.scatter(x, y, label=name if others else None, **look)
         elif draws:
             ax.plot(x_num[group.index], y, label=name, **(look | {"linestyle": "none", "markersize": 7}))

@@ -221,6 +221,9 @@ def test_a_key_with_too_many_settings_for_a_legend_is_each_points_colour(tmp_pat
     assert bar.get_ylabel() == "optimizer.lr" and bar.get_yscale() == "log"
     points = ax.collections[0]
     assert points.get_array().tolist() == rates * 2 and len(points.get_offsets()) == 16
+    x = points.get_offsets()[:, 0].tolist()  # each norm's eight rates side by side, in order, within its slot
+    assert x[:8] == sorted(x[:8]) and len(set(x[:8])) == 8 and -0.3 <= x[0] < x[7] <= 0.3
+    assert [b - 1 for b in x[8:]] == pytest.approx(x[:8])
     assert "(model.norm x optimizer.lr)" in fig._suptitle.get_text()
     # against the rates, the two norms are a legend of two lines, as before
     assert sorted(t.get_text() for t in figures["report_vs_optimizer.lr.png"].legends[0].get_texts()) == \
@@ -281,3 +284,13 @@ def test_against_a_whole_numbered_key_the_ticks_are_whole_and_an_accuracy_stays_
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks)
     assert ax.get_ylim()[0] == 0
+
+
+def test_titles_keep_the_run_count_with_its_keys_and_say_nothing_twice():
+    one = report.title(Path("d"), pd.DataFrame({"model": ["resnet18"]}), [], "throughput and memory against batch size")
+    assert one == "throughput and memory against batch size: resnet18, 1 run"  # was "1 run (one run)"
+    four = pd.DataFrame({"model": ["alexnet", "vgg11_quarter", "nin", "googlenet"]})
+    long = report.title(Path("d"), four, ["model"], "what each network costs (task=summary)")
+    assert long.splitlines() == ["what each network costs (task=summary): alexnet, vgg11_quarter, nin, googlenet",
+                                 "4 runs (model)"]
+    assert report.title(Path("d"), four, ["model", "seed"], "sweep") == "sweep: alexnet, vgg11_quarter, nin, googlenet, 4 runs (model x seed)"
