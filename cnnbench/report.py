@@ -215,7 +215,8 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Pat
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         epoch_axis(ax, pd.concat([m["epoch"] for _, m in runs]))
-    outside_legend(fig, len(runs), keys)
+    if len(runs) > 1 or runs[0][0].get("status", "completed") != "completed":  # one completed run: no legend (its job number)
+        outside_legend(fig, len(runs), keys)
     fig.suptitle(crowded(title(path, rows, keys, "learning curves"), len(runs)))
     return save_figure(fig, path / "report_curves.png")
 
@@ -332,7 +333,8 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str]) -> Path
         ax.set_xticks(batch_sizes, [str(v) for v in batch_sizes])
         ax.minorticks_off()
         ax.grid(alpha=0.3)
-    outside_legend(fig, len(runs), keys)
+    if len(runs) > 1:  # one run needs no legend
+        outside_legend(fig, len(runs), keys)
     fig.suptitle(crowded(title(path, pd.DataFrame([row for row, _ in runs]), keys, "throughput and memory against batch size"),
                          len(runs)))
     return save_figure(fig, path / "report_bench.png")

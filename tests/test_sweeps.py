@@ -151,10 +151,13 @@ def test_report_of_a_sweep(tiny_data, tmp_path):
         assert (tmp_path / png).stat().st_size > 10_000, png
 
 
-def test_report_of_one_run_and_of_nothing(make_cfg, tiny_data, tmp_path, capsys):
+def test_report_of_one_run_and_of_nothing(make_cfg, tiny_data, tmp_path, capsys, monkeypatch):
     run(make_cfg(f"data.root={tiny_data}", "trainer.max_epochs=2"), tmp_path / "run")
+    figures, save = {}, report.save_figure
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.__setitem__(path.name, fig) or save(fig, path))
     results, written = report.report(tmp_path / "run")
     assert len(results) == 1 and [w.name for w in written] == ["report_curves.png"]
+    assert not figures["report_curves.png"].legends  # one run: nothing to tell apart
     assert report.main([str(tmp_path / "run" / "summary.json")]) == 0  # a run's file: its run
     assert f"reporting on its folder, {tmp_path / 'run'}" in capsys.readouterr().err
     assert report.main([str(tmp_path / "nothing")]) == 2
@@ -164,7 +167,9 @@ def test_report_of_one_run_and_of_nothing(make_cfg, tiny_data, tmp_path, capsys)
     assert "holds no run" in capsys.readouterr().err
 
 
-def test_report_of_a_bench_sweep(make_cfg, tiny_data, tmp_path):
+def test_report_of_a_bench_sweep(make_cfg, tiny_data, tmp_path, monkeypatch):
+    figures = {}
+    monkeypatch.setattr(report, "save_figure", lambda fig, path: figures.__setitem__(path.name, fig) or path)
     for job, model in enumerate(["lenet", "bn_lenet"]):
         run(make_cfg("task=bench", f"model={model}", f"data.root={tiny_data}", "bench.batch_sizes=[4,8]", "bench.steps=1",
                      "bench.warmup_steps=0"), tmp_path / str(job))
@@ -172,6 +177,10 @@ def test_report_of_a_bench_sweep(make_cfg, tiny_data, tmp_path):
         (tmp_path / str(job) / "summary.json").write_text(json.dumps(summary | {"overrides": [f"model={model}"]}))
     results, written = report.report(tmp_path)
     assert "report_bench.png" in [w.name for w in written]
+    assert [t.get_text() for t in figures["report_bench.png"].legends[0].get_texts()] == ["model=lenet", "model=bn_lenet"]
+    shutil.copytree(tmp_path / "0", tmp_path / "alone" / "0")  # a sweep of one job: nothing to tell apart
+    report.report(tmp_path / "alone")
+    assert not figures["report_bench.png"].legends  # was a legend of one entry, its job number ("0")
 
 
 @pytest.mark.slow  # several processes
