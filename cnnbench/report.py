@@ -43,7 +43,7 @@ BOOKKEEPING = {"task", "trainer.resume", "data.root", "data.download", "trainer.
 
 def swept_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:
     """Override keys whose value differs between jobs."""
-    return [k for k in overrides if k in results and results[k].astype(str).nunique() > 1]
+    return [k for k in overrides if k in results and results[k].map(_short).nunique() > 1]  # a gap: the default, a setting too
 
 
 def plotted_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:
@@ -154,11 +154,12 @@ def looks(rows: pd.DataFrame, keys: list[str]) -> list[dict]:
     dash the other (ex_bn_lr: each learning rate its colour, solid without batch norm, dashed
     with it); otherwise each run its own (``style``)."""
     if len(keys) == 2:
-        hue, dash = sorted(keys, key=lambda k: rows[k].astype(str).nunique(), reverse=True)
-        hues, dashes = (list(dict.fromkeys(rows[k].astype(str))) for k in (hue, dash))
+        shown = {k: rows[k].map(_short).tolist() for k in keys}  # a run without the key: "default", a setting of its own
+        hue, dash = sorted(keys, key=lambda k: len(set(shown[k])), reverse=True)
+        hues, dashes = (list(dict.fromkeys(shown[k])) for k in (hue, dash))
         if len(hues) <= 10 and len(dashes) <= 4:
-            return [{"color": f"C{hues.index(str(row[hue]))}", "linestyle": ["-", "--", "-.", ":"][dashes.index(str(row[dash]))],
-                     "marker": "os^D"[dashes.index(str(row[dash]))], "markersize": 4} for _, row in rows.iterrows()]
+            return [{"color": f"C{hues.index(h)}", "linestyle": ["-", "--", "-.", ":"][dashes.index(d)],
+                     "marker": "os^D"[dashes.index(d)], "markersize": 4} for h, d in zip(shown[hue], shown[dash])]
     return [style(i) for i in range(len(rows))]
 
 
@@ -264,7 +265,8 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
                 x = x_num[group.index]
             else:  # within its slot each point stands at its shade's rank: equal scores stay apart, in order
                 rank = tint[group.index].rank(method="dense")
-                offset = ((rank - 1) / max(rank.max() - 1, 1) - 0.5) * 0.8 * width if rank.max() > 1 else 0 * rank
+                spread = (rank - 1) / (rank.max() - 1) - 0.5 if rank.max() > 1 else rank * 0
+                offset = spread * 0.8 * width  # (every run has a shade value: only a fully numeric key is one)
                 x = [categories.index(v) + (i - (len(groups) - 1) / 2) * width + o
                      for v, o in zip(shown[group.index], offset)]
             points = ax.scatter(x, y, label=name if others else None, **look)

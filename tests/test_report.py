@@ -3,6 +3,7 @@ the sweep's order, every run at any depth, integers as integers."""
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -228,6 +229,20 @@ def test_a_key_with_too_many_settings_for_a_legend_is_each_points_colour(tmp_pat
     # against the rates, the two norms are a legend of two lines, as before
     assert sorted(t.get_text() for t in figures["report_vs_optimizer.lr.png"].legends[0].get_texts()) == \
         ["model.norm=batch", "model.norm=none"]
+
+
+def test_a_run_that_left_a_swept_key_at_its_default_is_a_setting_of_its_own(tmp_path, figures):
+    """With pandas' string columns a missing value stayed NaN where each run's look looked up
+    'nan': the report of such a sweep failed (ValueError: 'nan' is not in list)."""
+    for i, lr in enumerate([0.01, 0.1, 1.0]):
+        fake_run(tmp_path / str(i), ["model.norm=batch", f"optimizer.lr={lr}"], acc=0.5 + i / 20)
+    fake_run(tmp_path / "3", ["model.norm=none"], acc=0.3)  # at the default rate
+    fake_run(tmp_path / "4", ["model.norm=none", "optimizer.lr=0.1"], acc=0.2)
+    report.report(tmp_path)
+    lines = figures["report_curves.png"].axes[0].get_lines()
+    assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 5
+    legend = [t.get_text() for t in figures["report_curves.png"].legends[0].get_texts()]
+    assert legend[3:] == ["model.norm=none", "model.norm=none, optimizer.lr=0.1"]  # the default: the key left out
 
 
 def test_a_search_is_plotted_against_its_own_objective(tmp_path, figures):
