@@ -24,7 +24,7 @@ import torch
 
 from cnnbench import data
 from cnnbench.analysis import measure_steps
-from cnnbench.config import CONF_DIR, compose, model_knobs, resolution
+from cnnbench.config import CONF_DIR, compose, enum_value, model_knobs, resolution
 from cnnbench.engine import build_trainer, set_backends
 
 BOOK_RUNS = ["alexnet", "vgg11", "nin", "googlenet", "bn_lenet_scratch", "bn_lenet", "resnet18", "densenet", "regnetx32"]
@@ -36,7 +36,7 @@ SETTINGS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--models", default=",".join(BOOK_RUNS))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--resize", type=int, default=None, help="data.resize for every model (default: its own)")
@@ -55,8 +55,9 @@ def main() -> None:
                 *([f"data.resize={args.resize}"] if args.resize else []), *args.overrides]
         cfgs = {label: compose(*base, *extra) for label, extra in SETTINGS.items()}
         if train is None:
-            train, _ = data.load(cfgs["fp32"].data.root, download=False)
-            set_backends(deterministic=False, threads=cfgs["fp32"].trainer.threads)
+            first = cfgs["fp32"].trainer
+            train, _ = data.load(cfgs["fp32"].data.root, cfgs["fp32"].data.download)
+            set_backends(first.deterministic, str(enum_value(first.matmul_precision)), first.threads)
         size = resolution(cfgs["fp32"])
         images = data.Split(train.images[: args.batch * 4], train.labels[: args.batch * 4])
         loader = data.DeviceLoader(images, args.batch, size, shuffle=True)

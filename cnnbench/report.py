@@ -179,13 +179,20 @@ def title(path: Path, results: pd.DataFrame, keys: list[str], what: str) -> str:
     head = f"{what}: {shown or path.name}"
     tail = f"{len(results)} run{'s' if len(results) != 1 else ''}" + (f" ({swept})" if swept else "")
     # the run count and its keys stay together: on the first line when all fits, else on their own
-    return f"{head}, {tail}" if len(head) + len(tail) < 80 else f"{textwrap.fill(head, 80)}\n{tail}"
+    return f"{head}, {tail}" if len(head) + 2 + len(tail) <= 80 else f"{textwrap.fill(head, 80)}\n{textwrap.fill(tail, 80)}"
 
 
 def job_tables(path: Path, results: pd.DataFrame, name: str) -> list[tuple[pd.Series, pd.DataFrame]]:
     """(job row, its ``name`` table) for every job that wrote one."""
     files = [(row, job_dir(path, row["job"]) / name) for _, row in results.iterrows()]
     return [(row, pd.read_csv(f)) for row, f in files if f.is_file()]
+
+
+def _stopped(row: pd.Series) -> str | None:
+    """How a run ended when it did not complete (diverged, failed, interrupted); None for a
+    completed run and for one that does not say (an old one)."""
+    status = row.get("status")
+    return None if pd.isna(status) or status == "completed" else str(status)
 
 
 def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Path | None:
@@ -197,8 +204,8 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Pat
     keys = plotted_keys(rows, keys)
     labels = labels_of([row for row, _ in runs], keys)
     # a run that stopped early (diverged, failed, interrupted) says so: its curve ends where it stopped
-    labels = [text if row.get("status", "completed") == "completed" else f"{text} ({row['status']})"
-              for text, (row, _) in zip(labels, runs)]
+    stopped = [_stopped(row) for row, _ in runs]
+    labels = [f"{text} ({why})" if why else text for text, why in zip(labels, stopped)]
     fig = figure(figsize=(13, 4.8), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     run_looks = looks(rows, keys)
@@ -216,7 +223,7 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Pat
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         epoch_axis(ax, pd.concat([m["epoch"] for _, m in runs]))
-    if len(runs) > 1 or runs[0][0].get("status", "completed") != "completed":  # one completed run: no legend (its job number)
+    if len(runs) > 1 or stopped[0]:  # one completed run needs no legend (it would read its job number)
         outside_legend(fig, len(runs), keys)
     fig.suptitle(crowded(title(path, rows, keys, "learning curves"), len(runs)))
     return save_figure(fig, path / "report_curves.png")

@@ -51,9 +51,17 @@ def test_cpu_precision_benchmark_times_each_setting(tiny_data):
                            "--batch", "8", "--steps", "1", "--rounds", "1", f"data.root={tiny_data}"],
                           capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr
-    rows = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith(("| bn_lenet ", "| lenet "))]
+    table = [line.split("|")[1:-1] for line in proc.stdout.splitlines() if line.startswith("|")]
+    header, rows = table[0], table[2:]
+    assert [cell.strip() for cell in header] == ["model", "px", "batch", "fp32 ms/step", "bf16 ms/step", "bf16 + cl ms/step",
+                                                 "bf16 speed-up", "bf16 + cl speed-up"]
     assert [row[:3] for row in rows] == [[" bn_lenet ", " 28 ", " 8 "], [" lenet ", " 28 ", " 8 "]]  # d2l_bn_lenet, model=lenet
-    assert all(float(ms) > 0 for row in rows for ms in row[3:6]) and all(row[6].strip().endswith("x") for row in rows)
+    for row in rows:
+        fp32, bf16, cl = (float(ms) for ms in row[3:6])
+        assert min(fp32, bf16, cl) > 0 and len(row) == len(header)
+        for cell, other in zip(row[6:], (bf16, cl)):  # fp32's time over the setting's, from the unrounded medians
+            speedup = float(cell.strip().rstrip("x"))  # the ms are printed to 0.05, the ratio to 0.005
+            assert (fp32 - 0.05) / (other + 0.05) - 0.005 <= speedup <= (fp32 + 0.05) / max(other - 0.05, 1e-9) + 0.005
 
 
 def test_chapter_speed_rejects_unknown_models():

@@ -309,3 +309,6 @@ def test_titles_keep_the_run_count_with_its_keys_and_say_nothing_twice():
     assert long.splitlines() == ["what each network costs (task=summary): alexnet, vgg11_quarter, nin, googlenet",
                                  "4 runs (model)"]
     assert report.title(Path("d"), four, ["model", "seed"], "sweep") == "sweep: alexnet, vgg11_quarter, nin, googlenet, 4 runs (model x seed)"
+    for what in ("x" * 50, "x" * 51):  # 80 characters on one line at most
+        assert max(map(len, report.title(Path("d"), four[:1], ["model"], what).splitlines())) <= 80
+    assert report.title(Path("d"), four[:0], [], "sweep") == "sweep: d, 0 runs"

@@ -22,7 +22,8 @@ def read_run(out):
     return pd.read_csv(out / "metrics.csv"), json.loads((out / "summary.json").read_text())
 
 
-def test_loss_goes_down_on_a_small_subset(make_cfg, real_data, tmp_path):
+def test_loss_goes_down_on_a_small_subset(make_cfg, real_data, tmp_path, caplog):
+    caplog.set_level("INFO", logger="cnnbench")
     cfg = make_cfg("data.subset=2048", "data.test_subset=1024", "data.batch_size=64", "trainer.max_epochs=4",
                    "optimizer.momentum=0.9", "optimizer.lr=0.05", "trainer.plot=true")
     summary = run(cfg, tmp_path)
@@ -36,6 +37,7 @@ def test_loss_goes_down_on_a_small_subset(make_cfg, real_data, tmp_path):
     assert saved["best_test_acc"] == pytest.approx(metrics["test_acc"].max(), abs=1e-6)
     assert saved["params"] == 44_878 and saved["flops"] > 0 and saved["device"] == "cpu" and saved["precision"] == "fp32"
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert "2048 training images, batch 64, on cpu in fp32" in caplog.text  # the run says what auto became
 
 
 def test_same_seed_same_metrics(make_cfg, tiny_data, tmp_path):
