@@ -178,8 +178,8 @@ def title(path: Path, results: pd.DataFrame, keys: list[str], what: str) -> str:
     swept = " x ".join(keys[:4]) + (f" and {len(keys) - 4} more keys" if len(keys) > 4 else "")
     head = f"{what}: {shown or path.name}"
     tail = f"{len(results)} run{'s' if len(results) != 1 else ''}" + (f" ({swept})" if swept else "")
-    # the run count and its keys stay together: on the first line when all fits, else on their own
-    return f"{head}, {tail}" if len(head) + 2 + len(tail) <= 80 else f"{textwrap.fill(head, 80)}\n{textwrap.fill(tail, 80)}"
+    # the run count and its keys stay together, unbroken: on the first line when all fits, else on their own
+    return f"{head}, {tail}" if len(head) + 2 + len(tail) <= 80 else f"{textwrap.fill(head, 80)}\n{tail}"
 
 
 def job_tables(path: Path, results: pd.DataFrame, name: str) -> list[tuple[pd.Series, pd.DataFrame]]:
