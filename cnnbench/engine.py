@@ -579,6 +579,20 @@ class CheckpointError(ValueError):
 
 
 NOT_A_CHECKPOINT = "is not a checkpoint (torch.save writes a zip archive; this file is not one)"
+META_KEYS = ("model", "knobs", "resolution")  # what every checkpoint's meta record names: enough to rebuild its model
+
+
+def zip_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a checkpoint by its bytes alone (None when it is a zip archive, as
+    torch.save writes): not a zip at all, or one whose end is missing (a copy cut short)."""
+    if zipfile.is_zipfile(path):
+        return None
+    with open(path, "rb") as f:
+        begins_as_zip = f.read(4) == b"PK\x03\x04"
+    if begins_as_zip:
+        return (f"is damaged: it begins as the zip archive torch.save writes but its end is missing "
+                f"({path.stat().st_size:,} bytes; truncated, e.g. a copy or a write cut short)")
+    return NOT_A_CHECKPOINT
 
 
 def checkpoint_path(resume: str, evaluate: bool = False) -> Path:
@@ -594,26 +608,59 @@ def checkpoint_path(resume: str, evaluate: bool = False) -> Path:
         how = ("a run keeps them when trained with trainer.checkpoint=true or trainer.save_best=true" if evaluate else
                "a run writes last.pt every epoch with trainer.checkpoint=true, and when a signal stops it")
         raise ConfigError(f"trainer.resume={resume!r}: no checkpoint at {path} (a run dir with {kept}, or a .pt file; {how})")
-    if not zipfile.is_zipfile(path):
-        raise ConfigError(f"trainer.resume={resume!r}: {path} {NOT_A_CHECKPOINT}")
+    if problem := zip_problem(path):
+        raise ConfigError(f"trainer.resume={resume!r}: {path} {problem}")
     return path
 
 
+def _what_it_holds(state) -> str:
+    """A checkpoint-like object in a few words, for an error: what was found instead."""
+    if isinstance(state, torch.Tensor):
+        return f"a tensor of shape {tuple(state.shape)}"
+    if isinstance(state, dict):
+        if state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            return f"a dict of {len(state)} tensor{'s' if len(state) > 1 else ''} (a bare state_dict?)"
+        keys = ", ".join(map(str, list(state)[:6])) + (", ..." if len(state) > 6 else "")
+        return f"a dict of {keys}" if state else "an empty dict"
+    return f"a {type(state).__name__}"
+
+
 def load_checkpoint(path: Path) -> dict:
-    """A checkpoint's contents, loaded weights-only: tensors and plain Python values, never
-    objects whose unpickling could run code (a crafted file is refused, and nothing in it runs)."""
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path} {NOT_A_CHECKPOINT}")
+    """A checkpoint a cnnbench run wrote (last.pt, best.pt), read without trusting it: a zip
+    archive whose every record matches the CRC-32 written with it (a damaged file is refused, not
+    trained or evaluated with wrong weights); loaded weights-only (tensors and plain Python values,
+    never objects whose unpickling could run code: nothing in a crafted file runs); shaped as a
+    run writes it (a dict with its meta record and the model's weights). Raises CheckpointError
+    saying what is wrong."""
+    if problem := zip_problem(path):
+        raise CheckpointError(f"{path} {problem}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # reads every record against its CRC-32
+            written_by_torch = any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise CheckpointError(f"{path} is damaged: its zip archive cannot be read ({first_line(err)})") from None
+    if damaged:
+        raise CheckpointError(f"{path} is damaged: its record {damaged} does not match the checksum written with it "
+                              "(the file changed after it was saved, e.g. a disk or copy error); use another copy")
+    if not written_by_torch:
+        raise CheckpointError(f"{path} is a zip archive, but not one torch.save wrote (it has no data.pkl record)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "GLOBAL" in str(err) or "global" in str(err).lower() and "allowed" in str(err):
             refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), first_line(err)).split(". Please")[0]
             raise CheckpointError(f"{path} holds objects other than tensors and plain values, which cnnbench "
                                   f"refuses to load (unpickling them could run code): {refused}") from None
         raise CheckpointError(f"{path} is not a readable checkpoint (not a file torch.save wrote)") from None
-    except Exception as err:  # truncated, not a zip/pickle, ...
+    except Exception as err:  # a record torch cannot decode
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not (isinstance(meta, dict) and all(key in meta for key in META_KEYS) and isinstance(state.get("model"), dict)):
+        raise CheckpointError(f"{path} is not a checkpoint a cnnbench run wrote: it holds {_what_it_holds(state)}, where "
+                              f"a run's last.pt and best.pt hold a meta record (naming the {', '.join(META_KEYS)}) "
+                              "and the model's weights")
+    return state
 
 
 def training_recipe(cfg: DictConfig) -> dict:
@@ -638,11 +685,9 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
     path = checkpoint_path(resume)
     try:
         state = load_checkpoint(path)
-        theirs = state["meta"]
     except CheckpointError as err:
         raise ConfigError(f"trainer.resume={resume!r}: {err}") from None
-    except (KeyError, TypeError):
-        raise ConfigError(f"trainer.resume={resume!r}: {path} is not a cnnbench checkpoint (it has no meta record)") from None
+    theirs = state["meta"]
     started = " ".join(theirs.get("overrides") or []) or "(no overrides)"
     advice = (f"resume with the overrides of the run that wrote it: {started} (those and no others; "
               "trainer.max_epochs=N trains on to epoch N where its schedule does not span the run), "

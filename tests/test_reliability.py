@@ -205,7 +205,7 @@ def test_missing_or_broken_checkpoints_are_refused(make_cfg, tiny_data, tmp_path
     with zipfile.ZipFile(tmp_path / "last.pt", "w") as z:  # a zip archive, but not one torch.save wrote
         z.writestr("notes.txt", "hello")
     summary = run(make_cfg(f"data.root={tiny_data}", f"trainer.resume={tmp_path}"), tmp_path / "d")
-    assert "is not a readable checkpoint" in summary["error"] and summary["bad_input"]
+    assert "is a zip archive, but not one torch.save wrote (it has no data.pkl record)" in summary["error"] and summary["bad_input"]
 
 
 def test_unwritable_output_dir_is_a_clear_error(tmp_path):

@@ -71,6 +71,52 @@ def test_a_planted_checkpoint_in_an_interrupted_sweep_job_runs_nothing(tiny_data
     assert "refuses to load" in json.loads((tmp_path / "0" / "summary.json").read_text())["error"]
 
 
+def flip_bytes_in_largest_record(src: Path, dst: Path) -> None:
+    """A copy of ``src`` with 64 bytes inverted inside its largest record (a tensor's data): the
+    zip's structure intact, as a bad disk or an interrupted copy leaves it."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as archive:
+        record = max(archive.infolist(), key=lambda info: info.file_size)
+    raw = bytearray(src.read_bytes())
+    name_len, extra_len = (int.from_bytes(raw[record.header_offset + at:record.header_offset + at + 2], "little") for at in (26, 28))
+    start = record.header_offset + 30 + name_len + extra_len + record.file_size // 2
+    raw[start:start + 64] = bytes(b ^ 0xFF for b in raw[start:start + 64])
+    dst.write_bytes(bytes(raw))
+
+
+def test_a_damaged_or_foreign_checkpoint_is_refused_saying_what_is_wrong(make_cfg, tiny_data, tmp_path, recwarn):
+    run(make_cfg(f"data.root={tiny_data}", "trainer=smoke", "trainer.checkpoint=true"), tmp_path / "run")
+    good = tmp_path / "run" / "last.pt"
+    state = engine.load_checkpoint(good)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    flip_bytes_in_largest_record(good, bad / "flipped.pt")
+    (bad / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    torch.save(torch.zeros(3), bad / "tensor.pt")
+    torch.save(state["model"], bad / "state_dict.pt")
+    torch.save({"meta": {"model": "bn_lenet"}, "model": state["model"]}, bad / "no_knobs.pt")
+    expected = {
+        "flipped.pt": "is damaged: its record archive/data/",  # a tensor's bytes (torch.save into a file object names it archive/)
+        "truncated.pt": "is damaged: it begins as the zip archive torch.save writes but its end is missing",
+        "tensor.pt": "is not a checkpoint a cnnbench run wrote: it holds a tensor of shape (3,), where a run's last.pt",
+        "state_dict.pt": f"is not a checkpoint a cnnbench run wrote: it holds a dict of {len(state['model'])} tensors (a bare state_dict?)",
+        "no_knobs.pt": "is not a checkpoint a cnnbench run wrote: it holds a dict of meta, model, where a run's last.pt and "
+                       "best.pt hold a meta record (naming the model, knobs, resolution)",
+    }
+    for name, message in expected.items():
+        with pytest.raises(engine.CheckpointError) as err:
+            engine.load_checkpoint(bad / name)
+        assert message in str(err.value), (name, str(err.value))
+    # the whole command: refused as bad input before anything is evaluated or trained, with the damage named
+    evaluated = run(make_cfg("task=evaluate", f"trainer.resume={bad / 'flipped.pt'}", f"data.root={tiny_data}"), tmp_path / "eval")
+    assert evaluated["status"] == "failed" and evaluated["bad_input"] and "does not match the checksum written with it" in evaluated["error"]
+    assert "eval_test_acc" not in evaluated
+    resumed = run(make_cfg(f"data.root={tiny_data}", "trainer=smoke", f"trainer.resume={bad / 'tensor.pt'}"), tmp_path / "resume")
+    assert resumed["status"] == "failed" and "it holds a tensor of shape (3,)" in resumed["error"]
+    assert not [w for w in recwarn if "cnnbench" in w.filename]  # no warning from indexing what is not a checkpoint
+
+
 def test_checkpoints_load_weights_only(make_cfg, tiny_data, tmp_path, monkeypatch):
     calls = []
     load = torch.load
