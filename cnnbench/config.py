@@ -688,20 +688,35 @@ def sweep_jobs(overrides: list[str], params: dict | None) -> list[list[str]]:
 
 def validate_sweep(overrides: list[str], params: dict | None) -> None:
     """Compose and check every job of a sweep before any is launched; one ConfigError lists
-    every bad job."""
+    every bad job, each reason once (a typo shared by 96 jobs is one line naming their numbers)."""
     check_recipes_swept_together(overrides)
-    bad = []
+    reasons: dict[str, list[int]] = {}  # a reason, and the jobs it refuses
     jobs = sweep_jobs(overrides, params)
     for number, job in enumerate(jobs):
         try:
             validate(compose_checked(*set_or_add(job)))
         except ConfigError as err:
-            bad.append(f"job {number} ({' '.join(job)}): {err}")
+            reasons.setdefault(str(err), []).append(number)
         except Exception as err:  # Hydra's composition errors name the key
-            bad.append(f"job {number} ({' '.join(job)}): {str(err).splitlines()[0]}")
-    if bad:
-        raise ConfigError(f"{len(bad)} of the sweep's {len(jobs)} jobs {'is' if len(bad) == 1 else 'are'} not valid, so none was started:\n  "
-                          + "\n  ".join(bad))
+            reasons.setdefault(str(err).splitlines()[0], []).append(number)
+    if reasons:
+        bad = sum(len(numbers) for numbers in reasons.values())
+        lines = [f"job {numbers[0]} ({' '.join(jobs[numbers[0]])}): {reason}" if len(numbers) == 1
+                 else f"{'all jobs' if len(numbers) == len(jobs) else 'jobs ' + number_ranges(numbers)}: {reason}"
+                 for reason, numbers in reasons.items()]
+        raise ConfigError(f"{bad} of the sweep's {len(jobs)} jobs {'is' if bad == 1 else 'are'} not valid, so none was started:\n  "
+                          + "\n  ".join(lines))
+
+
+def number_ranges(numbers: list[int]) -> str:
+    """Ascending job numbers, runs of them as ranges: [0, 1, 2, 5, 7, 8] -> "0-2, 5, 7-8"."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][-1] + 1:
+            runs[-1].append(n)
+        else:
+            runs.append([n])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in runs)
 
 
 def check_recipes_swept_together(overrides: list[str]) -> None:

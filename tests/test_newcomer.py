@@ -247,3 +247,17 @@ def test_a_sweep_over_recipes_that_are_sweeps_themselves_is_refused():
         validate_sweep(["experiment=ex_bn_bias,ex_lenet_modern", "trainer=smoke"], None)
     validate_sweep(["experiment=d2l_bn_lenet,d2l_bn_lenet_scratch", "trainer=smoke"], None)  # one run each: fine
     validate_sweep(["experiment=ex_bn_bias", "trainer=smoke"], None)  # one recipe: its own sweep
+
+
+def test_a_reason_shared_by_many_jobs_of_a_sweep_is_said_once():
+    from cnnbench.config import OBJECTIVES, ConfigError, number_ranges, validate_sweep
+
+    with pytest.raises(ConfigError) as err:
+        validate_sweep(["optimizer.lr=0.1,abc", "model.norm=none,batch", "trainer=smoke"], None)
+    assert str(err.value).splitlines() == ["2 of the sweep's 4 jobs are not valid, so none was started:",
+                                           "  jobs 2-3: optimizer.lr='abc' is not allowed; SGD takes a finite number"]
+    with pytest.raises(ConfigError) as err:
+        validate_sweep(["optimizer.lr=0.1,0.2,0.3", "objective=best_acc"], None)
+    assert str(err.value).splitlines()[1:] == ["  all jobs: objective=best_acc is not a number a task=train run reports (did "
+                                               "you mean best_test_acc?); choose one of: " + ", ".join(OBJECTIVES["train"])]
+    assert number_ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8" and number_ranges([4]) == "4"
