@@ -172,8 +172,11 @@ def plot_scatter(done: pd.DataFrame, path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def study_report(path: str | Path, results: pd.DataFrame | None = None) -> list[Path]:
-    """Print the study's tables and write its plots and CSVs into the sweep dir ``path``."""
+def study_report(path: str | Path, results: pd.DataFrame | None = None, keys: list[str] = ()) -> list[Path]:
+    """Print the study's tables and write its plots and CSVs into the sweep dir ``path``. ``keys``:
+    the settings that differ between the runs (a folder may hold more than one study): the
+    networks compared must have been trained alike, or the study says which settings differ and
+    compares nothing."""
     path = Path(path)
     results = load_results(path) if results is None else results
     if SPACE not in results:
@@ -181,6 +184,12 @@ def study_report(path: str | Path, results: pd.DataFrame | None = None) -> list[
     done = study_errors(results)
     if done.empty:
         print("design study: no completed job with a test accuracy yet")
+        return []
+    unlike = [k for k in keys if k not in (SPACE, "model.sample", "seed") and k in done
+              and done[k].astype(str).nunique(dropna=False) > 1]
+    if unlike:
+        print(f"design study: not drawn, its {len(done)} networks were not trained alike (they differ in "
+              f"{', '.join(unlike)}); report a study's own sweep dir")
         return []
     table = study_table(done)
     region = good_region_table(done)

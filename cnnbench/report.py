@@ -35,6 +35,7 @@ INDEX_KEYS = ("model.sample",)  # which network a design space's draw is: not ev
 # A key with more settings than this (a search's continuous draws) is an axis, never a series.
 MOST_SERIES = 6
 MOST_TICKS = 10  # the values of a swept key labelled on its axis one by one
+MOST_TICK_CHARS = 24  # a line of a category's label on its axis
 MOST_LEGEND = 24  # entries in a legend; a folder of more runs than this is told apart by the table
 LABEL_WIDTH = 48  # characters on a legend's or an axis label's line
 BOOKKEEPING = {"task", "trainer.resume", "data.root", "data.download", "trainer.checkpoint", "trainer.save_best",
@@ -48,7 +49,7 @@ def swept_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:
 
 def plotted_keys(results: pd.DataFrame, overrides: list[str]) -> list[str]:
     """The swept keys worth an axis: what the runs tried, not where they wrote or which task ran."""
-    return [k for k in swept_keys(results, overrides) if k not in BOOKKEEPING and not k.startswith("hydra.")]
+    return [k for k in swept_keys(results, overrides) if k not in BOOKKEEPING and not k.startswith(("hydra.", "logger."))]
 
 
 def load_runs(path: Path) -> tuple[pd.DataFrame, list[str]]:
@@ -237,15 +238,22 @@ def _short(value) -> str:
     return f"{number:.4g}" if pd.notna(number) and not float(number).is_integer() else str(value)
 
 
+def tick_label(value: str) -> str:
+    """A category on an axis: on lines of MOST_TICK_CHARS, three at most (the table holds it whole)."""
+    lines = textwrap.wrap(value, MOST_TICK_CHARS) or [value]
+    return "\n".join(lines[:3]) + ("..." if len(lines) > 3 else "")
+
+
 def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str,
-                 shade: str | None = None) -> Path:
+                 shade: str | None = None, without: pd.Series | None = None) -> Path:
     """``metric`` against ``key``, one series per setting of the ``others``. A numeric key is a
     line (on a log axis when its values span a decade or more); a categorical one (norm_at,
     model, block) is points in the order the sweep ran them, not sorted by name. ``shade``: a
     numeric swept key with too many settings for a legend (ex_bn_lr's eight learning rates
     against model.norm), drawn as each point's colour, with a colour bar; against a categorical
     key the points of a setting also stand in the shade's order across its slot, so runs with the
-    same score (eight untrained runs at 0.1) are all seen."""
+    same score (eight untrained runs at 0.1) are all seen. ``without``: the statuses of the runs
+    of the folder that have no ``metric`` (one that diverged), which the title counts."""
     fig = figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     if shade:
@@ -262,12 +270,12 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     width = 0.6 / max(len(groups), 1)
     for i, (values, group) in enumerate(groups):
         values = values if isinstance(values, tuple) else (values,)
-        name = ", ".join(f"{k}={_short(v)}" for k, v in zip(others, values)) or metric.replace("_", " ")
+        name = textwrap.fill(", ".join(f"{k}={_short(v)}" for k, v in zip(others, values)), LABEL_WIDTH) or metric.replace("_", " ")
         y = pd.to_numeric(group[metric], errors="coerce")
-        look = style(i)
+        look = style(i) | {"clip_on": False}  # a point at accuracy 0 or 1 drawn whole, not cut by the axis
         if shade:  # the points only, coloured by the shade key; the series by marker
             look = {"marker": "os^Dv<>p*h"[i % 10], "s": 36, "c": tint[group.index], "cmap": "viridis", "norm": scale,
-                    "edgecolors": "black", "linewidths": 0.4}
+                    "edgecolors": "black", "linewidths": 0.4, "clip_on": False}  # a point at accuracy 0 whole
             if numeric:
                 x = x_num[group.index]
             else:  # within its slot each point stands at its shade's rank: equal scores stay apart, in order
@@ -285,34 +293,43 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         else:
             x = [categories.index(v) + (i - (len(groups) - 1) / 2) * width for v in shown[group.index]]
             ax.plot(x, y, label=name, **(look | {"linestyle": "none", "markersize": 8}))
-    doubling = numeric and x_num.min() > 0 and x_num.max() >= 4 * x_num.min() and \
+    doubling = numeric and x_num.min() > 0 and x_num.max() >= 2 * x_num.min() and \
         all(float(v).is_integer() and int(v) & (int(v) - 1) == 0 for v in x_num)  # batch sizes 32, 64, 128, 256
-    if numeric and x_num.min() > 0 and (spans_decades(x_num) or doubling):
+    logarithmic = numeric and x_num.min() > 0 and (spans_decades(x_num) or doubling)
+    if logarithmic:
         ax.set_xscale("log", base=2 if doubling else 10)
-        ticks = sorted(x_num.unique())
-        logs = [math.log10(t) for t in ticks]
-        apart = all(b - a >= (logs[-1] - logs[0]) / 15 for a, b in zip(logs, logs[1:]))  # labels that do not collide
-        if len(ticks) <= MOST_TICKS and apart:  # a grid's values, each labelled; a search's draws keep the axis's own ticks
-            ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
-            ax.minorticks_off()
-    if numeric and ax.get_xscale() == "linear" and all(float(v).is_integer() for v in x_num):
+    ticks = sorted(x_num.unique()) if numeric else []
+    at = [math.log10(t) for t in ticks] if logarithmic else ticks
+    labelled = 1 < len(ticks) <= MOST_TICKS and all(b - a >= (at[-1] - at[0]) / 15 for a, b in zip(at, at[1:]))
+    if labelled:  # a grid's values (batch sizes 64 and 128), each labelled; a search's draws keep the axis's own ticks
+        ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
+        ax.minorticks_off()
+    elif numeric and not logarithmic and all(float(v).is_integer() for v in x_num):
         from matplotlib.ticker import MaxNLocator
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # seeds, epochs, depths: no tick at 2.5
     if metric.endswith("_acc"):  # a fraction: no margin below 0 or above 1
         low, high = ax.get_ylim()
         ax.set_ylim(max(low, 0), min(high, 1))
-    if not numeric:
-        ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
+    if not numeric:  # a long value (an architecture's stage table) on a few short lines, its end cut beyond
+        names = [tick_label(c) for c in categories]
+        slanted = len(categories) > 4 or sum(max(map(len, n.splitlines())) for n in names) > 36  # would touch
+        ax.set_xticks(range(len(categories)), names, rotation=20 if slanted else 0, ha="right" if slanted else "center")
         ax.set_xlim(-0.6, len(categories) - 0.4)
-    ax.set(xlabel=key, ylabel=metric.replace("_", " "), title=f"{metric.replace('_', ' ')} against {key}")
+    ax.set(xlabel=key, ylabel=metric.replace("_", " "))
     ax.grid(alpha=0.3)
     if shade:
         fig.colorbar(points, ax=ax, label=shade)
     legend = outside_legend(fig, len(groups), others) if others else None  # one series needs no legend
     for handle in legend.legend_handles if legend and shade else []:  # a marker's shape, not one run's colour
         handle.set_facecolor("white")
-    fig.suptitle(crowded(title(path, results, [key, *others, *([shade] if shade else [])], "sweep"), len(groups)))
+    # one title over the figure, legend and colour bar included (an axes' own sat off its centre)
+    what = f"{metric.replace('_', ' ')} against {key}"
+    text = crowded(title(path, results, [key, *others, *([shade] if shade else [])], what), len(groups))
+    if without is not None and len(without):  # the curves count every run: say where the others went
+        counts = without.fillna("unfinished").value_counts()
+        text += f"\nnot shown, no {metric.replace('_', ' ')}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+    fig.suptitle(text)
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 
 
@@ -441,10 +458,11 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
                     series, groups = series + [k], groups * measured[k].nunique(dropna=False)
             many = [k for k in axes if k not in series and k != key]  # too many settings for a legend
             shade = next((k for k in many if pd.to_numeric(measured[k], errors="coerce").notna().all()), None)
-            written.append(plot_against(path, measured, key, series, metric, shade))
+            written.append(plot_against(path, measured, key, series, metric, shade,
+                                        results.loc[results[metric].isna(), "status"] if "status" in results else None))
     if "model.space" in results:  # a design-space study (experiment=ds_anynet): EDFs, trends, good regions
         from .design_study import study_report
-        written += study_report(path, results)
+        written += study_report(path, results, plotted_keys(results, keys))
     written = [w for w in written if w]
     if html:
         from .html_report import write_html

@@ -312,3 +312,37 @@ def test_titles_keep_the_run_count_with_its_keys_and_say_nothing_twice():
     for what in ("x" * 50, "x" * 51):  # 80 characters on one line at most
         assert max(map(len, report.title(Path("d"), four[:1], ["model"], what).splitlines())) <= 80
     assert report.title(Path("d"), four[:0], [], "sweep") == "sweep: d, 0 runs"
+
+
+def test_a_folder_of_a_few_unlike_runs_gets_readable_plots_and_no_study(tmp_path, figures, capsys):
+    """`cnnbench-report outputs/runs/DAY`: runs of other models, sizes and trackers, one with a
+    stage table for model.arch, two design-space samples trained differently."""
+    arch = "[[1,16,4,1.0],[2,32,4,1.0],[3,56,4,1.0],[5,112,4,1.0]]"
+    fake_run(tmp_path / "a", ["model=bn_lenet", "trainer.max_epochs=15"], acc=0.9)
+    fake_run(tmp_path / "b", ["model=regnetx32", f"model.arch={arch}", "trainer=smoke", "logger=mlflow",
+                              "logger.mlflow.tracking_uri=foo://x"], acc=0.0)
+    fake_run(tmp_path / "c", ["model=anynet_sample", "model.space=regnetx", "data.resize=28", "trainer=smoke"], acc=0.0)
+    fake_run(tmp_path / "d", ["model=anynet_sample", "model.space=anynetx_a", "data.resize=4", "trainer=smoke"], acc=0.125)
+    fake_run(tmp_path / "e", ["model=bn_lenet", "optimizer.lr=30"], status="diverged", acc=None)
+    report.report(tmp_path)
+    assert "design study: not drawn, its 2 networks were not trained alike (they differ in data.resize)" in capsys.readouterr().out
+    assert "report_edf.png" not in figures and "report_vs_logger.mlflow.tracking_uri.png" not in figures  # where it logged
+    for name, fig in figures.items():  # laid out: no legend wider than the figure, no axes collapsed (matplotlib warns)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fig.draw_without_rendering()
+        assert fig.axes[0].get_position().width > 0.2, name
+    against_arch = figures["report_vs_model.arch.png"]
+    ticks = [t.get_text() for t in against_arch.axes[0].get_xticklabels()]
+    assert arch not in ticks and all(len(line) <= report.MOST_TICK_CHARS for t in ticks for line in t.splitlines())
+    assert against_arch._suptitle.get_text().startswith("final test acc against model.arch: bn_lenet, regnetx32")
+    assert against_arch._suptitle.get_text().endswith("\nnot shown, no final test acc: 1 diverged")  # the curves show it
+
+
+def test_a_grid_of_batch_sizes_is_labelled_with_its_values(tmp_path, figures):
+    """Batch sizes 64 and 128 had a linear axis ticked 72, 80, 88, ..."""
+    results = pd.DataFrame({"job": range(4), "data.batch_size": [64, 128] * 2, "optimizer.lr": ["0.01"] * 2 + ["0.1"] * 2,
+                            "final_test_acc": [0.8, 0.82, 0.85, 0.84], "status": ["completed"] * 4})
+    report.plot_against(tmp_path, results, "data.batch_size", ["optimizer.lr"], "final_test_acc", None)
+    ax = figures["report_vs_data.batch_size.png"].axes[0]
+    assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["64", "128"]
