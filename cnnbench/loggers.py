@@ -144,6 +144,11 @@ class Tracker:
         """The command that shows what was logged."""
         return None
 
+    @classmethod
+    def option_problem(cls, options: dict[str, Any]) -> str | None:
+        """What is wrong with this tracker's options, found before the run starts (None: nothing)."""
+        return None
+
 
 class Csv(Tracker):
     """metrics.csv, summary.json and the PNGs: what every run writes anyway (nothing more to do)."""
@@ -233,6 +238,22 @@ class MLflow(Tracker):
     package = "mlflow"
     keys = ("tracking_uri", "experiment")
     STATUS = {"completed": "FINISHED", "interrupted": "KILLED"}  # the rest: FAILED
+    # the stores MLflow writes to out of the box (a database's scheme may name its driver: postgresql+psycopg2)
+    SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
+
+    @classmethod
+    def option_problem(cls, options):
+        from importlib.metadata import entry_points
+        from urllib.parse import urlparse
+
+        uri = str(options.get("tracking_uri") or "")
+        scheme = urlparse(uri).scheme.lower().partition("+")[0]
+        plugins = {entry.name for entry in entry_points(group="mlflow.tracking_store")}  # a plugin's own store
+        if not scheme or scheme in cls.SCHEMES or scheme in plugins:  # no scheme: a folder, MLflow's file store
+            return None
+        return (f"logger.mlflow.tracking_uri={uri} is not a store MLflow can log to ({scheme}: is not one of its schemes); "
+                f"allowed: sqlite:///PATH, http(s)://HOST:PORT (a tracking server), file:///PATH, "
+                f"{', '.join(s + '://' for s in cls.SCHEMES[4:])}")
 
     def start(self, cfg, run_dir, sweep, state):
         from mlflow import MlflowClient  # imported here: it takes seconds
@@ -336,6 +357,8 @@ def config_problem(chosen: Any) -> str | None:
                 return f"logger.{name}.{key} is not an option of logger={name}; allowed: {allowed}"
         if tracker.package and importlib.util.find_spec(tracker.package) is None:
             return f"logger={name} needs the {tracker.package} package, which is not installed: {EXTRA}"
+        if problem := tracker.option_problem(options or {}):
+            return problem
     return None
 
 
@@ -347,6 +370,7 @@ class Trackers:
         self.trackers = list(trackers)
         self.state = state or {}
         self.started = time.time()
+        self.failed: list[str] = []  # trackers switched off by an error: the run's last line names them
 
     def _call(self, tracker: Tracker, what: str, fn, *args) -> bool:
         try:
@@ -357,6 +381,7 @@ class Trackers:
                         type(err).__name__, str(err).strip().splitlines()[0] if str(err).strip() else "")
             if tracker in self.trackers:
                 self.trackers.remove(tracker)
+            self.failed.append(tracker.name)
             return False
 
     def _save(self) -> None:
@@ -429,10 +454,13 @@ def start(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> Trackers:
     return trackers
 
 
-def finish(run_dir: Path, status: str) -> None:
+def finish(run_dir: Path, status: str) -> list[str]:
     """End the trackers started for ``run_dir`` (if any) with the run's final status, after
-    handing them its files. Called by train.run once summary.json is final."""
+    handing them its files. Called by train.run once summary.json is final. Returns the trackers
+    that failed during the run (each was logged as a warning and switched off)."""
     global _open
     trackers, _open = _open, None
-    if trackers is not None and trackers.run_dir == Path(run_dir):
-        trackers.finish(status)
+    if trackers is None or trackers.run_dir != Path(run_dir):
+        return []
+    trackers.finish(status)
+    return trackers.failed

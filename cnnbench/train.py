@@ -137,7 +137,8 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
             write_json(out_dir / "summary.json", summary)
         except OSError as err:  # a full disk: the run's other files stay as they were
             log.error("could not write %s: %s", out_dir / "summary.json", err)
-        loggers.finish(out_dir, summary["status"])  # the trackers get the final summary.json and status
+        if failed := loggers.finish(out_dir, summary["status"]):  # the trackers get the final summary.json and status
+            summary["trackers_failed"] = failed  # for the last line (summary.json is written: its status stands)
         if summary["status"] != "completed" and (summary["status"] != "interrupted" or distributed.from_env().main):
             # an interruption is told once, by rank 0, with the command that resumes the run
             log.error("%s: %s", "refused" if summary.get("bad_input") else f"run {summary['status']}", summary.get("error", ""))
@@ -159,7 +160,11 @@ def _closing_line(summary: dict[str, Any], out_dir: Path) -> str:
     final, best = summary.get("final_test_acc"), summary.get("best_test_acc")
     done = status == "completed" and summary["task"] == "train" and None not in (final, best)
     outcome = f" (test accuracy {final:.4f}, best {best:.4f})" if done else ""
-    return f"run {status}{outcome} in {out_dir}: {', '.join(files)}"
+    failed = summary.get("trackers_failed")
+    names = list(dict.fromkeys(failed or []))
+    off = (f"; {' and '.join(f'logger={name}' for name in names)} failed and {'was' if len(names) == 1 else 'were'} "
+           "switched off (the warning above says why)") if names else ""
+    return f"run {status}{outcome} in {out_dir}: {', '.join(files)}{off}"
 
 
 def _made_by_hydra(out_dir: Path) -> bool:

@@ -203,6 +203,26 @@ def test_a_failing_tracker_never_costs_the_run(make_cfg, tiny_data, tmp_path, mo
     assert any("logger=tensorboard failed to log epoch 2" in w and "the disk went away" in w for w in warnings), warnings
     _, scalars = tensorboard_scalars(tmp_path / "run" / "tensorboard")
     assert [step for step, _ in scalars["test_acc"]] == [1]
+    from cnnbench.train import _closing_line  # the run's last line says its trackers are off, once each
+
+    assert summary["trackers_failed"] == ["mlflow", "tensorboard"]
+    assert _closing_line(summary, tmp_path / "run").endswith(
+        "; logger=mlflow and logger=tensorboard failed and were switched off (the warning above says why)")
+
+
+@pytest.mark.parametrize("uri, allowed", [("foo://x", False), ("htp://localhost:5000", False), ("sqlite:///tmp/m.db", True),
+                                          ("http://localhost:5000", True), ("postgresql+psycopg2://u@h/db", True),
+                                          ("mlruns", True), ("file:///tmp/mlruns", True)])
+def test_a_tracking_uri_mlflow_cannot_log_to_is_refused_before_the_run(make_cfg, uri, allowed):
+    from cnnbench.config import ConfigError, validate
+
+    cfg = make_cfg("logger=mlflow", f"logger.mlflow.tracking_uri={uri}")
+    if allowed:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=rf"logger.mlflow.tracking_uri={uri} is not a store MLflow can log to "
+                                              rf"\({uri.partition(':')[0]}: is not one of its schemes\); allowed: sqlite:///PATH"):
+            validate(cfg)
 
 
 def test_only_rank_0_logs(make_cfg, tmp_path, monkeypatch):
