@@ -101,7 +101,8 @@ class StopFlag:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        log.warning("%s received: stopping after this step (Ctrl-C again to abandon it)", signal.Signals(signum).name)
+        again = " (Ctrl-C again to abandon it)" if signum == signal.SIGINT else ""  # a scheduler's SIGTERM: no one at the keys
+        log.warning("%s received: stopping after this step%s", signal.Signals(signum).name, again)
 
     @contextmanager
     def installed(self):

@@ -427,6 +427,8 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
     path = Path(path)
     results, keys = load_runs(path)
     results = fill_unset(path, results, keys)
+    if {"eval_test_acc", "task"} <= set(results):  # a training run's is its final_test_acc again: only evaluations show one
+        results.loc[results["task"] != "evaluate", "eval_test_acc"] = float("nan")
     swept = swept_keys(results, keys)
     columns = ["job", *swept, *[c for c in TABLE if c in results and results[c].notna().any()]]
     table = whole_numbers(results[columns].copy())

@@ -159,7 +159,9 @@ def _closing_line(summary: dict[str, Any], out_dir: Path) -> str:
     files = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if not p.name.startswith("."))
     final, best = summary.get("final_test_acc"), summary.get("best_test_acc")
     done = status == "completed" and summary["task"] == "train" and None not in (final, best)
-    outcome = f" (test accuracy {final:.4f}, best {best:.4f})" if done else ""
+    images = summary.get("eval_images")  # a smoke run's few test images: its accuracy is no model's measure
+    on = f" on {images:,} test images" if isinstance(images, int) and images < 10_000 else ""
+    outcome = f" (test accuracy {final:.4f}{on}, best {best:.4f})" if done else ""
     failed = summary.get("trackers_failed")
     names = list(dict.fromkeys(failed or []))
     off = (f"; {' and '.join(f'logger={name}' for name in names)} failed and {'was' if len(names) == 1 else 'were'} "

@@ -29,7 +29,8 @@ def test_one_run_writes_its_files(real_data, tmp_path):
     metrics = pd.read_csv(out / "metrics.csv")
     # its last line gives the accuracy and names the run dir and the files in it
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"cnnbench: run completed (test accuracy {metrics['test_acc'].iloc[-1]:.4f}, best {metrics['test_acc'].max():.4f}) "
+        f"cnnbench: run completed (test accuracy {metrics['test_acc'].iloc[-1]:.4f} on 16 test images, best "
+        f"{metrics['test_acc'].max():.4f}) "
         f"in {out}: cnnbench.log, confusion.csv, confusion.png, curves.png, last.pt, metrics.csv, mistakes.png, per_class.csv, "
         "summary.json")
     assert list(metrics.columns) == COLUMNS

@@ -197,3 +197,4 @@ def test_a_report_lists_an_evaluation_with_the_settings_its_model_was_trained_wi
     row = results.set_index("job").loc["eval"]
     assert float(row["optimizer.lr"]) == 0.05  # as trained (the evaluate command's own config says 0.1)
     assert int(row["data.test_batch_size"]) == 8 and row["eval_test_acc"] == summary["eval_test_acc"]  # as evaluated
+    assert pd.isna(results.set_index("job").loc["run", "eval_test_acc"])  # the training run's is its final_test_acc

@@ -385,3 +385,14 @@ def test_a_guard_that_breaks_stops_the_command(capsys):
     assert stop.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "cnnbench: OutputCheck.on_run_start failed (a bug in cnnbench" in err
+
+
+def test_a_stop_signal_says_how_to_abandon_the_step_only_when_a_key_can(caplog):
+    """SIGTERM comes from a scheduler or `kill`: "Ctrl-C again" was advice for no one."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="cnnbench.engine"):
+        engine.StopFlag()._handle(signal.SIGTERM, None)
+        engine.StopFlag()._handle(signal.SIGINT, None)
+    assert [r.getMessage() for r in caplog.records] == ["SIGTERM received: stopping after this step",
+                                                        "SIGINT received: stopping after this step (Ctrl-C again to abandon it)"]
