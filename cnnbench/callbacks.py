@@ -220,6 +220,10 @@ class SweepResults(Callback):
                 report(sweep_dir, html=True, plots=bool(OmegaConf.select(config, "trainer.plot", default=True)))
             except Exception as err:  # a report must never cost the sweep its results
                 print(f"cnnbench: could not write the sweep report: {err}", file=sys.stderr)
+        from .loggers import sweep_open_commands
+
+        for command in sweep_open_commands(sweep_dir):  # once for the sweep, not once per job
+            print(f"cnnbench: {command}", file=sys.stderr)
         rows = collect_results(sweep_dir)
         best = best_job(rows, config, sweep_dir)
         if best:  # a search's answer, last

@@ -213,7 +213,7 @@ class TensorBoard(Tracker):
         self.writer.close()
 
     def how_to_open(self):
-        return f"tensorboard --logdir {self.root}"
+        return f"tensorboard --logdir {Path(self.root).absolute()}"  # the same from any working dir
 
 
 def _check_store(uri: str) -> None:
@@ -412,11 +412,16 @@ class Trackers:
         # this run's files only (a new run in an old dir may find an earlier run's plots there)
         paths = [self.run_dir / name for name in ARTIFACTS]
         self.log_artifacts(p for p in paths if p.is_file() and p.stat().st_mtime >= self.started - 1)
+        in_sweep = sweep_info() is not None
         for tracker in list(self.trackers):
             if self._call(tracker, "finish", tracker.finish, status):
                 where = tracker.how_to_open()
-                if where:
+                if where and in_sweep:  # the sweep says it once, at its end (sweep_open_commands)
+                    self.state.setdefault(tracker.name, {})["open"] = where
+                elif where:
                     log.info("logger=%s: open with  %s", tracker.name, where)
+        if in_sweep:
+            self._save()
         self.trackers = []
 
 
@@ -452,6 +457,21 @@ def start(cfg: DictConfig, run_dir: Path, resumed: bool = False) -> Trackers:
     trackers._save()
     _open = trackers
     return trackers
+
+
+def sweep_open_commands(sweep_dir: Path) -> list[str]:
+    """How to open what a sweep's jobs logged, each command once (its jobs share one log dir or
+    store): read from their tracker.json."""
+    commands: dict[str, None] = {}
+    for state_file in sorted(Path(sweep_dir).glob(f"*/{STATE_FILE}")):
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        for name, tracked in state.items():
+            if isinstance(tracked, dict) and tracked.get("open"):
+                commands[f"logger={name}: open with  {tracked['open']}"] = None
+    return list(commands)
 
 
 def finish(run_dir: Path, status: str) -> list[str]:

@@ -248,6 +248,9 @@ def test_a_sweeps_jobs_land_in_one_experiment_and_one_log_dir(make_cfg, tiny_dat
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
     assert sorted(runs) == ["0: optimizer.lr=0.01", "1: optimizer.lr=0.1"]
     assert sorted(p.name for p in (tmp_path / "tensorboard").iterdir()) == ["0_optimizer.lr=0.01", "1_optimizer.lr=0.1"]
+    # how to open them: once for the sweep (at its end), not once per job
+    assert loggers.sweep_open_commands(tmp_path) == [f"logger=tensorboard: open with  tensorboard --logdir {tmp_path}/tensorboard",
+                                                     f"logger=mlflow: open with  mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db"]
     for job, lr in (("0", "0.01"), ("1", "0.1")):
         metrics = pd.read_csv(tmp_path / job / "metrics.csv")
         tracked = runs[f"{job}: optimizer.lr={lr}"]
@@ -266,8 +269,8 @@ def test_the_multi_select_sweep_command(tiny_data, tmp_path):
                            "optimizer.lr=0.01,0.1", "logger=[tensorboard,mlflow]", f"hydra.sweep.dir={tmp_path}"],
                           capture_output=True, text=True, timeout=600, env={**os.environ, "HYDRA_FULL_ERROR": "0"})
     assert proc.returncode == 0, proc.stderr
-    assert f"tensorboard --logdir {tmp_path}/tensorboard" in proc.stderr
-    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db" in proc.stderr
+    assert proc.stderr.count(f"tensorboard --logdir {tmp_path}/tensorboard") == 1  # once, at the sweep's end
+    assert proc.stderr.count(f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db") == 1
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
