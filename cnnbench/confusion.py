@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
 from .data import CLASSES, DeviceLoader, build_loaders, load
-from .engine import CheckpointError, autocast_dtype, checkpoint_path, load_checkpoint, resolve_device, unwrap
+from .engine import autocast_dtype, read_checkpoint, resolve_device, unwrap
 from .metrics import environment, figure, save_figure, show, write_csv
 
 log = logging.getLogger(__name__)
@@ -261,11 +261,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     from .config import ConfigError, resolution
     from .models import create_model
 
-    path = checkpoint_path(cfg.trainer.resume, evaluate=True)  # validate has refused a run without one
-    try:
-        state = load_checkpoint(path)
-    except CheckpointError as err:
-        raise ConfigError(f"trainer.resume={cfg.trainer.resume!r}: {err}") from None
+    path, state = read_checkpoint(cfg.trainer.resume, evaluate=True)  # validate has refused a run without one
     meta = state["meta"]
     device = resolve_device(cfg.trainer.device)
     # data.resize's default follows the configured model (an interpolation): only a size the user

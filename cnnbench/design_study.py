@@ -185,8 +185,9 @@ def study_report(path: str | Path, results: pd.DataFrame | None = None, keys: li
     if done.empty:
         print("design study: no completed job with a test accuracy yet")
         return []
-    unlike = [k for k in keys if k not in (SPACE, "model.sample", "seed") and k in done
-              and done[k].astype(str).nunique(dropna=False) > 1]
+    from .report import _short  # a setting as the report's table tells them apart: 5e-2 is 0.05
+
+    unlike = [k for k in keys if k not in (SPACE, "model.sample", "seed") and k in done and done[k].map(_short).nunique() > 1]
     if unlike:
         print(f"design study: not drawn, its {len(done)} networks were not trained alike (they differ in "
               f"{', '.join(unlike)}); report a study's own sweep dir")

@@ -581,15 +581,19 @@ class CheckpointError(ValueError):
 
 NOT_A_CHECKPOINT = "is not a checkpoint (torch.save writes a zip archive; this file is not one)"
 META_KEYS = ("model", "knobs", "resolution")  # what every checkpoint's meta record names: enough to rebuild its model
+RESUME_KEYS = ("epoch", "optimizer", "scaler", "loader", "rng")  # what last.pt adds to the weights: where the run was
 
 
 def zip_problem(path: Path) -> str | None:
     """Why ``path`` cannot be a checkpoint by its bytes alone (None when it is a zip archive, as
     torch.save writes): not a zip at all, or one whose end is missing (a copy cut short)."""
+    try:
+        with open(path, "rb") as f:
+            begins_as_zip = f.read(4) == b"PK\x03\x04"
+    except OSError as err:  # (is_zipfile would say no, not why)
+        return f"cannot be read ({err.strerror or err})"
     if zipfile.is_zipfile(path):
         return None
-    with open(path, "rb") as f:
-        begins_as_zip = f.read(4) == b"PK\x03\x04"
     if begins_as_zip:
         return (f"is damaged: it begins as the zip archive torch.save writes but its end is missing "
                 f"({path.stat().st_size:,} bytes; truncated, e.g. a copy or a write cut short)")
@@ -637,8 +641,11 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"{path} {problem}")
     try:
         with zipfile.ZipFile(path) as archive:
-            damaged = archive.testzip()  # reads every record against its CRC-32
-            written_by_torch = any(name.endswith("/data.pkl") for name in archive.namelist())
+            records = archive.infolist()
+            # torch.serialization.set_crc32_options(False) writes every checksum as 0: nothing to verify against
+            checksummed = any(record.CRC for record in records if record.file_size)
+            damaged = archive.testzip() if checksummed else None  # reads every record against its CRC-32
+            written_by_torch = any(record.filename.endswith("/data.pkl") for record in records)
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         raise CheckpointError(f"{path} is damaged: its zip archive cannot be read ({first_line(err)})") from None
     if damaged:
@@ -657,11 +664,32 @@ def load_checkpoint(path: Path) -> dict:
     except Exception as err:  # a record torch cannot decode
         raise CheckpointError(f"{path} is not a readable checkpoint ({type(err).__name__}: {first_line(err)})") from None
     meta = state.get("meta") if isinstance(state, dict) else None
-    if not (isinstance(meta, dict) and all(key in meta for key in META_KEYS) and isinstance(state.get("model"), dict)):
+    if not isinstance(meta, dict):
         raise CheckpointError(f"{path} is not a checkpoint a cnnbench run wrote: it holds {_what_it_holds(state)}, where "
                               f"a run's last.pt and best.pt hold a meta record (naming the {', '.join(META_KEYS)}) "
                               "and the model's weights")
+    lacking = [key for key in META_KEYS if key not in meta] + ([] if isinstance(state.get("model"), dict) else ["model weights"])
+    if lacking:
+        raise CheckpointError(f"{path} is not a checkpoint a cnnbench run wrote: its meta record or state lacks "
+                              f"{', '.join(lacking)} (a run's last.pt and best.pt name the {', '.join(META_KEYS)} and hold "
+                              "the model's weights)")
     return state
+
+
+def read_checkpoint(resume: str, evaluate: bool = False) -> tuple[Path, dict]:
+    """The checkpoint ``trainer.resume`` names, found (``checkpoint_path``) and loaded
+    (``load_checkpoint``); what is wrong with it is a ConfigError naming the key. A resume needs
+    what only last.pt holds (best.pt is the weights alone)."""
+    path = checkpoint_path(resume, evaluate)
+    try:
+        state = load_checkpoint(path)
+    except CheckpointError as err:
+        raise ConfigError(f"trainer.resume={resume!r}: {err}") from None
+    if not evaluate and not all(key in state for key in RESUME_KEYS):
+        raise ConfigError(f"trainer.resume={resume!r}: {path} holds a model's weights but not the run's place (its "
+                          f"optimizer, epoch, data order): a resume needs the last.pt a run writes with "
+                          "trainer.checkpoint=true (best.pt serves task=evaluate)")
+    return path, state
 
 
 def training_recipe(cfg: DictConfig) -> dict:
@@ -683,17 +711,13 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
     against this run's model and training recipe before anything is trained: a resume in other
     settings would train on silently (a cosine schedule at its end, other inputs) while its files
     name this run's."""
-    path = checkpoint_path(resume)
-    try:
-        state = load_checkpoint(path)
-    except CheckpointError as err:
-        raise ConfigError(f"trainer.resume={resume!r}: {err}") from None
+    path, state = read_checkpoint(resume)
     theirs = state["meta"]
     started = " ".join(theirs.get("overrides") or []) or "(no overrides)"
     advice = (f"resume with the overrides of the run that wrote it: {started} (those and no others; "
               "trainer.max_epochs=N trains on to epoch N where its schedule does not span the run), "
               "or drop trainer.resume to start a new run")
-    for key in ("model", "knobs", "resolution", "batch_size"):
+    for key in (*META_KEYS, "batch_size"):
         if theirs.get(key) != meta[key]:
             raise ConfigError(f"trainer.resume={resume!r}: the checkpoint is of {key}={theirs.get(key)!r}, this run has "
                               f"{key}={meta[key]!r}; {advice}")

@@ -249,7 +249,7 @@ class MLflow(Tracker):
         uri = str(options.get("tracking_uri") or "")
         scheme = urlparse(uri).scheme.lower().partition("+")[0]
         plugins = {entry.name for entry in entry_points(group="mlflow.tracking_store")}  # a plugin's own store
-        if not scheme or scheme in cls.SCHEMES or scheme in plugins:  # no scheme: a folder, MLflow's file store
+        if len(scheme) < 2 or scheme in cls.SCHEMES or scheme in plugins:  # none (or a drive's C:): a folder, a file store
             return None
         return (f"logger.mlflow.tracking_uri={uri} is not a store MLflow can log to ({scheme}: is not one of its schemes); "
                 f"allowed: sqlite:///PATH, http(s)://HOST:PORT (a tracking server), file:///PATH, "

@@ -241,7 +241,16 @@ def _short(value) -> str:
 def tick_label(value: str) -> str:
     """A category on an axis: on lines of MOST_TICK_CHARS, three at most (the table holds it whole)."""
     lines = textwrap.wrap(value, MOST_TICK_CHARS) or [value]
-    return "\n".join(lines[:3]) + ("..." if len(lines) > 3 else "")
+    if len(lines) > 3:
+        lines = lines[:2] + [lines[2][:MOST_TICK_CHARS - 3] + "..."]
+    return "\n".join(lines)
+
+
+def label_values(ax, values) -> None:
+    """Tick a numeric axis at exactly ``values`` (a grid's settings: batch sizes 64 and 128, not
+    72, 80, 88; 1024, not 1.02e+03)."""
+    ax.set_xticks(values, [str(int(v)) if float(v).is_integer() else f"{v:.3g}" for v in values])
+    ax.minorticks_off()
 
 
 def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str,
@@ -301,9 +310,8 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     ticks = sorted(x_num.unique()) if numeric else []
     at = [math.log10(t) for t in ticks] if logarithmic else ticks
     labelled = 1 < len(ticks) <= MOST_TICKS and all(b - a >= (at[-1] - at[0]) / 15 for a, b in zip(at, at[1:]))
-    if labelled:  # a grid's values (batch sizes 64 and 128), each labelled; a search's draws keep the axis's own ticks
-        ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
-        ax.minorticks_off()
+    if labelled:  # a grid's values, each labelled; a search's draws keep the axis's own ticks
+        label_values(ax, ticks)
     elif numeric and not logarithmic and all(float(v).is_integer() for v in x_num):
         from matplotlib.ticker import MaxNLocator
 
@@ -356,8 +364,7 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str]) -> Path
     batch_sizes = sorted({int(v) for _, b in runs for v in b["batch_size"]})
     for ax in (ax_speed, ax_mem):
         ax.set_xscale("log", base=2)
-        ax.set_xticks(batch_sizes, [str(v) for v in batch_sizes])
-        ax.minorticks_off()
+        label_values(ax, batch_sizes)
         ax.grid(alpha=0.3)
     if len(runs) > 1:  # one run needs no legend
         outside_legend(fig, len(runs), keys)
@@ -452,6 +459,9 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
                    if m and m in results and pd.to_numeric(results[m], errors="coerce").notna().any()), None)
     if metric:  # against each key the runs that measured it tried (a folder may mix tasks, resumes, ...)
         measured = results[results[metric].notna()]
+        # the runs of the same tasks that have no such number (one that diverged): the plots' titles count them
+        same_task = results["task"].isin(measured["task"]) if "task" in results else True
+        unmeasured = results.loc[results[metric].isna() & same_task, "status"] if "status" in results else None
         axes = [k for k in plotted_keys(measured, keys) if k not in INDEX_KEYS]
         for key in axes if len(measured) > 1 else []:
             series, groups = [], 1
@@ -460,8 +470,7 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
                     series, groups = series + [k], groups * measured[k].nunique(dropna=False)
             many = [k for k in axes if k not in series and k != key]  # too many settings for a legend
             shade = next((k for k in many if pd.to_numeric(measured[k], errors="coerce").notna().all()), None)
-            written.append(plot_against(path, measured, key, series, metric, shade,
-                                        results.loc[results[metric].isna(), "status"] if "status" in results else None))
+            written.append(plot_against(path, measured, key, series, metric, shade, unmeasured))
     if "model.space" in results:  # a design-space study (experiment=ds_anynet): EDFs, trends, good regions
         from .design_study import study_report
         written += study_report(path, results, plotted_keys(results, keys))

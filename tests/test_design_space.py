@@ -208,6 +208,20 @@ def test_the_study_report_writes_its_plots_and_tables(tmp_path):
     assert ds.study_report(tmp_path, pd.DataFrame([{"status": "completed"}])) == []  # not a study
 
 
+def test_a_study_compares_networks_trained_alike_only(tmp_path, capsys):
+    """A folder may hold networks of the spaces trained in other ways (a smoke run, another size):
+    their errors are no evidence about the spaces."""
+    results = hand_results()
+    results["seed"] = range(len(results))  # seeds differ in any study
+    results["optimizer.lr"] = ["0.05", "5e-2"] * 4 + ["0.05"]  # one setting, spelt two ways
+    assert ds.study_report(tmp_path, results, ["model.space", "seed", "optimizer.lr"])
+    results["data.resize"] = [28] * 8 + [14]  # the diverged run is no part of the study
+    assert ds.study_report(tmp_path, results, ["model.space", "data.resize"])
+    results.loc[0, "data.resize"] = 14
+    assert ds.study_report(tmp_path / "x", results, ["model.space", "seed", "optimizer.lr", "data.resize"]) == []
+    assert "design study: not drawn, its 8 networks were not trained alike (they differ in data.resize)" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_a_tiny_study_runs_end_to_end(tiny_data, tmp_path):
     proc = subprocess.run(

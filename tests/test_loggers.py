@@ -212,7 +212,7 @@ def test_a_failing_tracker_never_costs_the_run(make_cfg, tiny_data, tmp_path, mo
 
 @pytest.mark.parametrize("uri, allowed", [("foo://x", False), ("htp://localhost:5000", False), ("sqlite:///tmp/m.db", True),
                                           ("http://localhost:5000", True), ("postgresql+psycopg2://u@h/db", True),
-                                          ("mlruns", True), ("file:///tmp/mlruns", True)])
+                                          ("mlruns", True), ("file:///tmp/mlruns", True), ("C:/mlruns", True)])
 def test_a_tracking_uri_mlflow_cannot_log_to_is_refused_before_the_run(make_cfg, uri, allowed):
     from cnnbench.config import ConfigError, validate
 

@@ -346,3 +346,12 @@ def test_a_grid_of_batch_sizes_is_labelled_with_its_values(tmp_path, figures):
     report.plot_against(tmp_path, results, "data.batch_size", ["optimizer.lr"], "final_test_acc", None)
     ax = figures["report_vs_data.batch_size.png"].axes[0]
     assert ax.get_xscale() == "log" and [t.get_text() for t in ax.get_xticklabels()] == ["64", "128"]
+    results["data.batch_size"] = [1024, 2048] * 2  # not 1.02e+03
+    report.plot_against(tmp_path, results, "data.batch_size", ["optimizer.lr"], "final_test_acc", None)
+    assert [t.get_text() for t in figures["report_vs_data.batch_size.png"].axes[0].get_xticklabels()] == ["1024", "2048"]
+
+
+def test_a_long_category_stays_within_three_short_lines():
+    assert report.tick_label("[[1,16,4,1.0],[2,32,4,1.0]]") == "[[1,16,4,1.0],[2,32,4,1.\n0]]"
+    cut = report.tick_label("x" * 100).splitlines()
+    assert len(cut) == 3 and cut[-1].endswith("...") and max(map(len, cut)) == report.MOST_TICK_CHARS
