@@ -217,8 +217,9 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Pat
         ax_acc.plot(m["epoch"], m["train_acc"], color=look["color"], linestyle=look["linestyle"], linewidth=0.8, alpha=0.35,
                     marker=look["marker"], markersize=3)  # a point too: one epoch has no line to draw
     ax_loss.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
-    if spans_decades(pd.concat([m["train_loss"] for _, m in runs]), decades=1.5):
-        ax_loss.set_yscale("log")  # a run that blew up would flatten every other curve to a line at 0
+    # a run that blew up would flatten every other curve to a line at 0 (one that diverged: from 10x on)
+    if spans_decades(pd.concat([m["train_loss"] for _, m in runs]), decades=1.0 if "diverged" in stopped else 1.5):
+        ax_loss.set_yscale("log")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (fraction correct)",
                title="test accuracy (bold), training accuracy (faint)")
     for ax in (ax_loss, ax_acc):

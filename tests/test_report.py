@@ -63,6 +63,10 @@ def test_a_run_that_blew_up_puts_the_losses_on_a_log_axis(tmp_path, figures):
     legend = [t.get_text() for t in figures["report_curves.png"].legends[0].get_texts()]
     assert legend == ["optimizer.lr=0.1", "optimizer.lr=30.0 (diverged)"]  # its curve stops early: it says why
     assert report.spans_decades([2.0, 250.0, float("nan"), float("inf")], 1.5) and not report.spans_decades([2.0, 50.0], 1.5)
+    # ex_bn_lr's plain LeNet stopped at a loss of 23.5 while the others train at 0.9-2: a log axis from 10x on
+    blown.assign(train_loss=[23.5, float("nan")]).to_csv(metrics, index=False)
+    report.report(tmp_path)
+    assert figures["report_curves.png"].axes[0].get_yscale() == "log"
 
 
 def test_a_categorical_key_keeps_the_sweeps_order_and_a_numeric_one_gets_a_log_axis(tmp_path, figures):
