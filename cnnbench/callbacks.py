@@ -12,7 +12,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, read_write
 
-from .config import ConfigError, resume_command, sweep_jobs, validate_sweep
+from .config import ConfigError, resume_command, sweep_jobs, validate_search, validate_sweep
 from .metrics import collect_results, write_results
 from .rundir import DirBusy, hold, hold_unused, is_search, read_summary
 
@@ -98,11 +98,14 @@ class OutputCheck(Callback):
     @loud
     def on_multirun_start(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not is_search(config.hydra.sweeper):  # a grid: the jobs are known up front
-            try:
+        try:
+            if is_search(config.hydra.sweeper):  # its trials are drawn one by one: the ranges they come from are checked
+                validate_search(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"),
+                                config.hydra.sweeper.get("n_trials"))
+            else:  # a grid: the jobs are known up front
                 validate_sweep(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
-            except ConfigError as err:
-                refuse(str(err))
+        except ConfigError as err:
+            refuse(str(err))
         launcher = str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
         if "SlurmLauncher" in launcher and not shutil.which("sbatch"):  # submitit would fail with a traceback
             refuse("hydra/launcher=slurm submits each job with SLURM's sbatch, which this machine does not have: "

@@ -669,29 +669,48 @@ def one_value_sweeps(overrides: list[str]) -> list[str]:
     return out
 
 
-def sweep_jobs(overrides: list[str], params: dict | None) -> list[list[str]]:
-    """The jobs (override lists) Hydra's basic sweeper makes of a multirun's command-line
-    overrides and ``hydra.sweeper.params``, numbered as it numbers them: its params first, then
-    the command line's, a key given again keeping its first place with its last values (the
-    command line wins), the first axis varying slowest."""
-    import itertools
-
+def _axes(overrides: list[str], params: dict | None) -> dict[str, list[str]]:
+    """Each key of a multirun's command-line overrides and ``hydra.sweeper.params`` with its
+    values as overrides (a search's interval by its two ends), in the order Hydra's basic sweeper
+    numbers them: its params first, then the command line's, a key given again keeping its first
+    place with its last values (the command line wins)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import IntervalSweep
 
     axes: dict[str, list[str]] = {}
     for o in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)):
         element = o.get_key_element()
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        swept = o.value() if o.is_sweep_override() else None
+        if isinstance(swept, IntervalSweep):  # a search's (Optuna's) continuous range: its ends stand for it
+            values = [str(swept.start), str(swept.end)]
+        else:
+            values = list(o.sweep_string_iterator()) if swept is not None else [o.get_value_element_as_str()]
         axes[element] = [f"{element}={v}" for v in values]
-    return [list(job) for job in itertools.product(*axes.values())]
+    return axes
 
 
-def validate_sweep(overrides: list[str], params: dict | None) -> None:
-    """Compose and check every job of a sweep before any is launched; one ConfigError lists
-    every bad job, each reason once (a typo shared by 96 jobs is one line naming their numbers)."""
-    check_recipes_swept_together(overrides)
-    reasons: dict[str, list[int]] = {}  # a reason, and the jobs it refuses
-    jobs = sweep_jobs(overrides, params)
+def sweep_jobs(overrides: list[str], params: dict | None) -> list[list[str]]:
+    """The jobs (override lists) Hydra's basic sweeper makes of a multirun's command-line
+    overrides and ``hydra.sweeper.params``, numbered as it numbers them, the first axis varying
+    slowest."""
+    import itertools
+
+    return [list(job) for job in itertools.product(*_axes(overrides, params).values())]
+
+
+def search_probes(overrides: list[str], params: dict | None) -> list[list[str]]:
+    """Configs that stand for a search's trials before any runs (Optuna draws them one by one):
+    every searched key at each of its choices and at both ends of its interval, one key at a
+    time, the others at their first value. A setting no trial could run with is found up front."""
+    axes = list(_axes(overrides, params).values())
+    first = [values[0] for values in axes]
+    return [first] + [first[:i] + [value] + first[i + 1:] for i, values in enumerate(axes) for value in values[1:]]
+
+
+def _reasons(jobs: list[list[str]]) -> dict[str, list[int]]:
+    """What is wrong with each job that composes or validates badly: each reason once, with the
+    jobs it refuses."""
+    reasons: dict[str, list[int]] = {}
     for number, job in enumerate(jobs):
         try:
             validate(compose_checked(*set_or_add(job)))
@@ -699,13 +718,31 @@ def validate_sweep(overrides: list[str], params: dict | None) -> None:
             reasons.setdefault(str(err), []).append(number)
         except Exception as err:  # Hydra's composition errors name the key
             reasons.setdefault(str(err).splitlines()[0], []).append(number)
-    if reasons:
+    return reasons
+
+
+def validate_sweep(overrides: list[str], params: dict | None) -> None:
+    """Compose and check every job of a sweep before any is launched; one ConfigError lists
+    every bad job, each reason once (a typo shared by 96 jobs is one line naming their numbers)."""
+    check_recipes_swept_together(overrides)
+    jobs = sweep_jobs(overrides, params)
+    if reasons := _reasons(jobs):
         bad = sum(len(numbers) for numbers in reasons.values())
         lines = [f"job {numbers[0]} ({' '.join(jobs[numbers[0]])}): {reason}" if len(numbers) == 1
                  else f"{'all jobs' if len(numbers) == len(jobs) else 'jobs ' + number_ranges(numbers)}: {reason}"
                  for reason, numbers in reasons.items()]
         raise ConfigError(f"{bad} of the sweep's {len(jobs)} jobs {'is' if bad == 1 else 'are'} not valid, so none was started:\n  "
                           + "\n  ".join(lines))
+
+
+def validate_search(overrides: list[str], params: dict | None, trials) -> None:
+    """A search's settings checked before its first trial: the number of trials, and the
+    command's overrides with each searched key at its choices and interval ends (``search_probes``).
+    One ConfigError says every reason once."""
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise ConfigError(f"hydra.sweeper.n_trials={trials} is not allowed; a search runs a whole number of trials, 1 or more")
+    if reasons := _reasons(search_probes(overrides, params)):
+        raise ConfigError("the search's settings are not valid, so no trial was started:\n  " + "\n  ".join(reasons))
 
 
 def number_ranges(numbers: list[int]) -> str:

@@ -363,3 +363,27 @@ def test_a_stopped_search_does_not_advise_going_on_in_its_dir(tmp_path, monkeypa
     finally:
         HydraConfig.instance().cfg = previous
     assert "run it again into a new dir" in train.SEARCH_STOPPED
+
+
+def test_a_search_checks_its_ranges_and_trials_before_the_first_trial(tmp_path):
+    """Optuna draws its trials one by one: a typo or a range no trial could run with surfaced in
+    trial 0 as a refusal and then a traceback from Optuna, after the sweep dir was made."""
+    from cnnbench.config import OBJECTIVES, ConfigError, search_probes, validate_search
+
+    params = {"optimizer.lr": "tag(log, interval(0.005, 2.0))", "data.batch_size": "choice(64, 128, 256)"}
+    assert search_probes(["trainer=smoke"], params) == [
+        ["optimizer.lr=0.005", "data.batch_size=64", "trainer=smoke"], ["optimizer.lr=2.0", "data.batch_size=64", "trainer=smoke"],
+        ["optimizer.lr=0.005", "data.batch_size=128", "trainer=smoke"], ["optimizer.lr=0.005", "data.batch_size=256", "trainer=smoke"]]
+    validate_search(["trainer=smoke"], params, 3)
+    with pytest.raises(ConfigError, match=r"^the search's settings are not valid, so no trial was started:\n  optimizer.lr=-1.0 is not allowed"):
+        validate_search(["trainer=smoke"], params | {"optimizer.lr": "interval(-1.0, 0.5)"}, 3)
+    for trials in (0, -1, "many"):
+        with pytest.raises(ConfigError, match=rf"^hydra.sweeper.n_trials={trials} is not allowed; a search runs a whole number"):
+            validate_search([], params, trials)
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="needs the [sweeps] extra")
+    proc = cnnbench("-m", "+hparams_search=lenet_lr", "hydra.sweeper.n_trials=2", "trainer=smoke", "objective=best_acc",
+                    f"hydra.sweep.dir={tmp_path / 'search'}")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("  objective=best_acc is not a number a task=train run reports (did you mean "
+                                                    "best_test_acc?); choose one of: " + ", ".join(OBJECTIVES["train"]))
+    assert not (tmp_path / "search").exists()
