@@ -669,11 +669,12 @@ def one_value_sweeps(overrides: list[str]) -> list[str]:
     return out
 
 
-def _axes(overrides: list[str], params: dict | None) -> dict[str, list[str]]:
+def _axes(overrides: list[str], params: dict | None, ends: bool = False) -> dict[str, list[str]]:
     """Each key of a multirun's command-line overrides and ``hydra.sweeper.params`` with its
-    values as overrides (a search's interval by its two ends), in the order Hydra's basic sweeper
-    numbers them: its params first, then the command line's, a key given again keeping its first
-    place with its last values (the command line wins)."""
+    values as overrides, in the order Hydra's basic sweeper numbers them: its params first, then
+    the command line's, a key given again keeping its first place with its last values (the
+    command line wins). A search's interval is no list of values (an error), or with ``ends``
+    its two ends."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import IntervalSweep
 
@@ -681,7 +682,7 @@ def _axes(overrides: list[str], params: dict | None) -> dict[str, list[str]]:
     for o in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)):
         element = o.get_key_element()
         swept = o.value() if o.is_sweep_override() else None
-        if isinstance(swept, IntervalSweep):  # a search's (Optuna's) continuous range: its ends stand for it
+        if isinstance(swept, IntervalSweep) and ends:  # a search's (Optuna's) continuous range: its ends stand for it
             values = [str(swept.start), str(swept.end)]
         else:
             values = list(o.sweep_string_iterator()) if swept is not None else [o.get_value_element_as_str()]
@@ -702,7 +703,7 @@ def search_probes(overrides: list[str], params: dict | None) -> list[list[str]]:
     """Configs that stand for a search's trials before any runs (Optuna draws them one by one):
     every searched key at each of its choices and at both ends of its interval, one key at a
     time, the others at their first value. A setting no trial could run with is found up front."""
-    axes = list(_axes(overrides, params).values())
+    axes = list(_axes(overrides, params, ends=True).values())
     first = [values[0] for values in axes]
     return [first] + [first[:i] + [value] + first[i + 1:] for i, values in enumerate(axes) for value in values[1:]]
 

@@ -149,6 +149,21 @@ def on_cuda(setting: bool | None, device: torch.device) -> bool:
     return device.type == "cuda" if setting is None else bool(setting)
 
 
+def compute_settings(cfg: DictConfig, device: torch.device) -> dict:
+    """How a run computes on ``device``, its defaults resolved (build_trainer's choices): what
+    summary.json records and the first log line says."""
+    dtype = autocast_dtype(cfg.trainer.precision, device)
+    return {"precision": next(name for name, d in AUTOCAST_DTYPES.items() if d == dtype),
+            "channels_last": on_cuda(cfg.trainer.channels_last, device),
+            "compiled": on_cuda(cfg.trainer.compile, device),
+            "deterministic": bool(cfg.trainer.deterministic)}
+
+
+def settings_text(settings: dict) -> str:
+    """``compute_settings`` in a few words: "fp32", "bf16, channels_last, compiled"."""
+    return ", ".join([settings["precision"], *(name for name in ("channels_last", "compiled", "deterministic") if settings[name])])
+
+
 _default_threads: list[int] = []  # the process's thread count before the first run set it (torch's: a core each)
 
 

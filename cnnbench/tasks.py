@@ -30,15 +30,16 @@ from .analysis import (
 from .config import ConfigError, enum_value, model_knobs, own_overrides, resolution
 from .data import DeviceLoader, Split, build_loaders
 from .engine import (
-    AUTOCAST_DTYPES,
     StopFlag,
     build_trainer,
+    compute_settings,
     find_checkpoint,
     fit,
     resolve_device,
     restore,
     save_checkpoint,
     save_weights,
+    settings_text,
     training_recipe,
 )
 from .metrics import (
@@ -109,7 +110,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     train_loader, test_loader = build_loaders(cfg, train_split, test_split, size, device)
     meta["inputs"] = {"mean": train_loader.mean, "std": train_loader.std}  # what task=evaluate must feed the weights
     trainer = build_trainer(cfg, device, size, knobs, len(train_loader))
-    summary["precision"] = {dtype: name for name, dtype in AUTOCAST_DTYPES.items()}[trainer.amp_dtype]  # auto, resolved
+    summary |= compute_settings(cfg, device)  # auto, resolved: fp32/bf16/fp16, channels_last, compiled, deterministic
     start_epoch, partial = 1, None
     if resume:
         restore(state, trainer, train_loader)
@@ -131,9 +132,10 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                         "batch norm statistics differ, so the resumed run is not the one an uninterrupted run would "
                         "have been", before, summary["processes"])
     log.info(
-        "%s: %s params, %.3g GFLOPs/image at %dx%d, %d training images, batch %d, on %s in %s",
+        "%s: %s params, %.3g GFLOPs/image at %dx%d, %d training images, batch %d, on %s in %s%s",
         cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size,
-        train_loader.num_samples, cfg.data.batch_size, device, summary["precision"],
+        train_loader.num_samples, cfg.data.batch_size, device, settings_text(summary),
+        " (the first steps compile the model: a while before the first epoch ends)" if summary["compiled"] and not resume else "",
     )
     # A resumed run continues its metrics.csv from the checkpoint's epoch (later rows dropped).
     writer = MetricsWriter(out_dir / "metrics.csv", keep_epochs=start_epoch - 1 if resume else None,
@@ -262,9 +264,10 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     ``peak_mem_mb`` is measured (CUDA's peak allocation; on the CPU the process's peak
     resident memory, which only grows); ``estimated_mem_mb`` is ``memory_estimate``'s."""
     device, size, knobs = describe(cfg, summary)
-    log.info("%s: %s params, %.3g GFLOPs/image at %dx%d, on %s: %d warm-up and %d timed steps at each batch size of %s",
-             cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size, device, cfg.bench.warmup_steps,
-             cfg.bench.steps, list(cfg.bench.batch_sizes))
+    summary |= compute_settings(cfg, device)
+    log.info("%s: %s params, %.3g GFLOPs/image at %dx%d, on %s in %s: %d warm-up and %d timed steps at each batch size of %s",
+             cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size, device, settings_text(summary),
+             cfg.bench.warmup_steps, cfg.bench.steps, list(cfg.bench.batch_sizes))
     train_split, _ = data.load(cfg.data.root, cfg.data.download)
     rows = []
     for batch_size in cfg.bench.batch_sizes:
@@ -286,7 +289,8 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                      r["images_per_s"], r["step_time_ms"], memory[1], memory[0])
         write_csv(out_dir / "bench.csv", rows)  # after every batch size: an interrupted bench keeps what it measured
     if cfg.trainer.plot:
-        plot_bench(rows, out_dir / "bench.png", f"{shown_name(cfg)} at {size[0]}x{size[1]} px on {summary['device_name']}",
+        plot_bench(rows, out_dir / "bench.png",
+                   f"{shown_name(cfg)} at {size[0]}x{size[1]} px on {summary['device_name']} in {settings_text(summary)}",
                    measured=device.type == "cuda")
     best = max((r for r in rows if r["mode"] == "train" and r["status"] == "completed"), key=lambda r: r["images_per_s"], default=None)
     if best:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import pandas as pd
@@ -122,11 +123,16 @@ def test_bench_times_the_training_step_that_train_runs(make_cfg, tiny_data, tmp_
     assert calls == [(0.5, 4)] * 3 + [(0.5, 8)] * 3
 
 
-def test_bench_task_writes_a_row_per_batch_size_and_mode(make_cfg, tiny_data, tmp_path):
+def test_bench_task_writes_a_row_per_batch_size_and_mode(make_cfg, tiny_data, tmp_path, caplog):
     cfg = make_cfg("task=bench", "model=lenet", f"data.root={tiny_data}", "bench.batch_sizes=[4,16]", "bench.steps=2", "bench.warmup_steps=1",
-                   "trainer.plot=true")
+                   "trainer.plot=true", "trainer.precision=bf16", "trainer.channels_last=true")
+    caplog.set_level(logging.INFO, logger="cnnbench")
     summary = run(cfg, tmp_path)
     assert summary["status"] == "completed", summary.get("error")
+    # what was measured says how it computed: the log, summary.json (and the plot's title)
+    assert "on cpu in bf16, channels_last: 1 warm-up and 2 timed steps" in caplog.text
+    assert {k: summary[k] for k in ("precision", "channels_last", "compiled", "deterministic")} == \
+        {"precision": "bf16", "channels_last": True, "compiled": False, "deterministic": False}
     bench = pd.read_csv(tmp_path / "bench.csv")
     assert list(bench.columns) == ["batch_size", "mode", "images_per_s", "step_time_ms", "peak_mem_mb", "status", "estimated_mem_mb"]
     est = bench.set_index(["batch_size", "mode"]).estimated_mem_mb
