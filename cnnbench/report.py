@@ -115,9 +115,10 @@ def job_dir(path: Path, job) -> Path:
 
 
 def label(row: pd.Series, keys: list[str]) -> str:
-    """What sets the run apart (a key it did not set is left out), else its dir's name; a long
-    one (a folder of unrelated runs differs in many keys) on several lines."""
-    text = ", ".join(f"{k}={row[k]}" for k in keys if pd.notna(row[k])) or str(row["job"])
+    """What sets the run apart (a key it did not set is left out; a search's draw to 4 digits),
+    else its dir's name; a long one (a folder of unrelated runs differs in many keys) on several
+    lines."""
+    text = ", ".join(f"{k}={_short(row[k])}" for k in keys if pd.notna(row[k])) or str(row["job"])
     return textwrap.fill(text, LABEL_WIDTH)
 
 
@@ -127,11 +128,15 @@ def labels_of(rows: list[pd.Series], keys: list[str]) -> list[str]:
     return [f"{text} [{row['job']}]" if labels.count(text) > 1 else text for text, row in zip(labels, rows)]
 
 
-def outside_legend(fig, entries: int, keys: list[str]):
+def outside_legend(fig, entries: int, keys: list[str], labels: list[str] = ()):
     """The legend right of the plots, for up to MOST_LEGEND entries (None beyond: the table and
-    report.html tell that many runs apart, a legend could not)."""
+    report.html tell that many runs apart, a legend could not). The figure grows to hold its
+    ``labels`` (20 search trials of two lines each ran off its top and bottom)."""
     if entries > MOST_LEGEND:
         return None
+    lines = sum(text.count("\n") + 1 for text in labels) + 2  # and its title
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width, max(height, 0.17 * lines + 0.1 * len(labels) + 0.6))
     # centred: clear of the title
     return fig.legend(loc="outside right center", fontsize="small",
                       title=textwrap.fill(" x ".join(keys), LABEL_WIDTH) if 0 < len(keys) <= 4 else None)
@@ -226,7 +231,7 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Pat
         ax.grid(alpha=0.3)
         epoch_axis(ax, pd.concat([m["epoch"] for _, m in runs]))
     if len(runs) > 1 or stopped[0]:  # one completed run needs no legend (it would read its job number)
-        outside_legend(fig, len(runs), keys)
+        outside_legend(fig, len(runs), keys, labels)
     fig.suptitle(crowded(title(path, rows, keys, "learning curves"), len(runs)))
     return save_figure(fig, path / "report_curves.png")
 
@@ -329,7 +334,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     ax.grid(alpha=0.3)
     if shade:
         fig.colorbar(points, ax=ax, label=shade)
-    legend = outside_legend(fig, len(groups), others) if others else None  # one series needs no legend
+    legend = outside_legend(fig, len(groups), others, ax.get_legend_handles_labels()[1]) if others else None  # one series: none
     for handle in legend.legend_handles if legend and shade else []:  # a marker's shape, not one run's colour
         handle.set_facecolor("white")
     # one title over the figure, legend and colour bar included (an axes' own sat off its centre)

@@ -359,3 +359,17 @@ def test_a_long_category_stays_within_three_short_lines():
     assert report.tick_label("[[1,16,4,1.0],[2,32,4,1.0]]") == "[[1,16,4,1.0],[2,32,4,1.\n0]]"
     cut = report.tick_label("x" * 100).splitlines()
     assert len(cut) == 3 and cut[-1].endswith("...") and max(map(len, cut)) == report.MOST_TICK_CHARS
+
+
+def test_a_searchs_twenty_trials_fit_their_legend_and_read_to_four_digits(tmp_path, figures):
+    """Optuna's draws (optimizer.lr=0.5293958749576695) made two-line entries that ran off the figure."""
+    for i in range(20):
+        fake_run(tmp_path / str(i), [f"optimizer.lr={0.01 * 1.3 ** i + 1e-9 * i}", f"optimizer.momentum={[0.0, 0.9][i % 2]}",
+                                     f"data.batch_size={[64, 128, 256][i % 3]}"], acc=i / 40)
+    report.report(tmp_path)
+    fig = figures["report_curves.png"]
+    fig.draw_without_rendering()
+    legend, frame = fig.legends[0].get_window_extent(), fig.bbox
+    assert frame.y0 <= legend.y0 and legend.y1 <= frame.y1  # every entry on the figure
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts[1].startswith("optimizer.lr=0.013, optimizer.momentum=0.9,")  # not 0.013000001
