@@ -465,6 +465,19 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+@functools.lru_cache(maxsize=None)
+def hydra_group_options(group: str) -> list[str]:
+    """The options of one of Hydra's own groups (``hydra/launcher``): Hydra's, its plugins' and
+    this project's (conf/hydra/), as Hydra's config loader finds them."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
+
+
 def check_overrides(overrides: list[str]) -> None:
     """The command line's overrides, checked before Hydra composes anything: every group option
     must exist (``model=resnet``, ``experiment=nosuch``) and every key of the schema's sections
@@ -494,11 +507,11 @@ def check_overrides(overrides: list[str]) -> None:
             # the name alone keeps the default model's knobs (bn_lenet's norm_at, say), which the named model lacks
             raise ConfigError(f"model.name={override.value()} sets the name alone, keeping the default model's knobs; "
                               f"choose the model with model={override.value()}")
-        if key.startswith("hydra") or override.is_delete():  # Hydra's own keys and groups (hydra/launcher below)
+        if key.startswith("hydra") and not key.startswith("hydra/") or override.is_delete():  # Hydra's own keys
             continue
-        if key in GROUPS:
+        if key in GROUPS or key.startswith("hydra/"):  # cnnbench's groups and Hydra's (hydra/launcher, hydra/sweeper)
             values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-            options = group_options(key)
+            options = hydra_group_options(key) if key.startswith("hydra/") else group_options(key)
             for value in values:
                 for option in (value if isinstance(value, list) else [value]):
                     if option is not None and str(option) not in options:
