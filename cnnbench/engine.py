@@ -150,7 +150,7 @@ def on_cuda(setting: bool | None, device: torch.device) -> bool:
 
 
 def compute_settings(cfg: DictConfig, device: torch.device) -> dict:
-    """How a run computes on ``device``, its defaults resolved (build_trainer's choices): what
+    """How a run computes on ``device``, its defaults resolved: what build_trainer builds, what
     summary.json records and the first log line says."""
     dtype = autocast_dtype(cfg.trainer.precision, device)
     return {"precision": next(name for name, d in AUTOCAST_DTYPES.items() if d == dtype),
@@ -519,7 +519,8 @@ def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_
     """The model (seeded), optimizer and schedule on ``device``, ready to train (the backend
     switches are the run's: ``set_backends``, at its start)."""
     torch.manual_seed(cfg.seed)
-    channels_last = on_cuda(cfg.trainer.channels_last, device)
+    settings = compute_settings(cfg, device)
+    channels_last = settings["channels_last"]
     model = create_model(cfg.model.name, image_size=size, **knobs).to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -535,12 +536,12 @@ def build_trainer(cfg: DictConfig, device: torch.device, size, knobs, steps_per_
         scheduler=scheduler,
         step_scheduler_per_batch=per_batch,
         label_smoothing=cfg.trainer.label_smoothing,
-        amp_dtype=autocast_dtype(cfg.trainer.precision, device),
+        amp_dtype=AUTOCAST_DTYPES[settings["precision"]],
         channels_last=channels_last,
         grad_clip=cfg.trainer.grad_clip,
         progress=cfg.trainer.progress and world.main,
         world=world,
-        compile=on_cuda(cfg.trainer.compile, device),
+        compile=settings["compiled"],
     )
 
 

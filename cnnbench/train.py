@@ -162,8 +162,7 @@ def _closing_line(summary: dict[str, Any], out_dir: Path) -> str:
     images = summary.get("eval_images")  # a smoke run's few test images: its accuracy is no model's measure
     on = f" on {images:,} test images" if isinstance(images, int) and images < 10_000 else ""
     outcome = f" (test accuracy {final:.4f}{on}, best {best:.4f})" if done else ""
-    failed = summary.get("trackers_failed")
-    names = list(dict.fromkeys(failed or []))
+    names = summary.get("trackers_failed") or []  # each once: a tracker that fails is switched off
     off = (f"; {' and '.join(f'logger={name}' for name in names)} failed and {'was' if len(names) == 1 else 'were'} "
            "switched off (the warning above says why)") if names else ""
     return f"run {status}{outcome} in {out_dir}: {', '.join(files)}{off}"
