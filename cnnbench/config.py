@@ -18,6 +18,7 @@ import shlex
 import shutil
 import sys
 import textwrap
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -527,11 +528,33 @@ def check_overrides(overrides: list[str]) -> None:
             if name.split(".")[0] not in known:
                 raise ConfigError(f"{key} is not a key of {section}{_nearest(name, known, section)}; "
                                   f"its keys are: {', '.join(known)}")
+            if name in _bool_keys(SECTIONS[section]):
+                _check_bool(key, override, _bool_keys(SECTIONS[section])[name])
         elif not name and key not in fields and key not in GROUPS:
             raise ConfigError(f"{key} is not a top-level key{_nearest(key, fields)}; the keys are: {', '.join(sorted(fields))}")
         elif name and section not in fields and section not in GROUPS:
             raise ConfigError(f"{key}: {section} is not a section of the config{_nearest(section, fields)}; the top-level "
                               f"keys are: {', '.join(sorted(fields))}")
+
+
+@functools.lru_cache(maxsize=None)
+def _bool_keys(section: type) -> dict[str, str]:
+    """The switches of a schema section (its fields typed bool or Optional[bool]) and what each takes."""
+    hints = typing.get_type_hints(section)
+    return {name: "true or false" if hint is bool else "true, false or null (the device's default)"
+            for name, hint in hints.items() if hint is bool or hint == Optional[bool]}
+
+
+def _check_bool(key: str, override, takes: str) -> None:
+    """A switch takes true or false (OmegaConf also reads yes/no, on/off, 0/1). Any other number
+    would read as true (``trainer.deterministic=2``): refused, so that a typo cannot pass."""
+    values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+    for value in values:
+        number = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        if number is None and isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?", value.strip()):
+            number = value.strip()  # a sweep's values arrive as text
+        if number is not None and number not in ("0", "1"):
+            raise ConfigError(f"{key}={number} is not allowed; {key} takes {takes}")
 
 
 def _check_tracker_key(key: str, parsed) -> None:
