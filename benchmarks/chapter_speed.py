@@ -31,6 +31,7 @@ compilation (cold) and the second (warm, from the on-disk cache).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -120,13 +121,28 @@ def on(trainer: Trainer, batches, cfg):
     return epoch
 
 
+@contextlib.contextmanager
+def c_stderr_silenced():
+    """The profiler's C++ side (Kineto) writes start/stop lines and, without a GPU, a device-count
+    error straight to file descriptor 2, between the table's rows: sent to /dev/null meanwhile."""
+    sys.stderr.flush()
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
 def launches_per_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> float:
     """Kernel launches per training step, counted by the profiler after the step is warm."""
     from torch.profiler import ProfilerActivity, profile
 
     trainer.model.train()
     trainer.step(x, y)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with c_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             trainer.step(x, y)
         synchronize(trainer.device)
@@ -240,7 +256,23 @@ def main() -> None:
         summary = summarise(df)
         summary.to_csv(args.out.with_name(args.out.stem + "_summary.csv"))
     print(f"\n{df.device.iloc[0]}, torch {torch.__version__}, overrides: {' '.join(args.overrides) or '(none)'}")
-    print(summary.to_string(float_format=lambda v: f"{v:.3g}"))
+    print(readable(summary).to_string())
+
+
+def readable(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary as text to read: rates as whole images/s with thousands separators, ratios to
+    two decimals, seconds to one, MFU in percent, "-" where nothing was measured."""
+    def cell(column: str, value) -> str:
+        if value is None or pd.isna(value):
+            return "-"
+        if column.endswith("img_s") or column.endswith("launches"):
+            return f"{value:,.0f}"
+        if column == "mfu":
+            return f"{100 * value:.1f}%"
+        if column.endswith("_s"):
+            return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
+        return f"{value:.2f}x" if column in ("speedup", "graphed_vs_eager") else f"{value:.2f}"
+    return pd.DataFrame({c: [cell(c, v) for v in summary[c]] for c in summary.columns}, index=summary.index)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,29 @@ def test_chapter_speed_benchmark_runs_on_the_cpu(tiny_data, tmp_path):
     assert list(summary.index) == ["bn_lenet"]
     assert {"speedup", "graphed_vs_eager", "pipeline_share", "eager_launches", "graphed_launches", "mfu"} <= set(summary.columns)
     assert summary.mfu.isna().all()  # no GPU peak to compare against on a CPU
+    assert "profiler_start" not in proc.stdout + proc.stderr  # Kineto's C++ lines stay out of the table
+    assert "bn_lenet" in proc.stdout.split("overrides:")[1] and "e+0" not in proc.stdout
+
+
+def chapter_speed_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("chapter_speed", ROOT / "benchmarks" / "chapter_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_chapter_speed_table_reads_as_text():
+    """Rates in whole images/s with separators (not 1.26e+04), ratios with an x, MFU in percent,
+    '-' where a GPU figure was not measured."""
+    summary = pd.DataFrame({"book_img_s": [4555.4], "eager_img_s": [12603.2], "speedup": [3.3217], "graphed_vs_eager": [1.296],
+                            "pipeline_share": [0.9421], "eager_launches": [200.0], "compile_s": [6.27], "epoch_s": [0.426],
+                            "mfu": [None]}, index=pd.Index(["bn_lenet"], name="model"))
+    text = chapter_speed_module().readable(summary)
+    assert text.loc["bn_lenet"].tolist() == ["4,555", "12,603", "3.32x", "1.30x", "0.94", "200", "6.3", "0.43", "-"]
+    summary.loc["bn_lenet", "mfu"] = 0.4123
+    assert chapter_speed_module().readable(summary).loc["bn_lenet", "mfu"] == "41.2%"
 
 
 @pytest.mark.slow  # the book-style script evaluates 10,000 images through PIL and DataLoader workers
