@@ -19,7 +19,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from .metrics import KIND_COLORS, collect_results, epoch_axis, figure, save_figure, show, whole_numbers
+from .metrics import (
+    KIND_COLORS,
+    batch_size_axes,
+    collect_results,
+    epoch_axis,
+    figure,
+    label_values,
+    save_figure,
+    show,
+    whole_numbers,
+)
 from .rundir import described_config, is_search
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
@@ -252,13 +262,6 @@ def tick_label(value: str) -> str:
     return "\n".join(lines)
 
 
-def label_values(ax, values) -> None:
-    """Tick a numeric axis at exactly ``values`` (a grid's settings: batch sizes 64 and 128, not
-    72, 80, 88; 1024, not 1.02e+03)."""
-    ax.set_xticks(values, [str(int(v)) if float(v).is_integer() else f"{v:.3g}" for v in values])
-    ax.minorticks_off()
-
-
 def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str,
                  shade: str | None = None, without: pd.Series | None = None) -> Path:
     """``metric`` against ``key``, one series per setting of the ``others``. A numeric key is a
@@ -367,11 +370,7 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str]) -> Path
     ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput (solid: training, dashed: prediction)")
     ax_mem.set(xlabel="batch size", ylabel="memory (MB)",
                title="measured peak GPU memory" if measured else "estimated memory (saved activations + weights + state)")
-    batch_sizes = sorted({int(v) for _, b in runs for v in b["batch_size"]})
-    for ax in (ax_speed, ax_mem):
-        ax.set_xscale("log", base=2)
-        label_values(ax, batch_sizes)
-        ax.grid(alpha=0.3)
+    batch_size_axes((ax_speed, ax_mem), sorted({int(v) for _, b in runs for v in b["batch_size"]}))
     if len(runs) > 1:  # one run needs no legend
         outside_legend(fig, len(runs), keys)
     fig.suptitle(crowded(title(path, pd.DataFrame([row for row, _ in runs]), keys, "throughput and memory against batch size"),

@@ -373,3 +373,15 @@ def test_a_searchs_twenty_trials_fit_their_legend_and_read_to_four_digits(tmp_pa
     assert frame.y0 <= legend.y0 and legend.y1 <= frame.y1  # every entry on the figure
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
     assert texts[1].startswith("optimizer.lr=0.013, optimizer.momentum=0.9,")  # not 0.013000001
+
+
+def test_batch_size_panels_start_at_zero_and_tick_the_sizes_run():
+    """Memory of 40-45 MB drawn from 0, not from 40 (where 45 would look like twice 42)."""
+    from cnnbench.metrics import batch_size_axes, figure
+
+    fig = figure()
+    ax = fig.subplots()
+    ax.plot([32, 64, 128], [40, 42, 45])
+    batch_size_axes([ax], [32, 64, 128])
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 45
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["32", "64", "128"] and ax.get_xscale() == "log"
