@@ -345,6 +345,8 @@ def format_layers(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
         if p or f:
             lines.append(f"{kind:>8}: {p:>12,} params ({p / total_p:6.1%})  {f / 1e6:10.1f} MFLOPs ({f / max(total_f, 1):6.1%})")
     lines.append(f"   total: {total_p:>12,} params           {total_f / 1e6:10.1f} MFLOPs per image")
+    lines.append("FLOPs: 2 per multiply-add of the convolutions and matrix products (torch.utils.flop_counter); "
+                 "activations, pooling and normalisation count 0")
     lines.append(
         f"memory at batch {s['batch_size']} (MB): training {s['train_memory_mb']:.1f} = params {s['params_mb']:.1f} "
         f"+ grads {s['grads_mb']:.1f} + optimizer {s['optimizer_state_mb']:.1f} + activations {s['activations_mb']:.1f}; "
