@@ -121,7 +121,21 @@ def show(text: str, brief: str | None = None) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2, default=str) + "\n"))
+    """``data`` as standard JSON, atomically: a number that is not finite (a diverged run's NaN
+    accuracy) is written as null, since NaN and Infinity are not JSON (a browser's or jq's
+    parser refuses the whole file)."""
+    atomic_write(path, lambda f: f.write(json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n"))
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every float that is NaN or infinite, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
