@@ -546,15 +546,16 @@ def _bool_keys(section: type) -> dict[str, str]:
 
 
 def _check_bool(key: str, override, takes: str) -> None:
-    """A switch takes true or false (OmegaConf also reads yes/no, on/off, 0/1). Any other number
-    would read as true (``trainer.deterministic=2``): refused, so that a typo cannot pass."""
-    values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+    """A switch takes true or false, as a model's and an optimizer's switches do. OmegaConf would
+    also read yes/Y/on/1 and any other number as true (``trainer.deterministic=2``): refused, so
+    that what a command means is what it says."""
+    try:
+        values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
+    except Exception:  # an interval or another sweep of numbers: none of them a switch's
+        values = [override.input_line.partition("=")[2]]
     for value in values:
-        number = str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-        if number is None and isinstance(value, str) and re.fullmatch(r"[-+]?\d+(\.\d*)?", value.strip()):
-            number = value.strip()  # a sweep's values arrive as text
-        if number is not None and number not in ("0", "1"):
-            raise ConfigError(f"{key}={number} is not allowed; {key} takes {takes}")
+        if not isinstance(value, bool) and not (value is None and "null" in takes):
+            raise ConfigError(f"{key}={'null' if value is None else value} is not allowed; {key} takes {takes}")
 
 
 def _check_tracker_key(key: str, parsed) -> None:

@@ -31,6 +31,8 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["trainer.plot=maybe"], "trainer.plot=maybe is not allowed; trainer.plot takes true or false"),
     (["trainer.deterministic=2"], "trainer.deterministic=2 is not allowed; trainer.deterministic takes true or false"),
     (["-m", "data.hflip=false,2"], "data.hflip=2 is not allowed; data.hflip takes true or false"),
+    (["data.normalize=Yes"], "data.normalize=Yes is not allowed; data.normalize takes true or false"),
+    (["trainer.checkpoint=1"], "trainer.checkpoint=1 is not allowed; trainer.checkpoint takes true or false"),
     (["trainer.compile=0.5"], "trainer.compile=0.5 is not allowed; trainer.compile takes true, false or null"),
     (["bench.batch_sizes=32"], "bench.batch_sizes=32 is not allowed; bench.batch_sizes takes a list, e.g. bench.batch_sizes=[32,64]"),
     (["trainer.precision=fp8"], "trainer.precision=fp8 is not allowed; choose one of: auto, fp32, bf16, fp16"),
