@@ -486,9 +486,17 @@ def check_overrides(overrides: list[str]) -> None:
     nearest real option or key."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parser = OverridesParser.create()
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception:  # Hydra's own parse error names the override; let it speak
+        parsed = parser.parse_overrides(overrides)
+    except Exception:  # one of them is not Hydra's syntax: say which, and what the syntax is
+        for text in overrides:
+            try:
+                parser.parse_overrides([text])
+            except Exception as err:
+                raise ConfigError(f"{text} is not an override Hydra can read{_where_unread(err, text)}: KEY=VALUE, a list "
+                                  f"KEY=[A,B], a sweep KEY=A,B (with -m); a value with other characters goes in Hydra's "
+                                  f"quotes inside the shell's: \"KEY='A;B'\"") from None
         return
     fields = {f.name for f in dataclasses.fields(Config)}
     groups_given = {o.key_or_group for o in parsed}
@@ -508,6 +516,10 @@ def check_overrides(overrides: list[str]) -> None:
             # the name alone keeps the default model's knobs (bn_lenet's norm_at, say), which the named model lacks
             raise ConfigError(f"model.name={override.value()} sets the name alone, keeping the default model's knobs; "
                               f"choose the model with model={override.value()}")
+        if key.startswith("hydra.sweeper.params.") and "." in key.removeprefix("hydra.sweeper.params."):
+            axis = key.removeprefix("hydra.sweeper.params.")  # Hydra would read it as a nested dict and fail on its type
+            raise ConfigError(f"{key}: a sweep's axis is set by its key itself, {axis}={override.input_line.partition('=')[2]} "
+                              f"(the command line's values replace a recipe's)")
         if key.startswith("hydra") and not key.startswith("hydra/") or override.is_delete():  # Hydra's own keys
             continue
         if key in GROUPS or key.startswith("hydra/"):  # cnnbench's groups and Hydra's (hydra/launcher, hydra/sweeper)
@@ -535,6 +547,16 @@ def check_overrides(overrides: list[str]) -> None:
         elif name and section not in fields and section not in GROUPS:
             raise ConfigError(f"{key}: {section} is not a section of the config{_nearest(section, fields)}; the top-level "
                               f"keys are: {', '.join(sorted(fields))}")
+
+
+def _where_unread(err: Exception, text: str) -> str:
+    """Where Hydra's parser stopped reading ``text`` (its message points a caret there): " (at '~')"."""
+    lines = str(err).splitlines()
+    if len(lines) > 1 and lines[1].strip() == "^" and text in lines[0]:
+        column = lines[1].index("^") - lines[0].index(text)
+        if 0 <= column < len(text):
+            return f" (at {text[column]!r})"
+    return ""
 
 
 @functools.lru_cache(maxsize=None)

@@ -238,6 +238,10 @@ def checked_args(args: list[str]) -> list[str]:
     may stand anywhere (Hydra's parser takes it only before the overrides)."""
     multirun = [a for a in args if a in ("-m", "--multirun")]
     args = multirun + [a for a in args if a not in multirun]
+    shown = [a for a in args if a in {"--cfg", "-c", "--info", "-i"}]
+    if multirun and shown:  # Hydra's ValueError, with its traceback
+        raise ConfigError(f"{multirun[0]} and {shown[0]} do not go together: {shown[0]} shows one job's config, so drop "
+                          f"{multirun[0]} and give each key one value")
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     check_overrides(overrides)
     if not CONFIG_FLAGS & {a.split("=")[0] for a in args}:  # another primary config has keys of its own
@@ -247,10 +251,23 @@ def checked_args(args: list[str]) -> list[str]:
     search = next((o for o in overrides if o.lstrip("+~").partition("=")[0] == "hparams_search"), None)
     if search and not INFO_FLAGS & set(args):  # without -m Hydra would run one plain job, no search
         raise ConfigError(f"{search.lstrip('+')} is a search: run it with -m (cnnbench -m {search} ...)")
+    if not multirun_requested(args):
+        check_not_a_sweep(overrides)
     check_choice_keys(overrides)
     if not INFO_FLAGS & set(args):
         check_values(overrides, args)
     return args
+
+
+def check_not_a_sweep(overrides: list[str]) -> None:
+    """Several values (``optimizer.lr=0.01,0.1``) are a sweep, which runs with -m; without it Hydra
+    says only that the value is ambiguous and suggests a list, which the key refuses."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(overrides):
+        if override.is_sweep_override():
+            raise ConfigError(f"{override.input_line} lists several values, a sweep: run it with -m "
+                              f"(cnnbench -m {override.input_line} ...), or give one value")
 
 
 def check_values(overrides: list[str], args: list[str]) -> None:

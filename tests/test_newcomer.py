@@ -29,6 +29,12 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["data.batch_sise=64"], "data.batch_sise is not a key of data (did you mean data.batch_size?)"),
     (["data.batch_size=many"], "data.batch_size=many is not allowed; data.batch_size takes a whole number in [1, 65536]"),
     (["trainer.plot=maybe"], "trainer.plot=maybe is not allowed; trainer.plot takes true or false"),
+    (["trainer=smoke", "optimizer.lr=0.01,0.1"],
+     "optimizer.lr=0.01,0.1 lists several values, a sweep: run it with -m (cnnbench -m optimizer.lr=0.01,0.1 ...)"),
+    (["-m", "optimizer.lr=0.01;0.1"], "optimizer.lr=0.01;0.1 is not an override Hydra can read (at ';'): KEY=VALUE, a list KEY=[A,B]"),
+    (["experiment=ex_bn_lr", "hydra.sweeper.params.optimizer.lr=0.1"],
+     "hydra.sweeper.params.optimizer.lr: a sweep's axis is set by its key itself, optimizer.lr=0.1"),
+    (["-m", "--cfg", "job", "optimizer.lr=0.1,0.2"], "-m and --cfg do not go together: --cfg shows one job's config"),
     (["trainer.deterministic=2"], "trainer.deterministic=2 is not allowed; trainer.deterministic takes true or false"),
     (["-m", "data.hflip=false,2"], "data.hflip=2 is not allowed; data.hflip takes true or false"),
     (["data.normalize=Yes"], "data.normalize=Yes is not allowed; data.normalize takes true or false"),
@@ -161,8 +167,9 @@ def test_what_hydra_gets_from_the_command_line():
         checked_args(["model=alexnet", "data.resize=28"])
     with pytest.raises(ConfigError, match=r"^seed=1e3 is not allowed; seed takes a whole number"):  # the value as typed, not as converted
         checked_args(["seed=1e3"])
-    # a malformed override is Hydra's to point at (its parser says where), not a traceback here
-    assert checked_args(["data.root=~/data"]) == ["data.root=~/data"]
+    # a malformed override: which one, where Hydra's parser stopped, and how to quote (not Hydra's lexer name and a link)
+    with pytest.raises(ConfigError, match=r"^data.root=~/data is not an override Hydra can read \(at '~'\): KEY=VALUE"):
+        checked_args(["trainer=smoke", "data.root=~/data"])
     # another primary config or config dir: the run's own check judges its values
     assert checked_args(["--config-name", "mine", "task=sumary"]) == ["--config-name", "mine", "task=sumary"]
 
