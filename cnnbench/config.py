@@ -873,6 +873,9 @@ def validate(cfg: DictConfig) -> None:
 
 def _validate_settings(cfg: DictConfig) -> None:
     check_known_keys(cfg)
+    for key, what in (("trainer.resume", "a run dir or a .pt file"), ("data.root", "the dataset's folder")):
+        if isinstance(OmegaConf.select(cfg, key), str) and not OmegaConf.select(cfg, key).strip():  # `key=` reads as ''
+            raise ConfigError(f"{key}= is empty; give {what}, or leave {key} out (null)")
     if enum_value(cfg.task) == "evaluate" and not cfg.trainer.resume:
         raise ConfigError("task=evaluate needs a checkpoint: trainer.resume=RUN_DIR (its last.pt, else best.pt) or a .pt file")
     if "name" not in cfg.model:

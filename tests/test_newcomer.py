@@ -35,6 +35,7 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["experiment=ex_bn_lr", "hydra.sweeper.params.optimizer.lr=0.1"],
      "hydra.sweeper.params.optimizer.lr: a sweep's axis is set by its key itself, optimizer.lr=0.1"),
     (["-m", "--cfg", "job", "optimizer.lr=0.1,0.2"], "-m and --cfg do not go together: --cfg shows one job's config"),
+    (["trainer=smoke", "trainer.resume="], "trainer.resume= is empty; give a run dir or a .pt file, or leave trainer.resume out"),
     (["trainer.deterministic=2"], "trainer.deterministic=2 is not allowed; trainer.deterministic takes true or false"),
     (["-m", "data.hflip=false,2"], "data.hflip=2 is not allowed; data.hflip takes true or false"),
     (["data.normalize=Yes"], "data.normalize=Yes is not allowed; data.normalize takes true or false"),
