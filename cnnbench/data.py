@@ -431,7 +431,8 @@ def resize_up_front(loaders: dict[str, tuple[DeviceLoader, int]], device: torch.
             continue  # at its size already, empty, or not read (task=evaluate's training images)
         need = len(split) * h * w
         if passes * loader.num_samples < len(split):
-            why.append(f"{name}: the run reads {passes * loader.num_samples:,} of its {len(split):,} images")
+            times = f" ({passes} passes of {loader.num_samples:,})" if passes > 1 else ""
+            why.append(f"{name}: the run reads {passes * loader.num_samples:,} of its {len(split):,} images{times}")
         elif need > budget:
             why.append(f"{name}: {need / 2**20:,.1f} MB resized would not fit in a quarter of the free memory")
         else:

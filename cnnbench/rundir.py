@@ -75,7 +75,7 @@ class DirBusy(RuntimeError):
 def hold(folder: Path, key: str = "hydra.run.dir") -> None:
     """Lock ``folder`` for this process (created if needed); raise DirBusy when another process
     holds it. Each ``hold`` is matched by a ``release`` (process exit releases everything)."""
-    folder = Path(folder).resolve()
+    shown, folder = folder, Path(folder).resolve()  # a message names the dir as the command gave it
     if folder in _held:
         fd, count = _held[folder]
         _held[folder] = (fd, count + 1)
@@ -87,7 +87,7 @@ def hold(folder: Path, key: str = "hydra.run.dir") -> None:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
         os.close(fd)
-        raise DirBusy(f"{key}={folder} is being written by another cnnbench process (PID {holder}); "
+        raise DirBusy(f"{key}={shown} is being written by another cnnbench process (PID {holder}); "
                       f"wait for it to finish, or choose another dir with {key}=DIR") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -117,7 +117,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
         start_epoch, partial = state["epoch"] + 1, state["partial"]
         summary["resumed_from"] = {"checkpoint": str(resume), "epochs_done": state["epoch"],
                                    "steps_into_next_epoch": partial["batches_done"] if partial else 0}
-        log.info("resuming from %s: %d epochs done%s", resume, state["epoch"],
+        log.info("resuming from %s: %d epoch%s done%s", resume, state["epoch"], "" if state["epoch"] == 1 else "s",
                  f", {partial['batches_done']} steps into the next" if partial else "")
         threads = state["meta"].get("threads")
         if device.type == "cpu" and threads and threads != meta["threads"]:  # the order of CPU sums: the last digits
@@ -132,9 +132,9 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                         "batch norm statistics differ, so the resumed run is not the one an uninterrupted run would "
                         "have been", before, summary["processes"])
     log.info(
-        "%s: %s params, %.3g GFLOPs/image at %dx%d, %d training images, batch %d, on %s in %s%s",
+        "%s: %s params, %.3g GFLOPs/image at %dx%d, %s training images an epoch, batch %d, on %s in %s%s",
         cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size,
-        train_loader.num_samples, cfg.data.batch_size, distributed.where(device, cfg.data.batch_size), settings_text(summary),
+        f"{train_loader.num_samples:,}", cfg.data.batch_size, distributed.where(device, cfg.data.batch_size), settings_text(summary),
         " (the first steps compile the model: a while before the first epoch ends)" if summary["compiled"] and not resume else "",
     )
     # A resumed run continues its metrics.csv from the checkpoint's epoch (later rows dropped).

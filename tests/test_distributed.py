@@ -49,7 +49,7 @@ def test_two_process_torchrun_matches_one_process(tiny_data, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "tiny", "two"]  # tiny: the data
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert ddp.stderr.count("epoch 3/3") == 1
-    assert "batch 16, on cpu, 2 processes (gloo), 8 images each per step in fp32" in ddp.stderr  # the first line says how
+    assert "an epoch, batch 16, on cpu, 2 processes (gloo), 8 images each per step in fp32" in ddp.stderr  # the first line says how
     assert "batch 16, on cpu in fp32" in single.stderr
     a, b = pd.read_csv(one / "metrics.csv"), pd.read_csv(two / "metrics.csv")
     for col in ("train_loss", "train_acc", "test_loss", "test_acc"):

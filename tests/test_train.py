@@ -37,7 +37,7 @@ def test_loss_goes_down_on_a_small_subset(make_cfg, real_data, tmp_path, caplog)
     assert saved["best_test_acc"] == pytest.approx(metrics["test_acc"].max(), abs=1e-6)
     assert saved["params"] == 44_878 and saved["flops"] > 0 and saved["device"] == "cpu" and saved["precision"] == "fp32"
     assert (tmp_path / "curves.png").stat().st_size > 10_000
-    assert "2048 training images, batch 64, on cpu in fp32" in caplog.text  # the run says what auto became
+    assert "2,048 training images an epoch, batch 64, on cpu in fp32" in caplog.text  # the run says what auto became
 
 
 def test_same_seed_same_metrics(make_cfg, tiny_data, tmp_path):
