@@ -54,6 +54,13 @@ def test_multirun_writes_one_dir_per_job(real_data, tmp_path):
         assert len(pd.read_csv(tmp_path / job / "metrics.csv")) == 2
 
 
+def test_a_sweep_whose_jobs_diverged_says_that_is_a_result(tiny_data, tmp_path):
+    proc = cnnbench("-m", "model=lenet", "trainer=smoke", "trainer.plot=false", f"data.root={tiny_data}", "optimizer.lr=0.01,1e38",
+                    f"hydra.sweep.dir={tmp_path}")
+    assert proc.returncode == 1  # a script notices
+    assert "1 job(s) did not complete: 1 (diverged); divergence is what these settings did" in proc.stderr
+
+
 def test_a_failing_job_does_not_stop_the_sweep(tiny_data, tmp_path):
     # a data root that turns out empty only when the job loads its data: checks before the sweep pass
     (tmp_path / "empty").mkdir()
