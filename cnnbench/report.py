@@ -33,7 +33,8 @@ from .metrics import (
 from .rundir import described_config, is_search
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
-TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "params", "flops",
+TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "params",
+         "params_conv", "params_linear", "flops",  # the layer kinds: task=summary's alone
          "train_memory_mb", "infer_memory_mb", "min_size", "no_collapse_size", "best_train_images_per_s", "largest_train_batch", "largest_train_batch_mb", "steady_epoch_time_s",
          "wall_time_s"]  # steady_epoch_time_s: the median epoch without the first, which pays the warm-up
 
@@ -451,7 +452,8 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
         # whole numbers as integers, even beside a failed job's gap; other numbers to 4 significant digits
         # counts in the millions and billions with separators: 46,764,746 params, 1,876,292,352 FLOPs
-        counts = {c: (lambda v: "" if pd.isna(v) else f"{int(v):,}") for c in ("params", "flops") if c in table}
+        counts = {c: (lambda v: "" if pd.isna(v) else f"{int(v):,}") for c in ("params", "params_conv", "params_linear", "flops")
+                  if c in table}
         show(table.to_string(index=False, float_format=lambda v: f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}",
                              formatters=counts))
     if not plots:

@@ -96,6 +96,7 @@ def test_summary_sweep_compares_models_in_results_csv(tmp_path):
     assert "features.0" in log and "features.0" not in proc.stdout  # the console gets each job's totals, not its layers
     assert "alexnet at 224x224:\n   total:   46,764,746 params" in proc.stdout
     assert " 1,876,292,352 " in proc.stdout  # the results table's FLOPs, readable
+    assert " 3,723,968    43,040,778 " in proc.stdout  # and where AlexNet's parameters are: conv, dense
     from cnnbench.report import report
 
     _, written = report(tmp_path)  # the pictures: each network's parameters, FLOPs and memory side by side
