@@ -102,6 +102,7 @@ class OutputCheck(Callback):
             if is_search(config.hydra.sweeper):  # its trials are drawn one by one: the ranges they come from are checked
                 validate_search(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"),
                                 config.hydra.sweeper.get("n_trials"))
+                quiet_optuna()
             else:  # a grid: the jobs are known up front
                 validate_sweep(list(config.hydra.overrides.task), config.hydra.sweeper.get("params"))
         except ConfigError as err:
@@ -113,6 +114,15 @@ class OutputCheck(Callback):
         check_writable(sweep_dir, "hydra.sweep.dir")
         sweep_dir = take_dir(config, "sweep")
         check_sweep_dir(sweep_dir, config)
+
+
+def quiet_optuna() -> None:
+    """Optuna's lines ("A new study created ...") through Hydra's logging, like the sweep's other
+    lines, instead of its own handler, which colours them even in a file or a CI log."""
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
 
 
 def take_dir(config, kind: str) -> Path:

@@ -271,6 +271,8 @@ def test_the_multi_select_sweep_command(tiny_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count(f"tensorboard --logdir {tmp_path}/tensorboard") == 1  # once, at the sweep's end
     assert proc.stderr.count(f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db") == 1
+    assert "database tables" not in proc.stderr and "[HYDRA]" not in proc.stderr + proc.stdout  # MLflow's set-up lines: not ours
+    assert "] Launching 2 jobs locally" in proc.stderr  # Hydra's own lines: on stderr, on the run's clock
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
