@@ -21,7 +21,7 @@ from .models.layers import ScratchBatchNorm
 from .models.registry import accepts_input
 
 log = logging.getLogger(__name__)
-MB = 2**20
+MB = 2**20  # the *_mb fields are MiB, as torch and nvidia-smi count
 
 # Leaf layer kinds for the parameter and FLOP split.
 KINDS = {
@@ -106,7 +106,7 @@ def split_by_kind(rows: list[dict[str, Any]]) -> dict[str, int]:
 
 def memory_estimate(name: str, size: tuple[int, int], batch_size: int, optimizer_cfg, in_channels: int = 1,
                     **knobs: Any) -> dict[str, float]:
-    """Memory (MB, fp32) to train and to predict on a batch.
+    """Memory (MiB, fp32) to train and to predict on a batch.
 
     Training holds parameters, their gradients, the optimizer's state and the activations
     autograd saves for the backward pass (counted with saved-tensor hooks, each storage

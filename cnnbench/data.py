@@ -434,7 +434,7 @@ def resize_up_front(loaders: dict[str, tuple[DeviceLoader, int]], device: torch.
             times = f" ({passes} passes of {loader.num_samples:,})" if passes > 1 else ""
             why.append(f"{name}: the run reads {passes * loader.num_samples:,} of its {len(split):,} images{times}")
         elif need > budget:
-            why.append(f"{name}: {need / 2**20:,.1f} MB resized would not fit in a quarter of the free memory")
+            why.append(f"{name}: {need / 2**20:,.1f} MiB resized would not fit in a quarter of the free memory")
         else:
             loader.split, budget = resize_split(split, (h, w)), budget - need
     return why

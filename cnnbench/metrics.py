@@ -222,7 +222,7 @@ def label_values(ax, values) -> None:
 def batch_size_axes(axes, batch_sizes) -> None:
     """Throughput or memory against batch size: batch sizes on a log2 axis, ticked at the sizes
     run, and the values from 0, so that a line's rise reads as its ratio (a memory panel that
-    starts at 40 MB makes 45 MB look twice 42)."""
+    starts at 40 MiB makes 45 look twice 42)."""
     for ax in axes:
         ax.set_xscale("log", base=2)
         label_values(ax, batch_sizes)
@@ -289,7 +289,7 @@ def plot_bench(rows: list[dict[str, Any]], path: Path, title: str, measured: boo
             ax_mem.plot(sizes, [r["peak_mem_mb"] for r in sel], style, marker="o", label=f"{mode}, measured peak")
         ax_mem.plot(sizes, [r["estimated_mem_mb"] for r in sel], style, marker="x", alpha=0.6, label=f"{mode}, estimate")
     ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput")
-    ax_mem.set(xlabel="batch size", ylabel="memory (MB)" if measured else "weights + state + saved activations (MB)",
+    ax_mem.set(xlabel="batch size", ylabel="memory (MiB)" if measured else "weights + state + saved activations (MiB)",
                title="memory" if measured else "estimated memory")
     batch_size_axes((ax_speed, ax_mem), sorted({r["batch_size"] for r in rows}))
     for ax in (ax_speed, ax_mem):

@@ -369,7 +369,7 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str]) -> Path
                           label=label(row, keys) if mode == "train" else None)
             ax_mem.plot(sel["batch_size"], sel[memory], dash, marker="o", color=f"C{i % 10}")
     ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput (solid: training, dashed: prediction)")
-    ax_mem.set(xlabel="batch size", ylabel="memory (MB)",
+    ax_mem.set(xlabel="batch size", ylabel="memory (MiB)",
                title="measured peak GPU memory" if measured else "estimated memory (saved activations + weights + state)")
     batch_size_axes((ax_speed, ax_mem), sorted({int(v) for _, b in runs for v in b["batch_size"]}))
     if len(runs) > 1:  # one run needs no legend
@@ -405,7 +405,7 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
         axes[2].barh([i + 0.2 for i in y], runs["infer_memory_mb"], height=0.4, color="tab:purple", label="prediction")
         batches = runs["batch_size"].dropna().unique() if "batch_size" in runs else []
         at = f"batch {int(batches[0])}" if len(batches) == 1 else "each run's data.batch_size"
-        axes[2].set(xlabel=f"MB (estimate, at {at})", title="memory")
+        axes[2].set(xlabel=f"MiB (estimate, at {at})", title="memory")
         axes[2].legend(loc="lower right", fontsize="small")
     for ax in axes:
         ax.grid(axis="x", alpha=0.3)

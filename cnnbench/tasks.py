@@ -285,7 +285,7 @@ def bench_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
             rows.append({"batch_size": batch_size, "mode": mode, **r, "status": status,
                          "estimated_mem_mb": estimate[f"{mode}_memory_mb"]})
             memory = ("peak", r["peak_mem_mb"]) if device.type == "cuda" else ("estimated", estimate[f"{mode}_memory_mb"])
-            log.info("batch %4d %-5s %s: %8.1f img/s  %8.2f ms/step  %8.1f MB (%s)", batch_size, mode, status,
+            log.info("batch %4d %-5s %s: %8.1f img/s  %8.2f ms/step  %8.1f MiB (%s)", batch_size, mode, status,
                      r["images_per_s"], r["step_time_ms"], memory[1], memory[0])
         write_csv(out_dir / "bench.csv", rows)  # after every batch size: an interrupted bench keeps what it measured
     if cfg.trainer.plot:
@@ -348,7 +348,7 @@ def format_layers(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
     lines.append("FLOPs: 2 per multiply-add of the convolutions and matrix products (torch.utils.flop_counter); "
                  "activations, pooling and normalisation count 0")
     lines.append(
-        f"memory at batch {s['batch_size']} (MB): training {s['train_memory_mb']:.1f} = params {s['params_mb']:.1f} "
+        f"memory at batch {s['batch_size']} (MiB): training {s['train_memory_mb']:.1f} = params {s['params_mb']:.1f} "
         f"+ grads {s['grads_mb']:.1f} + optimizer {s['optimizer_state_mb']:.1f} + activations {s['activations_mb']:.1f}; "
         f"prediction {s['infer_memory_mb']:.1f} = params {s['params_mb']:.1f} + activations {s['infer_activations_mb']:.1f}"
     )
