@@ -59,6 +59,7 @@ _first_job = True  # the first run() of this process pays its start-up (imports,
 EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "oom": 4, "interrupted": 130}
 BAD_INPUT_EXIT = 2
 CONFIG_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"}
+QUIET_RANK = ["hydra.job_logging.root.level=WARNING", "hydra.hydra_logging.root.level=ERROR"]  # torchrun's ranks but 0
 INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}  # Hydra runs nothing
 
 
@@ -319,8 +320,7 @@ def main() -> None:
         remove_dead_scratch()
         scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{world.rank}-{os.getpid()}-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
-        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null",
-                     "hydra.job_logging.root.level=WARNING", "hydra/hydra_logging=disabled"]
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", *QUIET_RANK]
     if "--cfg" in sys.argv and "--resolve" not in sys.argv:
         sys.argv.append("--resolve")  # --cfg job shows the values a run uses (the resolution, say), not ${...}
     try:

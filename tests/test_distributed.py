@@ -157,3 +157,23 @@ def test_torchrun_with_nccl_on_one_gpu(tiny_data, tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["device"].startswith("cuda")
+
+
+@pytest.mark.parametrize("overrides", [[], ["hydra/hydra_logging=disabled", "hydra/job_logging=disabled"]])
+def test_the_logging_configs_a_rank_gets_are_ones_python_takes(tmp_path, overrides):
+    """What Hydra hands logging.config.dictConfig, for rank 0 and for the quiet ranks (a handler
+    without its class failed every torchrun launch at start)."""
+    import logging.config
+
+    from cnnbench.config import compose
+    from cnnbench.train import QUIET_RANK
+    from omegaconf import OmegaConf, open_dict
+
+    for extra in ([], QUIET_RANK):
+        hydra = compose(*overrides, *extra, f"hydra.run.dir={tmp_path}", hydra=True).hydra
+        with open_dict(hydra):
+            hydra.runtime.output_dir = str(tmp_path)  # Hydra sets it as the job starts: the log file's folder
+        for name in ("hydra_logging", "job_logging"):
+            settings = OmegaConf.to_container(hydra[name], resolve=True)
+            logging.config.dictConfig(settings)  # raises on a handler it cannot build
+    logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
