@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -121,19 +122,28 @@ def on(trainer: Trainer, batches, cfg):
     return epoch
 
 
+KINETO_LINE = re.compile(r"^(USDT|ERROR|WARNING|INFO):\d{4}-\d\d-\d\d .*\.cpp:\d+\]")  # "USDT:2026-11-29 ... X.cpp:39] profiler_start"
+
+
 @contextlib.contextmanager
-def c_stderr_silenced():
+def kineto_lines_dropped():
     """The profiler's C++ side (Kineto) writes start/stop lines and, without a GPU, a device-count
-    error straight to file descriptor 2, between the table's rows: sent to /dev/null meanwhile."""
+    error straight to file descriptor 2, between the table's rows. Meanwhile fd 2 goes to a file;
+    afterwards every other line written there (a warning of the profiled steps) is passed on."""
     sys.stderr.flush()
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            kept = [line for line in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not KINETO_LINE.match(line)]
+            sys.stderr.write("".join(kept))
 
 
 def launches_per_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> float:
@@ -142,7 +152,7 @@ def launches_per_step(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, steps:
 
     trainer.model.train()
     trainer.step(x, y)
-    with c_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
+    with kineto_lines_dropped(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             trainer.step(x, y)
         synchronize(trainer.device)

@@ -245,7 +245,7 @@ class SweepResults(Callback):
         if unfinished:
             jobs = ", ".join(f"{r['job']} ({r.get('status')})" for r in unfinished)
             diverged = all(r.get("status") == "diverged" for r in unfinished)  # a result of their settings, not a fault
-            hint = ("; divergence is what these settings did (a learning-rate sweep looks for it), and the report shows "
-                    "where; the exit status is 1 so that a script notices" if diverged else "")
+            hint = ("; divergence is what these settings did (a learning-rate sweep looks for it: results.csv says "
+                    "which), and the exit status is 1 so that a script notices" if diverged else "")
             print(f"cnnbench: {len(unfinished)} job(s) did not complete: {jobs}{hint}", file=sys.stderr)
             sys.exit(1)

@@ -479,11 +479,13 @@ def hydra_group_options(group: str) -> list[str]:
         return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
-def check_overrides(overrides: list[str]) -> None:
+def check_overrides(overrides: list[str], sweep_advice: str | None = None) -> None:
     """The command line's overrides, checked before Hydra composes anything: every group option
     must exist (``model=resnet``, ``experiment=nosuch``) and every key of the schema's sections
     must be one (``trainer.max_epoch=3``, with or without ``+``). Raises ConfigError naming the
-    nearest real option or key."""
+    nearest real option or key. ``sweep_advice``: a command that runs one job, where several values
+    (``optimizer.lr=0.01,0.1``) are refused with this advice (Hydra would say only that the value
+    is ambiguous and suggest a list, which the key refuses); None: a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
@@ -498,6 +500,11 @@ def check_overrides(overrides: list[str]) -> None:
                                   f"KEY=[A,B], a sweep KEY=A,B (with -m); a value with other characters goes in Hydra's "
                                   f"quotes inside the shell's: \"KEY='A;B'\"") from None
         return
+    for override in parsed if sweep_advice else []:
+        if override.is_sweep_override():
+            raise ConfigError(f"{override.input_line} lists several values, a sweep: "
+                              f"{sweep_advice.format(override=override.input_line)} (a value that holds a comma goes in "
+                              f"Hydra's quotes inside the shell's: \"KEY='A,B'\")")
     fields = {f.name for f in dataclasses.fields(Config)}
     groups_given = {o.key_or_group for o in parsed}
     seen: dict[str, str] = {}
@@ -568,16 +575,19 @@ def _bool_keys(section: type) -> dict[str, str]:
 
 
 def _check_bool(key: str, override, takes: str) -> None:
-    """A switch takes true or false, as a model's and an optimizer's switches do. OmegaConf would
-    also read yes/Y/on/1 and any other number as true (``trainer.deterministic=2``): refused, so
-    that what a command means is what it says."""
+    """A switch takes true or false (any case, quoted or not, or an interpolation ``${...}``), as a
+    model's and an optimizer's switches do. OmegaConf would also read yes/Y/on/1 and any other
+    number as true (``trainer.deterministic=2``): refused, so that what a command means is what it says."""
     try:
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
     except Exception:  # an interval or another sweep of numbers: none of them a switch's
         values = [override.input_line.partition("=")[2]]
     for value in values:
-        if not isinstance(value, bool) and not (value is None and "null" in takes):
-            raise ConfigError(f"{key}={'null' if value is None else value} is not allowed; {key} takes {takes}")
+        text = "null" if value is None else str(value)
+        if isinstance(value, bool) or "${" in text or text.lower() in ("true", "false") or (value is None and "null" in takes):
+            continue
+        typed = override.input_line.partition("=")[2] if not override.is_sweep_override() else text
+        raise ConfigError(f"{key}={typed} is not allowed; {key} takes {takes}")
 
 
 def _check_tracker_key(key: str, parsed) -> None:
@@ -686,8 +696,10 @@ def check_choice_keys(overrides: list[str]) -> None:
 def multirun_requested(args: list[str]) -> bool:
     """Whether the command is a multirun: ``-m``, ``hydra.mode=MULTIRUN``, or a recipe that sets
     that mode (read from its file: Hydra has not composed yet)."""
-    if "-m" in args or "--multirun" in args or "hydra.mode=MULTIRUN" in args:
+    if "-m" in args or "--multirun" in args:
         return True
+    if any(a.lstrip("+~").partition("=")[0] == "hydra.mode" and a.partition("=")[2].endswith("MULTIRUN") for a in args):
+        return True  # hydra.mode=MULTIRUN, ++hydra.mode=RunMode.MULTIRUN
     for arg in args:
         key, _, name = arg.lstrip("+").partition("=")
         if key == "experiment" and (CONF_DIR / "experiment" / f"{name}.yaml").is_file():

@@ -62,13 +62,14 @@ def init(device_name: str, timeout_s: float = 600.0) -> World:
     return world
 
 
-def where(device: torch.device, batch_size: int) -> str:
+def where(device: torch.device, share: int) -> str:
     """Where a run trains, for its first log line: "cpu", or under torchrun "cpu, 2 processes
-    (gloo), 64 images each per step" (the rank's device type: each rank has its own device)."""
+    (gloo), 64 images each per step" (``share``: this rank's images in a full step; the device
+    type, since each rank has its own device)."""
     world = from_env()
     if not (world.distributed and dist.is_initialized()):
         return str(device)
-    return f"{device.type}, {world.size} processes ({dist.get_backend()}), {batch_size // world.size} images each per step"
+    return f"{device.type}, {world.size} processes ({dist.get_backend()}), {share} images each per step"
 
 
 def shutdown() -> None:

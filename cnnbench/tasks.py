@@ -134,7 +134,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     log.info(
         "%s: %s params, %.3g GFLOPs/image at %dx%d, %s training images an epoch, batch %d, on %s in %s%s",
         cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size,
-        f"{train_loader.num_samples:,}", cfg.data.batch_size, distributed.where(device, cfg.data.batch_size), settings_text(summary),
+        f"{train_loader.num_samples:,}", cfg.data.batch_size, distributed.where(device, train_loader.step_batch), settings_text(summary),
         " (the first steps compile the model: a while before the first epoch ends)" if summary["compiled"] and not resume else "",
     )
     # A resumed run continues its metrics.csv from the checkpoint's epoch (later rows dropped).

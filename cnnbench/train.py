@@ -60,7 +60,7 @@ EXIT_CODES = {"completed": 0, "failed": 1, "diverged": 3, "oom": 4, "interrupted
 BAD_INPUT_EXIT = 2
 CONFIG_FLAGS = {"--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp"}
 QUIET_RANK = ["hydra.job_logging.root.level=WARNING", "hydra.hydra_logging.root.level=ERROR"]  # torchrun's ranks but 0
-INFO_FLAGS = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}  # Hydra runs nothing
+HELP_FLAGS = {"--help", "-h", "--hydra-help"}  # with looking_flag's (--cfg, --info, ...): Hydra runs nothing
 
 
 def run(cfg: DictConfig, out_dir: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
@@ -239,36 +239,39 @@ def checked_args(args: list[str]) -> list[str]:
     may stand anywhere (Hydra's parser takes it only before the overrides)."""
     multirun = [a for a in args if a in ("-m", "--multirun")]
     args = multirun + [a for a in args if a not in multirun]
-    shown = [a for a in args if a in {"--cfg", "-c", "--info", "-i"}]
-    if multirun and shown:  # Hydra's ValueError, with its traceback
-        raise ConfigError(f"{multirun[0]} and {shown[0]} do not go together: {shown[0]} shows one job's config, so drop "
-                          f"{multirun[0]} and give each key one value")
+    looks = looking_flag(args)
+    runs_nothing = bool(looks or HELP_FLAGS & set(args))
+    if multirun and looks:  # Hydra's ValueError, with its traceback
+        raise ConfigError(f"{multirun[0]} and {looks} do not go together: {looks} looks at one job, so drop {multirun[0]} "
+                          f"and give each key one value")
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
-    check_overrides(overrides)
+    single = runs_nothing or not multirun_requested(args) and not CONFIG_FLAGS & {a.split("=")[0] for a in args}
+    check_overrides(overrides, sweep_advice=(None if not single else "give one value" if runs_nothing else
+                                             "run it with -m (cnnbench -m {override} ...), or give one value"))
     if not CONFIG_FLAGS & {a.split("=")[0] for a in args}:  # another primary config has keys of its own
         check_hydra_keys(overrides)
-    if multirun_requested(args) and not INFO_FLAGS & set(args):
+    if multirun_requested(args) and not runs_nothing:
         return one_value_sweeps(args)
     search = next((o for o in overrides if o.lstrip("+~").partition("=")[0] == "hparams_search"), None)
-    if search and not INFO_FLAGS & set(args):  # without -m Hydra would run one plain job, no search
+    if search and not runs_nothing:  # without -m Hydra would run one plain job, no search
         raise ConfigError(f"{search.lstrip('+')} is a search: run it with -m (cnnbench -m {search} ...)")
-    if not multirun_requested(args):
-        check_not_a_sweep(overrides)
     check_choice_keys(overrides)
-    if not INFO_FLAGS & set(args):
+    if not runs_nothing:
         check_values(overrides, args)
     return args
 
 
-def check_not_a_sweep(overrides: list[str]) -> None:
-    """Several values (``optimizer.lr=0.01,0.1``) are a sweep, which runs with -m; without it Hydra
-    says only that the value is ambiguous and suggests a list, which the key refuses."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def looking_flag(args: list[str]) -> str | None:
+    """The flag of a command that only looks at one job (--cfg, --info, --shell-completion), as
+    Hydra's own parser reads it (--cfg=job, -cjob), or None."""
+    from hydra._internal.utils import get_args_parser
 
-    for override in OverridesParser.create().parse_overrides(overrides):
-        if override.is_sweep_override():
-            raise ConfigError(f"{override.input_line} lists several values, a sweep: run it with -m "
-                              f"(cnnbench -m {override.input_line} ...), or give one value")
+    try:
+        parsed, _ = get_args_parser().parse_known_args(args)
+    except SystemExit:  # a flag without its value: Hydra's own parse says so, as it runs
+        return None
+    return next((flag for flag, on in (("--cfg", parsed.cfg), ("--info", parsed.info),
+                                       ("--shell-completion", parsed.shell_completion)) if on), None)
 
 
 def check_values(overrides: list[str], args: list[str]) -> None:

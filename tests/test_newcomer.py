@@ -34,7 +34,10 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["-m", "optimizer.lr=0.01;0.1"], "optimizer.lr=0.01;0.1 is not an override Hydra can read (at ';'): KEY=VALUE, a list KEY=[A,B]"),
     (["experiment=ex_bn_lr", "hydra.sweeper.params.optimizer.lr=0.1"],
      "hydra.sweeper.params.optimizer.lr: a sweep's axis is set by its key itself, optimizer.lr=0.1"),
-    (["-m", "--cfg", "job", "optimizer.lr=0.1,0.2"], "-m and --cfg do not go together: --cfg shows one job's config"),
+    (["-m", "--cfg", "job", "optimizer.lr=0.1,0.2"], "-m and --cfg do not go together: --cfg looks at one job"),
+    (["--cfg=job", "-m", "trainer=smoke"], "-m and --cfg do not go together: --cfg looks at one job"),
+    (["--cfg", "job", "optimizer.lr=0.1,0.2"], "optimizer.lr=0.1,0.2 lists several values, a sweep: give one value"),
+    (["data.root=/tmp/a,b"], "a value that holds a comma goes in Hydra's quotes inside the shell's: \"KEY='A,B'\""),
     (["trainer=smoke", "trainer.resume="], "trainer.resume= is empty; give a run dir or a .pt file, or leave trainer.resume out"),
     (["trainer.deterministic=2"], "trainer.deterministic=2 is not allowed; trainer.deterministic takes true or false"),
     (["-m", "data.hflip=false,2"], "data.hflip=2 is not allowed; data.hflip takes true or false"),
@@ -150,8 +153,8 @@ def test_what_hydra_gets_from_the_command_line():
         checked_args(["tranier.max_epochs=3"])
     assert checked_args(["experiment=ex_bn_lr", "optimizer.lr=0.5"]) == ["experiment=ex_bn_lr", "optimizer.lr=choice(0.5)"]
     # --cfg, --help and --info compose one run: no sweep syntax, even for a sweeping recipe
-    for flag in ("--cfg", "--help", "--info"):
-        assert checked_args([flag, "experiment=ex_bn_lr", "optimizer.lr=0.5"]) == [flag, "experiment=ex_bn_lr", "optimizer.lr=0.5"]
+    for flags in (["--cfg", "job"], ["--help"], ["--info", "all"], ["-cjob"]):
+        assert checked_args([*flags, "experiment=ex_bn_lr", "optimizer.lr=0.5"]) == [*flags, "experiment=ex_bn_lr", "optimizer.lr=0.5"]
     # a value a sweep cannot carry as typed (null; a quoted 'true' would come back a bool): set or add
     assert checked_args(["-m", "model=vgg11,vgg13", "model.name='true'", "model.dropout=null"])[-2:] == [
         "++model.name='true'", "++model.dropout=null"]
@@ -168,6 +171,9 @@ def test_what_hydra_gets_from_the_command_line():
         checked_args(["model=alexnet", "data.resize=28"])
     with pytest.raises(ConfigError, match=r"^seed=1e3 is not allowed; seed takes a whole number"):  # the value as typed, not as converted
         checked_args(["seed=1e3"])
+    # a switch as Hydra reads it: quoted, in any case, or an interpolation; a sweep however the mode is set
+    assert checked_args(["trainer=smoke", "trainer.deterministic='true'", "trainer.plot=False", "trainer.checkpoint=${trainer.plot}"])
+    assert checked_args(["++hydra.mode=RunMode.MULTIRUN", "trainer=smoke", "optimizer.lr=0.1,0.2"])[-1] == "optimizer.lr=0.1,0.2"
     # a malformed override: which one, where Hydra's parser stopped, and how to quote (not Hydra's lexer name and a link)
     with pytest.raises(ConfigError, match=r"^data.root=~/data is not an override Hydra can read \(at '~'\): KEY=VALUE"):
         checked_args(["trainer=smoke", "data.root=~/data"])
