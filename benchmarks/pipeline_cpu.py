@@ -59,9 +59,9 @@ def main() -> None:
 
     root = data.locate(None, download=False)
     book_ds = datasets.FashionMNIST(str(root), train=True, transform=transforms.Compose([transforms.Resize((28, 28)), transforms.ToTensor()]))
-    book_loader = DataLoader(book_ds, batch_size=BATCH, shuffle=True, num_workers=4)
-    # torch warns at every epoch when the workers outnumber the cores; said once, here, instead
+    # torch warns when the workers outnumber the cores, at the loader's creation and every epoch: said once, here
     warnings.filterwarnings("ignore", message="This DataLoader will create")
+    book_loader = DataLoader(book_ds, batch_size=BATCH, shuffle=True, num_workers=4)
     print(f"the book's pipeline: 4 DataLoader workers, as d2l.FashionMNIST sets, on {os.cpu_count()} cores")
     train, _ = data.load(None, download=False)
     ours_loader = data.DeviceLoader(train, BATCH, (28, 28), shuffle=True)
