@@ -513,3 +513,16 @@ def test_a_knob_the_builder_cannot_use_is_named_with_its_error_every_time():
         with pytest.raises(ModelError, match=r"model alexnet with model.hidden=\['foo'\] accepts no input up to 4096x4096 "
                                              r"\(building or running it fails with TypeError"):
             min_input_size("alexnet", hidden=["foo"])
+
+
+@pytest.mark.parametrize("name", ["bn_lenet", "resnet18", "densenet", "regnetx32"])
+def test_dropping_the_biases_keeps_every_other_initial_weight(name):
+    """ex_bn_bias compares a network with and without the biases before its norms: from the same
+    seed, the two start from the same weights, so the curves differ by the bias alone."""
+    torch.manual_seed(0)
+    with_bias = create_model(name).state_dict()
+    torch.manual_seed(0)
+    without = create_model(name, bias=False).state_dict()
+    assert set(without) < set(with_bias)  # some biases are gone ...
+    for key, value in without.items():  # ... and nothing else moved
+        assert torch.equal(value, with_bias[key]), key

@@ -14,6 +14,7 @@ from .layers import (
     Fraction,
     Init,
     Norm,
+    biased,
     init_weights,
     norm_layer,
     pooled_head,
@@ -26,7 +27,7 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, bias: 
                norm: Norm = "batch") -> list[nn.Module]:
     """norm-ReLU-conv (the pre-activation order)."""
     return [*norm_layer(norm, in_channels, 4), nn.ReLU(),
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)]
+            biased(nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2), bias)]
 
 
 class DenseBlock(nn.Module):

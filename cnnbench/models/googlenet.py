@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Classifier, Init, Kernel, Norm, init_weights, norm_layer
+from .layers import Classifier, Init, Kernel, Norm, biased, init_weights, norm_layer
 from .registry import ModelError, add_model
 
 Inception = Literal["v1", "v2", "v3"]
@@ -18,7 +18,7 @@ Inception = Literal["v1", "v2", "v3"]
 def conv(cin: int, cout: int, kernel: int | tuple[int, int], norm: Norm, bias: bool, act: bool = True) -> list[nn.Module]:
     """A same-padded convolution, [norm], [ReLU]."""
     kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
-    return [nn.Conv2d(cin, cout, (kh, kw), padding=(kh // 2, kw // 2), bias=bias or norm == "none"),
+    return [biased(nn.Conv2d(cin, cout, (kh, kw), padding=(kh // 2, kw // 2)), bias or norm == "none"),
             *norm_layer(norm, cout, 4), *([nn.ReLU()] if act else [])]
 
 
@@ -78,7 +78,7 @@ def stem_layers(stem: str, in_channels: int, norm: Norm, bias: bool) -> list[nn.
     so 28 px reaches the Inception stages at 14 px, as 96 px does at 12 px through the book's."""
     if stem == "imagenet":
         return [
-            nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=bias or norm == "none"),
+            biased(nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3), bias or norm == "none"),
             *norm_layer(norm, 64, 4), nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             *conv(64, 64, 1, norm, bias), *conv(64, 192, 3, norm, bias),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1),

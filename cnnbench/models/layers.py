@@ -38,6 +38,16 @@ def init_weights(model: nn.Module, scheme: Init) -> nn.Module:
     return model
 
 
+def biased(layer: nn.Module, bias: bool) -> nn.Module:
+    """``layer`` (built with its bias) without it when ``bias`` is false. PyTorch draws a layer's
+    weights and then its bias, so dropping the bias afterwards leaves every draw of the seed's
+    stream where it was: a network with and without biases starts from the same weights, and the
+    bias knob's comparison (ex_bn_bias) sees the bias's effect, not another random start."""
+    if not bias:
+        layer.register_parameter("bias", None)
+    return layer
+
+
 def pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -220,7 +230,7 @@ class ResidualBlock(nn.Module):
         for i, (k, cout, s, g) in enumerate(convs):
             if preact and i > 0:
                 layers += [*norm_layer(norm, channels, 4), nn.ReLU()]
-            layers.append(nn.Conv2d(channels, cout, k, stride=s, padding=k // 2, groups=g, bias=bias))
+            layers.append(biased(nn.Conv2d(channels, cout, k, stride=s, padding=k // 2, groups=g), bias))
             if not preact:
                 layers += [*norm_layer(norm, cout, 4)] + ([nn.ReLU()] if i < len(convs) - 1 else [])
             channels = cout
@@ -228,7 +238,7 @@ class ResidualBlock(nn.Module):
         self.shortcut = None
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=bias),
+                biased(nn.Conv2d(in_channels, out_channels, 1, stride=stride), bias),
                 *(norm_layer(norm, out_channels, 4) if shortcut_norm else []),
             )
 
@@ -243,7 +253,7 @@ class ResidualBlock(nn.Module):
 def resnet_stem(in_channels: int, channels: int = 64, bias: bool = True, norm: Norm = "batch") -> list[nn.Module]:
     """7x7/2 conv, norm, ReLU, 3x3/2 max-pool: the stem of ResNet and DenseNet."""
     return [
-        nn.Conv2d(in_channels, channels, kernel_size=7, stride=2, padding=3, bias=bias), *norm_layer(norm, channels, 4),
+        biased(nn.Conv2d(in_channels, channels, kernel_size=7, stride=2, padding=3), bias), *norm_layer(norm, channels, 4),
         nn.ReLU(), nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     ]
 

@@ -15,6 +15,7 @@ from .layers import (
     NormAt,
     Pool,
     act_layer,
+    biased,
     flat_features,
     init_weights,
     norm_layer,
@@ -48,7 +49,7 @@ def lenet(
     def layer(kind, cin, cout, dims, **kw):
         with_norm = normalised(norm, norm_at, kind)
         make = nn.Conv2d if kind == "conv" else nn.Linear
-        return [make(cin, cout, bias=bias or not with_norm, **kw),
+        return [biased(make(cin, cout, **kw), bias or not with_norm),
                 *(norm_layer(norm, cout, dims, norm_affine) if with_norm else []), act_layer(activation)]
 
     features = nn.Sequential(

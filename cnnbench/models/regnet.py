@@ -11,8 +11,9 @@ from .layers import (
     Classifier,
     Init,
     Norm,
-    Stride,
     ResidualBlock,
+    Stride,
+    biased,
     init_weights,
     norm_layer,
     pooled_head,
@@ -52,7 +53,7 @@ def anynet(
     bottleneck_ratio then go unused. ``norm`` is every block's norm layer. ``init=pytorch``: the
     book's runs never apply Xavier init to these networks."""
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, stem_channels, kernel_size=3, stride=stem_stride, padding=1, bias=bias),
+        biased(nn.Conv2d(in_channels, stem_channels, kernel_size=3, stride=stem_stride, padding=1), bias),
         *norm_layer(norm, stem_channels, 4), nn.ReLU(),
     ]
     channels = stem_channels
