@@ -200,7 +200,7 @@ MAX_SIDE = 4096  # data.resize: the largest side in pixels
 # task and checks that each is there). A sweeper maximises or minimises it as it is configured.
 _MODEL = ("params", "flops", "wall_time_s")
 OBJECTIVES = {
-    "train": ("best_test_acc", "final_test_acc", "worst_class_acc", "final_train_loss", "steady_epoch_time_s",
+    "train": ("best_test_acc", "final_test_acc", "worst_class_acc", "final_train_loss", "final_train_acc", "steady_epoch_time_s",
               "training_s", "peak_mem_mb", *_MODEL),
     "evaluate": ("test_acc", "worst_class_acc", "wall_time_s"),
     "bench": ("best_train_images_per_s", "largest_train_batch_mb", *_MODEL),

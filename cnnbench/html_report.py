@@ -17,7 +17,7 @@ import pandas as pd
 # Per-job images, in the order shown; mistakes.png is folded away (it is large and secondary).
 JOB_IMAGES = ("curves.png", "confusion.png")
 FOLDED_IMAGES = ("mistakes.png",)
-COLUMNS = ["status", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "epochs_completed", "params",
+COLUMNS = ["status", "final_train_acc", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "epochs_completed", "params",
            "flops", "train_memory_mb", "best_train_images_per_s", "min_size", "wall_time_s", "device", "error"]
 STATUS_COLOURS = {"completed": "#d8f3dc", "diverged": "#ffe5b4", "oom": "#e9d5ff", "interrupted": "#e5e7eb",
                   "failed": "#fecaca", "running": "#dbeafe"}

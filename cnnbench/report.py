@@ -33,7 +33,7 @@ from .metrics import (
 from .rundir import described_config, is_search
 
 META_COLUMNS = {"job", "task", "status", "error", "bad_input"}
-TABLE = ["status", "resolution", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "params",
+TABLE = ["status", "resolution", "final_train_acc", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "params",
          "params_conv", "params_linear", "flops",  # the layer kinds: task=summary's alone
          "train_memory_mb", "infer_memory_mb", "min_size", "no_collapse_size", "best_train_images_per_s", "largest_train_batch", "largest_train_batch_mb", "steady_epoch_time_s",
          "wall_time_s"]  # steady_epoch_time_s: the median epoch without the first, which pays the warm-up

@@ -227,6 +227,7 @@ def _results(rows: list[dict[str, float]]) -> dict[str, Any]:
         "final_test_acc": rows[-1]["test_acc"] if rows else None,
         "best_test_acc": max(accs) if accs else None,
         "final_train_loss": rows[-1]["train_loss"] if rows else None,
+        "final_train_acc": rows[-1]["train_acc"] if rows else None,  # beside final_test_acc: the gap overfitting makes
         "peak_mem_mb": max(r["peak_mem_mb"] for r in rows) if rows else None,
     }
 
