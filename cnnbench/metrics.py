@@ -257,13 +257,15 @@ def epoch_axis(ax, epochs) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def plot_curves(rows: list[dict[str, float]], path: Path, title: str) -> None:
-    """Loss and accuracy per epoch, train and test, side by side (like the book's plots)."""
+def plot_curves(rows: list[dict[str, float]], path: Path, title: str, smoothed: bool = False) -> None:
+    """Loss and accuracy per epoch, train and test, side by side (like the book's plots).
+    ``smoothed``: the training loss is label-smoothed (its floor is above 0), the test loss not."""
     epochs = [r["epoch"] for r in rows]
     fig = figure(figsize=(10, 4), layout="constrained")
     ax_loss, ax_acc = fig.subplots(1, 2)
     for split, style in (("train", "-"), ("test", "--")):
-        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, marker="o", label=f"{split} loss")
+        name = "train loss (label-smoothed)" if smoothed and split == "train" else f"{split} loss"
+        ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], style, marker="o", label=name)
         ax_acc.plot(epochs, [r[f"{split}_acc"] for r in rows], style, marker="o", label=f"{split} accuracy")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (fraction correct)", title="accuracy")

@@ -232,7 +232,12 @@ def plot_sweep_curves(path: Path, results: pd.DataFrame, keys: list[str]) -> Pat
         ax_acc.plot(m["epoch"], m["test_acc"], **look)
         ax_acc.plot(m["epoch"], m["train_acc"], color=look["color"], linestyle=look["linestyle"], linewidth=0.8, alpha=0.35,
                     marker=look["marker"], markersize=3)  # a point too: one epoch has no line to draw
-    ax_loss.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
+    smoothing = pd.to_numeric(rows.get("trainer.label_smoothing", pd.Series(dtype=float)), errors="coerce")
+    if (smoothing > 0).any():  # the loss minimised: label smoothing lifts its floor above 0, so it reads as slower training
+        ax_loss.set(xlabel="epoch", ylabel="training loss (cross-entropy, smoothed)",
+                    title="training loss as minimised\n(label smoothing keeps it above 0: compare accuracy)")
+    else:
+        ax_loss.set(xlabel="epoch", ylabel="training loss (cross-entropy)", title="training loss")
     # a run that blew up would flatten every other curve to a line at 0 (one that diverged: from 10x on)
     if spans_decades(pd.concat([m["train_loss"] for _, m in runs]), decades=1.0 if "diverged" in stopped else 1.5):
         ax_loss.set_yscale("log")

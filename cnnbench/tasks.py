@@ -191,7 +191,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
                 title = (f"{shown_name(cfg)}, {h}x{w} px, batch {cfg.data.batch_size}, "
                          f"{cfg.optimizer._target_.rsplit('.', 1)[-1]} lr {cfg.optimizer.lr:g}"
                          f"{'' if schedule == 'none' else f' ({schedule} schedule)'}, seed {cfg.seed}")
-                plot_curves(writer.rows, out_dir / "curves.png", title)
+                plot_curves(writer.rows, out_dir / "curves.png", title, smoothed=cfg.trainer.label_smoothing > 0)
             except Exception as err:  # a plot must never cost the run its status
                 log.warning("could not plot the learning curves: %s", err)
     confusion.after_training(trainer, test_loader, out_dir, summary, shown_name(cfg), cfg.trainer.plot, tally)  # per_class.csv, ...
