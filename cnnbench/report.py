@@ -269,15 +269,16 @@ def tick_label(value: str) -> str:
 
 
 def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str], metric: str,
-                 shade: str | None = None, without: pd.Series | None = None) -> Path:
+                 shade: str | None = None, without: pd.DataFrame | None = None) -> Path:
     """``metric`` against ``key``, one series per setting of the ``others``. A numeric key is a
     line (on a log axis when its values span a decade or more); a categorical one (norm_at,
     model, block) is points in the order the sweep ran them, not sorted by name. ``shade``: a
     numeric swept key with too many settings for a legend (ex_bn_lr's eight learning rates
     against model.norm), drawn as each point's colour, with a colour bar; against a categorical
     key the points of a setting also stand in the shade's order across its slot, so runs with the
-    same score (eight untrained runs at 0.1) are all seen. ``without``: the statuses of the runs
-    of the folder that have no ``metric`` (one that diverged), which the title counts."""
+    same score (eight untrained runs at 0.1) are all seen. ``without``: the runs of the folder
+    that have no ``metric`` (one that diverged): the title counts them, and against a numeric key
+    a red x on the axis's foot marks each one's setting (how large a learning rate got)."""
     fig = figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     if shade:
@@ -317,6 +318,13 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         else:
             x = [categories.index(v) + (i - (len(groups) - 1) / 2) * width for v in shown[group.index]]
             ax.plot(x, y, label=name, **(look | {"linestyle": "none", "markersize": 8}))
+    # the runs without the metric (diverged), against a numeric key: a red x on the axis's foot at each one's setting
+    lost = pd.to_numeric(without[key], errors="coerce").dropna() if numeric and without is not None and key in without \
+        else pd.Series(dtype=float)
+    if len(lost):
+        ax.plot(lost, [0] * len(lost), "x", color="tab:red", markersize=9, markeredgewidth=2,
+                transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+        x_num = pd.concat([x_num, lost])  # the axis and its ticks reach them too
     doubling = numeric and x_num.min() > 0 and x_num.max() >= 2 * x_num.min() and \
         all(float(v).is_integer() and int(v) & (int(v) - 1) == 0 for v in x_num)  # batch sizes 32, 64, 128, 256
     logarithmic = numeric and x_num.min() > 0 and (spans_decades(x_num) or doubling)
@@ -350,8 +358,10 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     what = f"{metric.replace('_', ' ')} against {key}"
     text = crowded(title(path, results, [key, *others, *([shade] if shade else [])], what), len(groups))
     if without is not None and len(without):  # the curves count every run: say where the others went
-        counts = without.fillna("unfinished").value_counts()
+        counts = without["status"].fillna("unfinished").value_counts()
         text += f"\nnot shown, no {metric.replace('_', ' ')}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
+        if len(lost):
+            text += " (red x on the axis)"
     fig.suptitle(text)
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 
@@ -473,7 +483,7 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
         measured = results[results[metric].notna()]
         # the runs of the same tasks that have no such number (one that diverged): the plots' titles count them
         same_task = results["task"].isin(measured["task"]) if "task" in results else True
-        unmeasured = results.loc[results[metric].isna() & same_task, "status"] if "status" in results else None
+        unmeasured = results.loc[results[metric].isna() & same_task] if "status" in results else None
         axes = [k for k in plotted_keys(measured, keys) if k not in INDEX_KEYS]
         for key in axes if len(measured) > 1 else []:
             series, groups = [], 1

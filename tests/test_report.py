@@ -385,3 +385,17 @@ def test_batch_size_panels_start_at_zero_and_tick_the_sizes_run():
     batch_size_axes([ax], [32, 64, 128])
     assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 45
     assert [t.get_text() for t in ax.get_xticklabels()] == ["32", "64", "128"] and ax.get_xscale() == "log"
+
+
+def test_runs_that_diverged_are_marked_where_they_were_on_a_numeric_axis(tmp_path, figures):
+    """How large can the learning rate get? The rates that blew up have no accuracy to plot: each
+    is a red x on the axis's foot, and the axis reaches and ticks them."""
+    for i, lr in enumerate([0.01, 0.1, 1.0]):
+        fake_run(tmp_path / str(i), [f"optimizer.lr={lr}"], acc=0.3 + 0.1 * i)
+    fake_run(tmp_path / "3", ["optimizer.lr=30.0"], status="diverged", acc=None)
+    report.report(tmp_path)
+    fig = figures["report_vs_optimizer.lr.png"]
+    crosses = [line for line in fig.axes[0].get_lines() if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [30.0] and crosses[0].get_color() == "tab:red"
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.01", "0.1", "1", "30"]
+    assert fig._suptitle.get_text().endswith("not shown, no final test acc: 1 diverged (red x on the axis)")
