@@ -385,7 +385,8 @@ def plot_sweep_bench(path: Path, results: pd.DataFrame, keys: list[str]) -> Path
             ax_mem.plot(sel["batch_size"], sel[memory], dash, marker="o", color=f"C{i % 10}")
     ax_speed.set(xlabel="batch size", ylabel="throughput (images/s)", title="throughput (solid: training, dashed: prediction)")
     ax_mem.set(xlabel="batch size", ylabel="memory (MiB)",
-               title="measured peak GPU memory" if measured else "estimated memory (saved activations + weights + state)")
+               title=("measured peak GPU memory" if measured else "estimated memory (saved activations + weights + state)")
+               + "\n(solid: training, dashed: prediction)")
     batch_size_axes((ax_speed, ax_mem), sorted({int(v) for _, b in runs for v in b["batch_size"]}))
     if len(runs) > 1:  # one run needs no legend
         outside_legend(fig, len(runs), keys)
@@ -467,10 +468,12 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.max_colwidth", 40):
         # whole numbers as integers, even beside a failed job's gap; other numbers to 4 significant digits
         # counts in the millions and billions with separators: 46,764,746 params, 1,876,292,352 FLOPs
-        counts = {c: (lambda v: "" if pd.isna(v) else f"{int(v):,}") for c in ("params", "params_conv", "params_linear", "flops")
-                  if c in table}
-        show(table.to_string(index=False, float_format=lambda v: f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}",
-                             formatters=counts))
+        # a gap (a diverged run's accuracy) reads "-" in every column, whole-number ones (pandas' <NA>) included
+        for c in table:
+            counted = c in ("params", "params_conv", "params_linear", "flops")
+            if counted or str(table[c].dtype) == "Int64":
+                table[c] = table[c].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}" if counted else str(int(v)))
+        show(table.to_string(index=False, float_format=lambda v: f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}", na_rep="-"))
     if not plots:
         show(f"no plots (trainer.plot=false): cnnbench-report {path} --html draws them")
         return results, []

@@ -69,6 +69,7 @@ def test_a_failing_job_does_not_stop_the_sweep(tiny_data, tmp_path):
     tmp_path = tmp_path / "sweep"
     assert proc.returncode == 1  # every job ran, one did not complete
     assert "1 job(s) did not complete: 1 (failed)" in proc.stderr
+    assert "<NA>" not in proc.stdout and "NaN" not in proc.stdout and " failed " in proc.stdout  # its gaps read "-"
     assert json.loads((tmp_path / "0" / "summary.json").read_text())["status"] == "completed"
     failed = json.loads((tmp_path / "1" / "summary.json").read_text())
     assert failed["status"] == "failed" and failed["error"]
