@@ -90,6 +90,9 @@ def describe(cfg: DictConfig, summary: dict[str, Any]) -> tuple[torch.device, tu
         **environment(device),
         "processes": distributed.from_env().size,  # torchrun's ranks (1: one process)
     }
+    stages = summary.get("stages") or summary.get("drawn", {}).get("stages")
+    if stages:  # a design-space network: what its rule or draw built
+        log.info("%s stages (blocks x width): %s", cfg.model.name, ", ".join(f"{s[0]}x{s[1]}" for s in stages))
     return device, size, knobs
 
 

@@ -238,3 +238,13 @@ def test_a_tiny_study_runs_end_to_end(tiny_data, tmp_path):
     assert (tmp_path / "design_study.csv").is_file()
     # a draw's index is no quantity: accuracy is plotted against the space, not against model.sample
     assert (tmp_path / "report_vs_model.space.png").is_file() and not (tmp_path / "report_vs_model.sample.png").exists()
+
+
+def test_a_regnet_run_records_the_stages_its_rule_built():
+    """cnnbench -m model=regnet model.depth=8,13,20: results.csv says what each depth built."""
+    from cnnbench.models.design_space import summary_fields
+
+    fields = summary_fields("regnet", (96, 96), depth=8)
+    assert sum(d for d, *_ in fields["stages"]) == 8 and fields["stages"][0][:2] == [1, 24]  # w0 = 24
+    assert [fields[f"ds_d{i + 1}"] for i in range(len(fields["stages"]))] == [s[0] for s in fields["stages"]]
+    assert summary_fields("resnet18", (96, 96)) == {}

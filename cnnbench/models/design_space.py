@@ -320,13 +320,19 @@ def regnet(
 
 def summary_fields(name: str, size: tuple[int, int], in_channels: int = 1, num_classes: int = 10,
                    **knobs: Any) -> dict[str, Any]:
-    """For summary.json: the drawn architecture of an ``anynet_sample`` run ({} for other models)."""
+    """For summary.json: the drawn architecture of an ``anynet_sample`` run, the stage table a
+    ``regnet`` run's rule built (``stages``, and ``ds_d*``/``ds_w*`` columns for results.csv: what
+    ``model.depth=8,13,20`` made of each depth); {} for other models."""
     from .registry import get_spec
 
     spec = get_spec(name)
+    k = {**{n: p.default for n, p in spec.knobs.items()}, **knobs}
+    if spec.builder is regnet:
+        table = regnet_stages(k["depth"], k["w0"], k["wa"], k["wm"], k["group_width"], k["bottleneck_ratio"])
+        return {"stages": table, **{f"ds_d{i + 1}": s[0] for i, s in enumerate(table)},
+                **{f"ds_w{i + 1}": s[1] for i, s in enumerate(table)}}
     if spec.builder is not anynet_sample:
         return {}
-    k = {**{n: p.default for n, p in spec.knobs.items()}, **knobs}
     d = draw(k["space"], k["sample"], pair(size), in_channels, num_classes, float(k["min_mflops"]),
              float(k["max_mflops"]), k["stem_channels"], k["stem_stride"])
     return d.record()
