@@ -222,8 +222,9 @@ def _check_resume(cfg: DictConfig, resume: Path, state: dict, out_dir: Path) -> 
 def _results(rows: list[dict[str, float]]) -> dict[str, Any]:
     accs = [r["test_acc"] for r in rows if not math.isnan(r["test_acc"])]
     # The first epoch pays warm-up (allocator, cuDNN autotuning, compilation): the steady-state
-    # epoch time is the median of the others (the first one's when there is no other).
-    times = [r["epoch_time_s"] for r in rows]
+    # epoch time is the median of the others (the first one's when there is no other). An epoch
+    # that diverged (not evaluated; NaN arithmetic runs at another speed) is not a steady one.
+    times = [r["epoch_time_s"] for r in rows if not math.isnan(r["test_acc"])] or [r["epoch_time_s"] for r in rows]
     return {
         "steady_epoch_time_s": statistics.median(times[1:] or times) if rows else None,
         "epochs_completed": len(rows),

@@ -593,3 +593,13 @@ def test_a_busy_machine_is_told_about_trainer_threads_once(monkeypatch, caplog):
         assert "busy" not in caplog.text
     load, others = engine._load()  # read from this machine: a load average and a count
     assert load >= 0 and others >= 0
+
+
+def test_a_diverged_epoch_is_not_a_steady_one():
+    """Its time (NaN arithmetic, no evaluation) would stand for the run's epoch time in the table."""
+    from cnnbench.tasks import _results
+
+    rows = [{"epoch": e, "epoch_time_s": t, "test_acc": acc, "train_loss": 1.0, "train_acc": 0.5, "peak_mem_mb": 1.0}
+            for e, t, acc in ((1, 3.0, 0.5), (2, 1.2, 0.6), (3, 1.4, 0.7), (4, 0.04, math.nan))]
+    assert _results(rows)["steady_epoch_time_s"] == pytest.approx(1.3)  # epochs 2 and 3, not 0.04
+    assert _results(rows[3:])["steady_epoch_time_s"] == pytest.approx(0.04)  # nothing else to go by
