@@ -567,14 +567,13 @@ def _where_unread(err: Exception, text: str) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _bool_keys(section: type) -> dict[str, str]:
-    """The switches of a schema section (its fields typed bool or Optional[bool]) and what each takes."""
+def _bool_keys(section: type) -> dict[str, bool]:
+    """The switches of a schema section (its fields typed bool or Optional[bool]): whether each may be null."""
     hints = typing.get_type_hints(section)
-    return {name: "true or false" if hint is bool else "true, false or null (the device's default)"
-            for name, hint in hints.items() if hint is bool or hint == Optional[bool]}
+    return {name: hint != bool for name, hint in hints.items() if hint is bool or hint == Optional[bool]}
 
 
-def _check_bool(key: str, override, takes: str) -> None:
+def _check_bool(key: str, override, nullable: bool) -> None:
     """A switch takes true or false (any case, quoted or not, or an interpolation ``${...}``), as a
     model's and an optimizer's switches do. OmegaConf would also read yes/Y/on/1 and any other
     number as true (``trainer.deterministic=2``): refused, so that what a command means is what it says."""
@@ -582,9 +581,10 @@ def _check_bool(key: str, override, takes: str) -> None:
         values = list(override.sweep_iterator()) if override.is_sweep_override() else [override.value()]
     except Exception:  # an interval or another sweep of numbers: none of them a switch's
         values = [override.input_line.partition("=")[2]]
+    takes = "true, false or null (the device's default)" if nullable else "true or false"
     for value in values:
         text = "null" if value is None else str(value)
-        if isinstance(value, bool) or "${" in text or text.lower() in ("true", "false") or (value is None and "null" in takes):
+        if isinstance(value, bool) or "${" in text or text.lower() in ("true", "false") or (value is None and nullable):
             continue
         typed = override.input_line.partition("=")[2] if not override.is_sweep_override() else text
         raise ConfigError(f"{key}={typed} is not allowed; {key} takes {takes}")
@@ -886,7 +886,8 @@ def validate(cfg: DictConfig) -> None:
 def _validate_settings(cfg: DictConfig) -> None:
     check_known_keys(cfg)
     for key, what in (("trainer.resume", "a run dir or a .pt file"), ("data.root", "the dataset's folder")):
-        if isinstance(OmegaConf.select(cfg, key), str) and not OmegaConf.select(cfg, key).strip():  # `key=` reads as ''
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and not value.strip():  # `key=` reads as ''
             raise ConfigError(f"{key}= is empty; give {what}, or leave {key} out (null)")
     if enum_value(cfg.task) == "evaluate" and not cfg.trainer.resume:
         raise ConfigError("task=evaluate needs a checkpoint: trainer.resume=RUN_DIR (its last.pt, else best.pt) or a .pt file")

@@ -324,7 +324,7 @@ def main() -> None:
         scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{world.rank}-{os.getpid()}-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", *QUIET_RANK]
-    if "--cfg" in sys.argv and "--resolve" not in sys.argv:
+    if looking_flag(sys.argv[1:]) == "--cfg" and "--resolve" not in sys.argv:  # --cfg job, --cfg=job, -cjob
         sys.argv.append("--resolve")  # --cfg job shows the values a run uses (the resolution, say), not ${...}
     try:
         sys.argv[1:] = checked_args(sys.argv[1:])
