@@ -479,6 +479,28 @@ def hydra_group_options(group: str) -> list[str]:
         return sorted(GlobalHydra.instance().config_loader().get_group_options(group))
 
 
+def sweep_values(override) -> list[str]:
+    """An override's values as the text a job gets: its one value, or each of a sweep's. A glob
+    over a group's options (``model=glob(resnet*)``) is matched here against the options
+    cnnbench and Hydra know, as Hydra's config loader will match it; one that matches none, or
+    that is given to a key that is no group, is refused by name."""
+    from hydra.core.override_parser.types import Glob
+
+    if not override.is_sweep_override():
+        return [override.get_value_element_as_str()]
+    if not isinstance(override.value(), Glob):
+        return list(override.sweep_string_iterator())
+    key = override.key_or_group
+    if key not in GROUPS and not key.startswith("hydra/"):
+        raise ConfigError(f"{override.input_line}: glob() chooses among a group's options and {key} is not a group "
+                          f"(the groups: {', '.join(GROUPS)}); give the values as a sweep, {key}=A,B")
+    options = hydra_group_options(key) if key.startswith("hydra/") else group_options(key)
+    chosen = override.value().filter(options)
+    if not chosen:
+        raise ConfigError(f"{override.input_line} matches none of {key}'s options; choose from: {', '.join(options)}")
+    return chosen
+
+
 def check_overrides(overrides: list[str], sweep_advice: str | None = None) -> None:
     """The command line's overrides, checked before Hydra composes anything: every group option
     must exist (``model=resnet``, ``experiment=nosuch``) and every key of the schema's sections
@@ -487,6 +509,7 @@ def check_overrides(overrides: list[str], sweep_advice: str | None = None) -> No
     (``optimizer.lr=0.01,0.1``) are refused with this advice (Hydra would say only that the value
     is ambiguous and suggest a list, which the key refuses); None: a sweep."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import Glob
 
     parser = OverridesParser.create()
     try:
@@ -530,7 +553,7 @@ def check_overrides(overrides: list[str], sweep_advice: str | None = None) -> No
         if key.startswith("hydra") and not key.startswith("hydra/") or override.is_delete():  # Hydra's own keys
             continue
         if key in GROUPS or key.startswith("hydra/"):  # cnnbench's groups and Hydra's (hydra/launcher, hydra/sweeper)
-            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+            values = sweep_values(override) if override.is_sweep_override() else [override.value()]
             options = hydra_group_options(key) if key.startswith("hydra/") else group_options(key)
             for value in values:
                 for option in (value if isinstance(value, list) else [value]):
@@ -538,6 +561,8 @@ def check_overrides(overrides: list[str], sweep_advice: str | None = None) -> No
                         raise ConfigError(f"{key}={option} is not an option of {key}{_nearest(str(option), options)}; "
                                           f"choose one of: {', '.join(options)}")
             continue
+        if override.is_sweep_override() and isinstance(override.value(), Glob):
+            sweep_values(override)  # a glob of a key that is no group: refused, by name
         section, _, name = key.partition(".")
         if section == "logger" and name:
             _check_tracker_key(key, parsed)
@@ -645,7 +670,7 @@ def _first_job_with_hydra(overrides: list[str]) -> DictConfig | bool:
             if not override.is_sweep_override():
                 first.append(override.input_line)
             elif override.key_or_group in GROUPS or "/" in override.key_or_group:
-                first.append(f"{override.key_or_group}={next(override.sweep_string_iterator())}")
+                first.append(f"{override.key_or_group}={sweep_values(override)[0]}")
         return compose(*first, hydra=True)
     except Exception:  # noqa: BLE001
         return False
@@ -756,7 +781,7 @@ def _axes(overrides: list[str], params: dict | None, ends: bool = False) -> dict
         if isinstance(swept, IntervalSweep) and ends:  # a search's (Optuna's) continuous range: its ends stand for it
             values = [str(swept.start), str(swept.end)]
         else:
-            values = list(o.sweep_string_iterator()) if swept is not None else [o.get_value_element_as_str()]
+            values = sweep_values(o)
         axes[element] = [f"{element}={v}" for v in values]
     return axes
 
@@ -841,7 +866,7 @@ def check_recipes_swept_together(overrides: list[str]) -> None:
     for override in parsed:
         if override.key_or_group != "experiment" or not override.is_sweep_override():
             continue
-        recipes = list(dict.fromkeys(override.sweep_string_iterator()))
+        recipes = list(dict.fromkeys(sweep_values(override)))
         if len(recipes) < 2:
             return
         axes = {r: dict(OmegaConf.select(compose(f"experiment={r}", hydra=True), "hydra.sweeper.params") or {}) for r in recipes}

@@ -141,6 +141,21 @@ def test_a_command_line_value_replaces_a_recipes_sweep_of_that_key(make_cfg):
     assert sweep_jobs(grown, params) == [list(job) for job in hydras] and sweep_jobs(grown, params)[1][:2] == ["model.sample=0", "model.space=anynetx_e"]
 
 
+def test_a_glob_over_a_groups_options_is_a_sweep_of_the_options_it_matches():
+    from cnnbench.config import ConfigError, sweep_jobs
+    from cnnbench.train import checked_args
+
+    # Hydra's glob choice sweep: every job checked as for a list (it was a traceback, "ConfigLoader is not set")
+    assert checked_args(["-m", "model=glob(bn_*)", "trainer=smoke"]) == ["-m", "model=glob(bn_*)", "trainer=smoke"]
+    assert sweep_jobs(["model=glob(*lenet*,exclude=[lenet,google*])", "optimizer.lr=0.1,0.2"], None) == [
+        [f"model={m}", f"optimizer.lr={lr}"] for m in ("bn_lenet", "bn_lenet_scratch") for lr in ("0.1", "0.2")]
+    with pytest.raises(ConfigError, match=r"^model=glob\(nosuch\*\) matches none of model's options; choose from: alexnet, "):
+        checked_args(["-m", "model=glob(nosuch*)"])
+    with pytest.raises(ConfigError, match=r"^optimizer.lr=glob\(\*\): glob\(\) chooses among a group's options and optimizer.lr "
+                                          r"is not a group \(the groups: model, data, "):
+        checked_args(["-m", "optimizer.lr=glob(*)"])
+
+
 def test_what_hydra_gets_from_the_command_line():
     from cnnbench.config import ConfigError
     from cnnbench.train import checked_args
