@@ -321,9 +321,16 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     # the runs without the metric (diverged), against a numeric key: a red x on the axis's foot at each one's setting
     lost = pd.to_numeric(without[key], errors="coerce").dropna() if numeric and without is not None and key in without \
         else pd.Series(dtype=float)
-    if len(lost):
-        ax.plot(lost, [0] * len(lost), "x", color="tab:red", markersize=9, markeredgewidth=2,
+    # with several series (lines) each x takes its series' colour: which setting diverged (without or with batch norm)
+    series = {tuple(_short(v) for v in (values if isinstance(values, tuple) else (values,))): i
+              for i, (values, _) in enumerate(groups)} if others and len(groups) > 1 and not shade else {}
+    coloured = False
+    for index, at in lost.items():
+        i = series.get(tuple(_short(without.at[index, k]) if k in without else "default" for k in others))
+        coloured |= i is not None
+        ax.plot([at], [0], "x", color="tab:red" if i is None else style(i)["color"], markersize=9, markeredgewidth=2,
                 transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+    if len(lost):
         x_num = pd.concat([x_num, lost])  # the axis and its ticks reach them too
     doubling = numeric and x_num.min() > 0 and x_num.max() >= 2 * x_num.min() and \
         all(float(v).is_integer() and int(v) & (int(v) - 1) == 0 for v in x_num)  # batch sizes 32, 64, 128, 256
@@ -361,7 +368,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         counts = without["status"].fillna("unfinished").value_counts()
         text += f"\nnot shown, no {metric.replace('_', ' ')}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
         if len(lost):
-            text += " (red x on the axis)"
+            text += " (x on the axis, in its series' colour)" if coloured else " (red x on the axis)"
     fig.suptitle(text)
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 

@@ -399,3 +399,19 @@ def test_runs_that_diverged_are_marked_where_they_were_on_a_numeric_axis(tmp_pat
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [30.0] and crosses[0].get_color() == "tab:red"
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["0.01", "0.1", "1", "30"]
     assert fig._suptitle.get_text().endswith("not shown, no final test acc: 1 diverged (red x on the axis)")
+
+
+def test_with_and_without_batch_norm_each_diverged_rate_takes_its_series_colour(tmp_path, figures):
+    """ex_bn_lr's question, how large the rate can get without and with batch norm: an x in red
+    would not say which of the two lines lost the run."""
+    for i, (norm, lr) in enumerate([(n, lr) for n in ("none", "batch") for lr in (0.1, 1.0, 30.0)]):
+        blew_up = norm == "none" and lr == 30.0
+        fake_run(tmp_path / str(i), [f"model.norm={norm}", f"optimizer.lr={lr}"], status="diverged" if blew_up else "completed",
+                 acc=None if blew_up else 0.5)
+    report.report(tmp_path)
+    ax = figures["report_vs_optimizer.lr.png"].axes[0]
+    colour = {line.get_label(): line.get_color() for line in ax.get_lines() if line.get_label().startswith("model.norm=")}
+    crosses = [line for line in ax.get_lines() if line.get_marker() == "x"]
+    assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [30.0]
+    assert crosses[0].get_color() == colour["model.norm=none"] != colour["model.norm=batch"]
+    assert "(x on the axis, in its series' colour)" in figures["report_vs_optimizer.lr.png"]._suptitle.get_text()
