@@ -414,7 +414,7 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
              for text, (_, row) in zip(labels_of([row for _, row in runs.iterrows()], keys), runs.iterrows())]
     # (the input size: a FLOP count means little without it)
     y = range(len(runs))
-    fig = figure(figsize=(14, 1.6 + 0.35 * len(runs)), layout="constrained")
+    fig = figure(figsize=(14, 1.9 + 0.35 * len(runs)), layout="constrained")
     axes = fig.subplots(1, 3, sharey=True)
     for ax, measure, unit, scale in ((axes[0], "params", "millions", 1e6), (axes[1], "flops", "GFLOPs per image", 1e9)):
         left = [0.0] * len(runs)
@@ -424,17 +424,18 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
             left = [a + b for a, b in zip(left, values)]
         ax.set(xlabel=unit, title="parameters" if measure == "params" else "FLOPs (forward)")
     if "train_memory_mb" in runs:
-        axes[2].barh([i - 0.2 for i in y], runs["train_memory_mb"], height=0.4, color="tab:red", label="training")
-        axes[2].barh([i + 0.2 for i in y], runs["infer_memory_mb"], height=0.4, color="tab:purple", label="prediction")
+        axes[2].barh([i - 0.2 for i in y], runs["train_memory_mb"], height=0.4, color="tab:red", label="memory to train")
+        axes[2].barh([i + 0.2 for i in y], runs["infer_memory_mb"], height=0.4, color="tab:purple", label="memory to predict")
         batches = runs["batch_size"].dropna().unique() if "batch_size" in runs else []
         at = f"batch {int(batches[0])}" if len(batches) == 1 else "each run's data.batch_size"
         axes[2].set(xlabel=f"MiB (estimate, at {at})", title="memory")
-        axes[2].legend(loc="lower right", fontsize="small")
     for ax in axes:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(list(y), names)
     axes[0].invert_yaxis()
-    axes[0].legend(loc="lower right", fontsize="small")
+    # one legend under the panels: inside one it covered the longest bar
+    handles, labels = (sum(pair, []) for pair in zip(axes[0].get_legend_handles_labels(), axes[2].get_legend_handles_labels()))
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize="small")
     fig.suptitle(crowded(title(path, runs, keys, "what each network costs (task=summary)"), len(runs)))
     return save_figure(fig, path / "report_summary.png")
 

@@ -415,3 +415,18 @@ def test_with_and_without_batch_norm_each_diverged_rate_takes_its_series_colour(
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [30.0]
     assert crosses[0].get_color() == colour["model.norm=none"] != colour["model.norm=batch"]
     assert "(x on the axis, in its series' colour)" in figures["report_vs_optimizer.lr.png"]._suptitle.get_text()
+
+
+def test_the_summary_plots_legend_stands_under_the_panels_not_over_a_bar(tmp_path, figures):
+    """Inside a panel (lower right) it covered the longest bar (vgg11_quarter's 43 M parameters)."""
+    rows = [{"model": name, "resolution": res, "params_conv": conv, "params_linear": linear, "flops_conv": 1e9, "flops_linear": 1e8,
+             "params_norm": 0, "flops_norm": 0, "params_other": 0, "flops_other": 0,
+             "train_memory_mb": 900.0, "infer_memory_mb": 400.0, "batch_size": 128}
+            for name, res, conv, linear in (("alexnet", "224x224", 3.7e6, 43e6), ("resnet18", "96x96", 11.2e6, 5e3),
+                                            ("vgg11_quarter", "224x224", 0.6e6, 42.5e6))]
+    report.plot_sweep_summary(tmp_path, pd.DataFrame(rows), ["model"])
+    fig = figures["report_summary.png"]
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["conv", "linear", "memory to train", "memory to predict"]
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [
+        "model=alexnet at 224x224", "model=resnet18 at 96x96", "model=vgg11_quarter at 224x224"]
