@@ -12,9 +12,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf, read_write
 
-from .config import ConfigError, resume_command, sweep_jobs, validate_search, validate_sweep
+from .config import ConfigError, enum_value, resume_command, sweep_jobs, validate_search, validate_sweep
 from .metrics import collect_results, write_results
-from .rundir import DirBusy, hold, hold_unused, is_search, read_summary
+from .rundir import DirBusy, hold, hold_unused, is_search, keep_record, read_summary, resumes_in
 
 
 def loud(method):
@@ -73,7 +73,8 @@ def continuation(run_dir: Path) -> str:
 class OutputCheck(Callback):
     """Before Hydra writes a run or sweep dir: it must be writable and have no other writer (an
     OS lock held for the process's life, see ``rundir``), and a run dir holding a completed run
-    is only written again to resume it (``trainer.resume``)."""
+    is only written again to resume it (``trainer.resume`` naming that dir or its checkpoint, by
+    task=train: another run's checkpoint, or an evaluation, would overwrite it)."""
 
     @loud
     def on_run_start(self, config, **kwargs) -> None:
@@ -83,17 +84,22 @@ class OutputCheck(Callback):
         if (run_dir / "multirun.yaml").is_file() or (run_dir / "results.csv").is_file():
             refuse(f"hydra.run.dir={run_dir} holds a sweep (multirun.yaml, results.csv): a single run's files would "
                    "mix with its jobs and hide them from its report; choose another dir")
-        if config.trainer.get("resume"):
-            return
+        resume, task = config.trainer.get("resume"), enum_value(config.get("task", "train"))
+        if resume and task == "train" and resumes_in(resume, run_dir):
+            keep_record(run_dir, config.hydra.get("output_subdir", ".hydra"))  # put back should the resume be refused
+            return  # continuing the run of this dir, from its own checkpoint (checked against it as the run starts)
+        # a resume from another dir's checkpoint, or an evaluation, is a new run here: it may not overwrite one
+        other = "" if not resume else f" (task={task} writes results of its own)" if task != "train" else \
+            f" (trainer.resume={resume} is not this dir's: a resume goes on in the dir of the run it continues, or in a new one)"
         if completed_run(run_dir):
-            refuse(f"hydra.run.dir={run_dir} holds a completed run (summary.json), which a new run would overwrite; "
-                   f"choose another dir{continuation(run_dir)}")
+            refuse(f"hydra.run.dir={run_dir} holds a completed run (summary.json), which a new run would overwrite{other}; "
+                   f"choose another dir{continuation(run_dir) if not resume else ''}")
         kept = [name for name in ("last.pt", "best.pt") if (run_dir / name).is_file()]
         if kept:  # an interrupted or failed run's: a new run would list them as its own, or overwrite them
             command = resume_command(read_summary(run_dir).get("overrides") or [], run_dir)
-            resume = f"resume that run with: {command}; or " if "last.pt" in kept else ""
-            refuse(f"hydra.run.dir={run_dir} holds {' and '.join(kept)} of an earlier run that did not complete: "
-                   f"{resume}choose another dir (or delete them to start over there)")
+            advice = f"resume that run with: {command}; or " if "last.pt" in kept else ""
+            refuse(f"hydra.run.dir={run_dir} holds {' and '.join(kept)} of an earlier run that did not complete{other}: "
+                   f"{advice}choose another dir (or delete them to start over there)")
 
     @loud
     def on_multirun_start(self, config, **kwargs) -> None:

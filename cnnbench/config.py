@@ -42,6 +42,11 @@ class ConfigError(ValueError):
     """A bad setting, caught before training starts."""
 
 
+class ResumeMismatch(ConfigError):
+    """A resume in settings its checkpoint does not fit (another model, batch size or recipe;
+    nothing left to train): the checkpoint is sound, and the run can still be resumed in its own."""
+
+
 def enum_value(option: Any) -> Any:
     """A config value as plain Python: the value of an Enum (``Task.train`` -> "train"), else itself."""
     return getattr(option, "value", option)

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed
-from .config import ConfigError, enum_value, first_line
+from .config import ConfigError, ResumeMismatch, enum_value, first_line
 from .data import DeviceLoader, held_on
 from .metrics import atomic_write
 from .models import create_model
@@ -735,7 +735,7 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
               "or drop trainer.resume to start a new run")
     for key in (*META_KEYS, "batch_size"):
         if theirs.get(key) != meta[key]:
-            raise ConfigError(f"trainer.resume={resume!r}: the checkpoint is of {key}={theirs.get(key)!r}, this run has "
+            raise ResumeMismatch(f"trainer.resume={resume!r}: the checkpoint is of {key}={theirs.get(key)!r}, this run has "
                               f"{key}={meta[key]!r}; {advice}")
     if "recipe" in theirs:  # checkpoints before the recipe was recorded are checked as above only
         differ = [key for key in sorted(set(theirs["recipe"]) | set(meta["recipe"]))
@@ -743,7 +743,7 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
         if differ:
             was = ", ".join(f"{key}={theirs['recipe'].get(key)}" for key in differ)
             now = ", ".join(f"{key}={meta['recipe'].get(key)}" for key in differ)
-            raise ConfigError(f"trainer.resume={resume!r}: the checkpoint's run had {was}; this run has {now}. An exact "
+            raise ResumeMismatch(f"trainer.resume={resume!r}: the checkpoint's run had {was}; this run has {now}. An exact "
                               f"resume needs the same settings; {advice}")
     return path, state
 

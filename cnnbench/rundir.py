@@ -123,6 +123,28 @@ def release(folder: Path) -> None:
         os.close(fd)  # closing the descriptor drops the lock
 
 
+def resumes_in(resume: str, run_dir: Path) -> bool:
+    """Whether ``trainer.resume`` names this run dir's own checkpoint (the dir, or a file in it)."""
+    path = Path(resume).expanduser()
+    folder = path if path.is_dir() else path.parent
+    return folder.resolve() == Path(run_dir).resolve()
+
+
+_records: dict[Path, dict[Path, bytes]] = {}  # run dir -> its Hydra record (.hydra/*.yaml) before a resume
+
+
+def keep_record(run_dir: Path, subdir: str | None) -> None:
+    """Keep the Hydra record of the run a resume continues, before Hydra writes the resume's own
+    over it: a resume refused for its settings puts it back (``restore_record``)."""
+    folder = Path(run_dir) / (subdir or ".hydra")
+    _records[Path(run_dir).resolve()] = {f: f.read_bytes() for f in folder.glob("*.yaml") if f.is_file()} if subdir else {}
+
+
+def restore_record(run_dir: Path) -> None:
+    """Put back what ``keep_record`` kept (the config files of the run as it was trained)."""
+    for path, content in _records.pop(Path(run_dir).resolve(), {}).items():
+        path.write_bytes(content)
+
 def safe_name(value: object) -> str:
     """``value`` as one path component that cannot leave its folder: anything but letters,
     digits, ``._-`` becomes ``_`` and leading dots go (so ``x/../../etc`` is ``x_.._.._etc``)."""

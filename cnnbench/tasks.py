@@ -27,7 +27,7 @@ from .analysis import (
     min_size_report,
     split_by_kind,
 )
-from .config import ConfigError, enum_value, model_knobs, own_overrides, resolution
+from .config import ConfigError, ResumeMismatch, enum_value, model_knobs, own_overrides, resolution
 from .data import DeviceLoader, Split, build_loaders
 from .engine import (
     StopFlag,
@@ -208,13 +208,13 @@ def _check_resume(cfg: DictConfig, resume: Path, state: dict, out_dir: Path) -> 
         return
     if state["epoch"] >= cfg.trainer.max_epochs:
         # (a run stopped after its last epoch, while writing its results, is resumed to write them)
-        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: that run completed its {state['epoch']} epochs, and this "
+        raise ResumeMismatch(f"trainer.resume={cfg.trainer.resume}: that run completed its {state['epoch']} epochs, and this "
                           f"run has trainer.max_epochs={cfg.trainer.max_epochs}: nothing is left to train; give "
                           f"trainer.max_epochs=N (more than {state['epoch']}) to train on")
     done = run.get("epochs_completed") or 0
     if state["epoch"] < done and resume.parent.resolve() == out_dir.resolve():
         again = f"epochs {state['epoch'] + 1}-{done}" if done > state["epoch"] + 1 else f"epoch {done}"
-        raise ConfigError(f"trainer.resume={cfg.trainer.resume}: {resume.name} is from epoch {state['epoch']}, but the run in "
+        raise ResumeMismatch(f"trainer.resume={cfg.trainer.resume}: {resume.name} is from epoch {state['epoch']}, but the run in "
                           f"{out_dir} completed {done} epochs: resuming there would train {again} again over its results. "
                           f"To branch from epoch {state['epoch']}, resume into another dir (leave hydra.run.dir out)")
 

@@ -27,6 +27,7 @@ from . import STARTED, data, distributed, loggers
 from .config import (
     CONF_DIR,
     ConfigError,
+    ResumeMismatch,
     check_choice_keys,
     check_hydra_keys,
     check_overrides,
@@ -48,7 +49,7 @@ from .engine import (
     tell_if_busy,
 )
 from .metrics import NoSpace, write_json, write_results
-from .rundir import LOCK_NAME, grid_overrides, hold, is_search, read_summary, release
+from .rundir import LOCK_NAME, grid_overrides, hold, is_search, read_summary, release, restore_record
 from .sweeps import metric, prepare_job
 from .tasks import TASKS, in_sweep
 
@@ -88,6 +89,7 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
     started = time.perf_counter()
     earlier = _read(out_dir / "summary.json")  # a run this one continues (trainer.resume), or an unfinished one
     earlier_completed = read_summary(out_dir).get("status") == "completed"
+    mismatch = False  # a resume refused for its settings, its checkpoint sound
     summary: dict[str, Any] = {
         "task": enum_value(cfg.task),
         "model": cfg.model.get("name"),
@@ -106,6 +108,7 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
         summary["status"] = "completed"
     except (ConfigError, data.DataError) as err:
         summary |= {"status": "failed", "error": str(err), "bad_input": True}
+        mismatch = isinstance(err, ResumeMismatch)
     except Diverged as err:
         summary |= {"status": "diverged", "error": str(err)}
     except (torch.OutOfMemoryError, MemoryError) as err:
@@ -129,10 +132,14 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
         if "training_s" in summary:  # fixed cost: everything but the epochs
             summary["setup_s"] = summary.pop("_epochs_started") - started
             summary["teardown_s"] = ended - summary.pop("_epochs_ended")
-        if summary.get("bad_input") and earlier_completed and _read(out_dir / "summary.json") == earlier:
-            # Refused before this run wrote anything (a resume that does not fit its checkpoint):
-            # the completed run's files stay as they were (an unfinished run's record the refusal).
-            log.error("refused, nothing was run (%s is as it was): %s", out_dir, summary["error"])
+        if summary.get("bad_input") and (earlier_completed or mismatch and earlier is not None) \
+                and _read(out_dir / "summary.json") == earlier:
+            # Refused before this run wrote anything: a completed run keeps its record, and so does
+            # an unfinished one whose resume did not fit its settings (it can still be resumed in its
+            # own); Hydra's files too. A damaged checkpoint is the unfinished run's record: the
+            # resume its summary.json offered cannot be made.
+            restore_record(out_dir)
+            log.error("refused, nothing was run (%s is as it was; its cnnbench.log keeps this line): %s", out_dir, summary["error"])
             return summary | {"refused": True}
         try:
             write_json(out_dir / "summary.json", summary)
@@ -155,7 +162,7 @@ def _closing_line(summary: dict[str, Any], out_dir: Path) -> str:
     if summary.get("refused") == "removed":
         return f"refused; nothing was run or kept ({out_dir}, made for the run, is removed)"
     if summary.get("refused"):
-        return f"refused; {out_dir} is as it was"
+        return f"refused; {out_dir} is as it was (its cnnbench.log notes the refusal)"
     status = summary["status"]
     files = sorted(p.name + ("/" if p.is_dir() else "") for p in out_dir.iterdir() if not p.name.startswith("."))
     final, best = summary.get("final_test_acc"), summary.get("best_test_acc")
@@ -251,6 +258,11 @@ def checked_args(args: list[str]) -> list[str]:
     if not CONFIG_FLAGS & {a.split("=")[0] for a in args}:  # another primary config has keys of its own
         check_hydra_keys(overrides)
     if multirun_requested(args) and not runs_nothing:
+        run_dir = next((o for o in overrides if o.lstrip("+~").partition("=")[0] == "hydra.run.dir"), None)
+        if run_dir:  # Hydra would ignore it: the sweep would go to outputs/sweeps/DATE/TIME unannounced
+            why = multirun[0] if multirun else next((a for a in overrides if a.startswith("experiment=")), "hydra.mode=MULTIRUN")
+            raise ConfigError(f"{run_dir.lstrip('+~')} is a single run's dir, and this command is a sweep ({why}), whose "
+                              f"jobs go into numbered dirs under hydra.sweep.dir: give hydra.sweep.dir={run_dir.partition('=')[2]}")
         return one_value_sweeps(args)
     search = next((o for o in overrides if o.lstrip("+~").partition("=")[0] == "hparams_search"), None)
     if search and not runs_nothing:  # without -m Hydra would run one plain job, no search

@@ -182,6 +182,16 @@ def test_a_second_run_into_a_busy_dir_is_refused_and_the_first_keeps_its_files(r
     assert ("cnnbench model=lenet data.subset=2048 data.test_subset=500 trainer.plot=false trainer.checkpoint=true "
             f"hydra.run.dir={run_dir} trainer.resume={run_dir} trainer.max_epochs=N") in " ".join(third.stderr.split())
     assert pd.read_csv(run_dir / "metrics.csv")["epoch"].tolist() == [1, 2]
+    # a resume refused for its settings: Hydra's record of the run (.hydra/) is put back as it was, with the rest
+    record = {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()}
+    files = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix != ".log" and p.name != ".cnnbench.lock"}
+    fourth = subprocess.run([sys.executable, "-m", "cnnbench", "model=lenet", "data.subset=2048", "data.test_subset=500",
+                             "trainer.max_epochs=3", "data.batch_size=64", f"hydra.run.dir={run_dir}", f"trainer.resume={run_dir}"],
+                            capture_output=True, text=True, timeout=120)
+    assert fourth.returncode == 2 and "the checkpoint is of batch_size=128" in fourth.stderr, fourth.stderr
+    assert fourth.stderr.splitlines()[-1].endswith("is as it was (its cnnbench.log notes the refusal)")
+    assert {p.name: p.read_bytes() for p in (run_dir / ".hydra").iterdir()} == record
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.suffix != ".log" and p.name != ".cnnbench.lock"} == files
 
 
 def plant_default_dirs(root: Path, kind: str, name: str = "") -> set[Path]:
@@ -416,6 +426,13 @@ def test_a_refused_resume_leaves_a_completed_run_as_it_was(make_cfg, tiny_data, 
                            f"trainer.resume={tmp_path}"), tmp_path)
     assert summary["status"] == "failed" and summary["bad_input"] and "model='lenet'" in summary["error"]
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".log"} == before
+    # an interrupted run's record too: its status and the command that resumes it (it became "failed")
+    interrupted = json.loads((tmp_path / "summary.json").read_text()) | {"status": "interrupted", "error": "stopped by SIGTERM"}
+    (tmp_path / "summary.json").write_text(json.dumps(interrupted))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".log"}
+    summary = run(make_cfg(f"data.root={tiny_data}", "trainer=smoke", "data.batch_size=4", f"trainer.resume={tmp_path}"), tmp_path)
+    assert summary["refused"] and "the checkpoint is of batch_size=" in summary["error"]
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.suffix != ".log"} == before
 
 
 def test_a_resume_refused_into_a_new_dir_leaves_no_dir(make_cfg, tiny_data, tmp_path):
@@ -477,6 +494,30 @@ def test_a_new_run_never_adopts_an_earlier_runs_checkpoints(tmp_path, capsys):
     OutputCheck().on_run_start(hydra_dirs(run_dir=tmp_path, resume=str(tmp_path)))  # resuming it is what it is for
     (tmp_path / "last.pt").unlink()
     OutputCheck().on_run_start(hydra_dirs(run_dir=tmp_path))  # nothing kept: starting over is fine
+
+
+@pytest.mark.parametrize("status, kept", [("completed", "summary.json"), ("interrupted", "last.pt")])
+def test_only_a_resume_of_the_dirs_own_run_may_write_into_it(tmp_path, capsys, status, kept):
+    """trainer.resume let any command into a dir: a resume from another run's checkpoint replaced a
+    completed run's results (or an interrupted run's last.pt, its one way back), and task=evaluate
+    with the run's own checkpoint replaced its summary.json. Only task=train resuming this dir's
+    checkpoint (the dir, or a file in it) goes on there."""
+    from cnnbench.callbacks import OutputCheck
+
+    here, other = tmp_path / "here", tmp_path / "other"
+    here.mkdir(), other.mkdir()
+    (here / "summary.json").write_text(json.dumps({"status": status, "task": "train", "overrides": []}))
+    (here / "last.pt").write_bytes(b"")
+    for resume, task, why in ((str(other), "train", f"trainer.resume={other} is not this dir's: a resume goes on in the dir of "
+                                                     "the run it continues, or in a new one"),
+                              (str(here), "evaluate", "task=evaluate writes results of its own")):
+        config = hydra_dirs(run_dir=here, resume=resume)
+        config.task = task
+        with pytest.raises(SystemExit) as stop:
+            OutputCheck().on_run_start(config)
+        assert stop.value.code == 2 and why in " ".join(capsys.readouterr().err.split())
+    for resume in (here, here / "last.pt", Path(os.path.relpath(here))):  # its own checkpoint, however it is named
+        OutputCheck().on_run_start(hydra_dirs(run_dir=here, resume=str(resume)))
 
 
 def test_the_cpu_running_out_of_memory_is_oom(make_cfg, tiny_data, tmp_path, monkeypatch):
