@@ -192,6 +192,11 @@ def test_what_hydra_gets_from_the_command_line():
     # a malformed override: which one, where Hydra's parser stopped, and how to quote (not Hydra's lexer name and a link)
     with pytest.raises(ConfigError, match=r"^data.root=~/data is not an override Hydra can read \(at '~'\): KEY=VALUE"):
         checked_args(["trainer=smoke", "data.root=~/data"])
+    # a sweep's dir is hydra.sweep.dir: Hydra ignored hydra.run.dir and started ds_anynet's 96 jobs in outputs/sweeps/
+    for args, why in ((["experiment=ds_anynet", "trainer=smoke"], "experiment=ds_anynet"), (["-m", "optimizer.lr=0.1,1"], "-m")):
+        with pytest.raises(ConfigError, match=rf"^hydra.run.dir=out/a is a single run's dir, and this command is a sweep \({why}\), "
+                                              r"whose jobs go into numbered dirs under hydra.sweep.dir: give hydra.sweep.dir=out/a$"):
+            checked_args([*args, "hydra.run.dir=out/a"])
     # another primary config or config dir: the run's own check judges its values
     assert checked_args(["--config-name", "mine", "task=sumary"]) == ["--config-name", "mine", "task=sumary"]
 
