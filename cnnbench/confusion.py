@@ -297,7 +297,7 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     show("\n".join([
         f"{meta['model']} from {path} ({when}): test accuracy {errors.accuracy:.4f} on {summary['eval_images']} images; "
         f"worst class {summary['worst_class']} ({summary['worst_class_acc']:.3f})",
-        *(f"  {row['class']:12} {row['accuracy']:.3f}  ({row['correct']}/{row['count']})"
+        *(f"  {row['class']:12} {'  -  ' if row['accuracy'] is None else format(row['accuracy'], '.3f')}  ({row['correct']}/{row['count']})"
           + (f"  most often taken for {row['most_confused_with']} ({row['confused_count']})" if row["confused_count"] else "")
           for row in per_class_rows(errors, class_names())),
     ]))
