@@ -286,6 +286,13 @@ def looking_flag(args: list[str]) -> str | None:
                                        ("--shell-completion", parsed.shell_completion)) if on), None)
 
 
+# Keys that say how a model is trained: task=evaluate takes them from the checkpoint, so it refuses them
+TRAINING_ONLY = ("model.", "optimizer.", "scheduler.", "bench.", "data.batch_size", "data.subset", "data.drop_last",
+                 "data.normalize", "data.crop_padding", "data.hflip", "trainer.max_epochs", "trainer.label_smoothing",
+                 "trainer.grad_clip", "trainer.diverge_loss", "trainer.limit_train_batches", "trainer.checkpoint",
+                 "trainer.save_best")
+
+
 def check_values(overrides: list[str], args: list[str]) -> None:
     """A single run's values, checked before Hydra makes its run dir: a typo must not leave a
     failed run behind. A value of the wrong type gets cnnbench's message, not Hydra's; a config
@@ -298,10 +305,12 @@ def check_values(overrides: list[str], args: list[str]) -> None:
         raise
     except Exception:  # noqa: BLE001 - a malformed override or another composition error: Hydra says where, as before
         return
-    ignored = [o.lstrip("+~") for o in overrides if o.lstrip("+~").startswith(("model=", "model."))]
+    ignored = [o.lstrip("+~") for o in overrides if o.lstrip("+~").partition("=")[0].startswith(TRAINING_ONLY)
+               or o.lstrip("+~").partition("=")[0] in ("model", "optimizer", "scheduler")]
     if enum_value(cfg.task) == "evaluate" and ignored:  # it would be recorded as the run's, and reported so
-        raise ConfigError(f"{' '.join(ignored)}: task=evaluate takes the model and its knobs from the checkpoint "
-                          f"(trainer.resume), so this does not apply; drop it (data.resize=N evaluates at another size)")
+        raise ConfigError(f"{' '.join(ignored)}: task=evaluate takes the model, its knobs and how it was trained from the "
+                          f"checkpoint (trainer.resume), so this does not apply; drop it (data.resize=N evaluates at another "
+                          f"size; data.test_subset, data.test_batch_size, trainer.precision and trainer.device are the evaluation's own)")
     try:
         validate(cfg)
     except ConfigError:
