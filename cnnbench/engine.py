@@ -711,15 +711,20 @@ def read_checkpoint(resume: str, evaluate: bool = False) -> tuple[Path, dict]:
 def training_recipe(cfg: DictConfig) -> dict:
     """What a resumed run must share with the run that wrote its checkpoint, beyond the model,
     its knobs, the resolution and the batch size: the optimizer, the schedule, the data's
-    treatment and the loss, and the run's length where the schedule spans it (cosine and
-    one-cycle are built for trainer.max_epochs of trainer.limit_train_batches steps)."""
+    treatment and the loss, the epoch's length (trainer.limit_train_batches) and the seed, and the
+    run's length where the schedule spans it (cosine and one-cycle are built for trainer.max_epochs)."""
     sections = {name: OmegaConf.to_container(cfg[name], resolve=True, enum_to_str=True) for name in ("optimizer", "scheduler")}
     recipe = {f"{name}.{key}": value for name, section in sections.items() for key, value in section.items()}
     recipe |= {f"data.{key}": cfg.data[key] for key in ("normalize", "crop_padding", "hflip", "subset", "drop_last")}
-    recipe |= {f"trainer.{key}": cfg.trainer[key] for key in ("label_smoothing", "grad_clip")}
+    recipe |= {f"trainer.{key}": cfg.trainer[key] for key in ("label_smoothing", "grad_clip", "limit_train_batches")}
+    recipe["seed"] = cfg.seed  # what the run records as its seed: the checkpoint's weights and data order came from it
     if enum_value(cfg.scheduler.name) in ("cosine", "onecycle"):
-        recipe |= {f"trainer.{key}": cfg.trainer[key] for key in ("max_epochs", "limit_train_batches")}
+        recipe["trainer.max_epochs"] = cfg.trainer.max_epochs
     return recipe
+
+
+# Recipe keys recorded only since a later version: a checkpoint written before is not checked on them
+RECORDED_SINCE = {"seed", "trainer.limit_train_batches"}
 
 
 def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
@@ -739,7 +744,7 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
                               f"{key}={meta[key]!r}; {advice}")
     if "recipe" in theirs:  # checkpoints before the recipe was recorded are checked as above only
         differ = [key for key in sorted(set(theirs["recipe"]) | set(meta["recipe"]))
-                  if theirs["recipe"].get(key) != meta["recipe"].get(key)]
+                  if theirs["recipe"].get(key) != meta["recipe"].get(key) and (key in theirs["recipe"] or key not in RECORDED_SINCE)]
         if differ:
             was = ", ".join(f"{key}={theirs['recipe'].get(key)}" for key in differ)
             now = ", ".join(f"{key}={meta['recipe'].get(key)}" for key in differ)

@@ -164,6 +164,9 @@ def test_a_checkpoint_of_another_model_is_refused(make_cfg, tiny_data, tmp_path,
         (["data.normalize=true"], [], "had data.normalize=True; this run has data.normalize=False"),
         # a cosine schedule spans the run it was built for: a longer resume would climb back up
         (["scheduler=cosine"], ["scheduler=cosine", "trainer.max_epochs=3"], "had trainer.max_epochs=1; this run has trainer.max_epochs=3"),
+        # epochs of another length, or a seed the weights did not come from, recorded as the run's
+        ([], ["trainer.limit_train_batches=1"], "had trainer.limit_train_batches=None; this run has trainer.limit_train_batches=1"),
+        (["seed=3"], [], "had seed=3; this run has seed=0"),
     ],
 )
 def test_a_resume_in_other_settings_is_refused_with_the_first_runs_overrides(make_cfg, tiny_data, tmp_path, first, then, message):
@@ -173,6 +176,19 @@ def test_a_resume_in_other_settings_is_refused_with_the_first_runs_overrides(mak
     assert summary["status"] == "failed" and summary["bad_input"] and message in summary["error"], summary["error"]
     assert f"resume with the overrides of the run that wrote it: {' '.join(start)}" in summary["error"]
     assert not (tmp_path / "b" / "metrics.csv").exists()
+
+
+def test_a_checkpoint_written_before_a_key_was_recorded_still_resumes(make_cfg, tiny_data, tmp_path):
+    """The seed and trainer.limit_train_batches joined the recorded recipe later: an older last.pt,
+    whose recipe lacks them, is not refused for them."""
+    start = [f"data.root={tiny_data}", "trainer.max_epochs=1", "trainer.checkpoint=true"]
+    run(make_cfg(*start), tmp_path)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    for key in ("seed", "trainer.limit_train_batches"):
+        del state["meta"]["recipe"][key]
+    torch.save(state, tmp_path / "last.pt")
+    summary = run(make_cfg(start[0], "trainer.max_epochs=2", f"trainer.resume={tmp_path}"), tmp_path)
+    assert summary["status"] == "completed", summary.get("error")
 
 
 def test_more_epochs_of_a_run_without_a_spanning_schedule_resume(make_cfg, tiny_data, tmp_path):
