@@ -1,6 +1,7 @@
 """CPU training steps of the book's models in three settings: fp32 (the CPU default), bf16
 autocast (``trainer.precision=bf16``) and bf16 with ``trainer.channels_last=true``: whether this
-CPU's bf16 matrix units (Intel AMX, where it has them) make a model train faster.
+CPU's bf16 instructions (Intel AMX matrix units, AVX512-BF16 where it has them) make a model
+train faster.
 
 For each ``d2l_<model>`` recipe (the book's model and resolution; another model with its own
 defaults; ``--resize`` for another resolution; ``--batch`` images a step), one
@@ -44,8 +45,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("overrides", nargs="*", help="cnnbench config overrides for every setting")
     args = parser.parse_args()
-    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: None)()  # torch's probe (private, hence the guard)
-    print(f"CPU: {os.cpu_count()} cores, bf16 matrix units (AMX): {amx}, torch {torch.__version__}\n")
+    def probe(name: str):  # torch's probes (private, hence the guard)
+        return getattr(torch.cpu, name, lambda: None)()
+
+    print(f"CPU: {os.cpu_count()} cores, bf16 matrix units (AMX): {probe('_is_amx_tile_supported')}, bf16 vector "
+          f"instructions (AVX512-BF16): {probe('_is_avx512_bf16_supported')}, torch {torch.__version__}\n")
     print(f"| model | px | batch | {' | '.join(f'{s} ms/step' for s in SETTINGS)} | {' | '.join(f'{s} speed-up' for s in list(SETTINGS)[1:])} |")
     print("|---|---|---|" + "---|" * (2 * len(SETTINGS) - 1))
     train = None
