@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import distributed
 from .data import CLASSES, DeviceLoader, build_loaders, load
-from .engine import autocast_dtype, read_checkpoint, resolve_device, unwrap
+from .engine import autocast_dtype, load_weights, read_checkpoint, resolve_device, unwrap
 from .metrics import environment, figure, save_figure, show, write_csv
 
 log = logging.getLogger(__name__)
@@ -271,12 +271,15 @@ def evaluate_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     if asked_model := [o for o in summary.get("overrides", []) if o.lstrip("+~").startswith(("model=", "model."))]:
         log.warning("task=evaluate takes the model from the checkpoint (%s): %s is ignored", meta["model"], " ".join(asked_model))
     model = create_model(meta["model"], image_size=size, **meta["knobs"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:  # layer shapes follow the input size (e.g. a dense head after flattening)
-        raise ConfigError(f"data.resize={cfg.data.resize}: {meta['model']} from {path} was trained at "
-                          f"{meta['resolution'][0]}x{meta['resolution'][1]} and its layers do not fit {size[0]}x{size[1]}; "
-                          "leave data.resize unset to evaluate at its own size") from None
+    if size == tuple(meta["resolution"]):
+        load_weights(model, state, cfg.trainer.resume)  # weights that do not fit their own record are refused
+    else:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:  # layer shapes follow the input size (e.g. a dense head after flattening)
+            raise ConfigError(f"data.resize={cfg.data.resize}: {meta['model']} from {path} was trained at "
+                              f"{meta['resolution'][0]}x{meta['resolution'][1]} and its layers do not fit {size[0]}x{size[1]}; "
+                              "leave data.resize unset to evaluate at its own size") from None
     model.to(device)
     partial = state.get("partial") or {}  # a checkpoint written mid-epoch (a stop signal): the steps into the next
     if "config" in meta:  # the run that trained the weights: its settings describe this evaluation in a report

@@ -756,9 +756,30 @@ def find_checkpoint(resume: str, meta: dict) -> tuple[Path, dict]:
 OPTIMIZER_KERNEL_KEYS = ("fused", "foreach", "capturable", "differentiable")  # how to step, not what: this machine's
 
 
-def restore(state: dict, trainer: Trainer, loader: DeviceLoader) -> None:
+def load_weights(model: nn.Module, state: dict, resume: str) -> None:
+    """A checkpoint's weights into the model its meta record names, or a ConfigError saying how
+    they do not fit it (a file whose weights and record disagree is not what it says)."""
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        mine, theirs = model.state_dict(), state["model"]
+
+        def some(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+        missing, unexpected = [k for k in mine if k not in theirs], [k for k in theirs if k not in mine]
+        shaped = [f"{k} {list(getattr(theirs[k], 'shape', []))} where the model has {list(mine[k].shape)}"
+                  for k in mine if k in theirs and getattr(theirs[k], "shape", None) != mine[k].shape]
+        wrong = "; ".join(f"{len(keys)} {what} ({some(keys)})" for what, keys in
+                          (("missing", missing), ("unexpected", unexpected), ("of another shape", shaped)) if keys)
+        meta = state["meta"]
+        raise ConfigError(f"trainer.resume={resume!r}: its weights do not fit the model its record names ({meta['model']} at "
+                          f"{'x'.join(map(str, meta['resolution']))}, with its recorded knobs): {wrong or 'torch refused them'}") from None
+
+
+def restore(state: dict, trainer: Trainer, loader: DeviceLoader, resume: str = "") -> None:
     """Put a checkpoint's state back into a freshly built trainer and its training loader."""
-    unwrap(trainer.model).load_state_dict(state["model"])
+    load_weights(unwrap(trainer.model), state, resume)
     # The saved param groups replace this run's, kernel choices included: a checkpoint written on
     # the CPU would turn CUDA's fused optimizer off, and with fp16 loss scaling then fail at the
     # first step (the optimizer still takes the scaler's arguments only a fused kernel handles).

@@ -116,7 +116,7 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     summary |= compute_settings(cfg, device)  # auto, resolved: fp32/bf16/fp16, channels_last, compiled, deterministic
     start_epoch, partial = 1, None
     if resume:
-        restore(state, trainer, train_loader)
+        restore(state, trainer, train_loader, cfg.trainer.resume)
         start_epoch, partial = state["epoch"] + 1, state["partial"]
         summary["resumed_from"] = {"checkpoint": str(resume), "epochs_done": state["epoch"],
                                    "steps_into_next_epoch": partial["batches_done"] if partial else 0}

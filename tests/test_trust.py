@@ -626,3 +626,21 @@ def test_a_run_stopped_while_writing_its_results_resumes_to_write_them_and_keeps
     summary = run(make_cfg(*base, f"trainer.resume={tmp_path}"), tmp_path)  # trains nothing: writes the results
     assert summary["status"] == "completed" and (tmp_path / "per_class.csv").is_file()
     assert engine.load_checkpoint(tmp_path / "last.pt")["epoch"] == 2  # the last epoch's, kept (it can be lengthened)
+
+
+def test_weights_that_do_not_fit_their_own_record_are_refused_saying_so(make_cfg, tiny_data, tmp_path):
+    """A file with bn_lenet's record and lenet's weights: refused for what it is, not blamed on a
+    data.resize nobody gave."""
+    from cnnbench.models import create_model
+
+    start = [f"data.root={tiny_data}", "trainer=smoke", "trainer.checkpoint=true", "trainer.plot=false"]
+    assert run(make_cfg(*start), tmp_path / "run")["status"] == "completed"
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    state["model"] = create_model("lenet").state_dict()
+    torch.save(state, tmp_path / "mixed.pt")
+    expected = (f"trainer.resume='{tmp_path / 'mixed.pt'}': its weights do not fit the model its record names (bn_lenet at 28x28, "
+                "with its recorded knobs): 24 missing (features.1.weight, features.1.bias, features.1.running_mean, ...); 4 unexpected")
+    evaluated = run(make_cfg("task=evaluate", f"trainer.resume={tmp_path / 'mixed.pt'}", f"data.root={tiny_data}"), tmp_path / "e")
+    resumed = run(make_cfg(*start, "trainer.max_epochs=3", f"trainer.resume={tmp_path / 'mixed.pt'}"), tmp_path / "r")
+    for summary in (evaluated, resumed):
+        assert summary["bad_input"] and summary["error"].startswith(expected), summary["error"]
