@@ -1,4 +1,4 @@
 """``python -m cnnbench``: the same as the ``cnnbench`` command."""
-from .train import cli
+from .command import main
 
-cli()
+main()

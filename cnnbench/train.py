@@ -373,6 +373,12 @@ def cli() -> None:
     cycles still alive at exit stay unfreed, which Python never promised to finalise anyway."""
     try:
         main()
+    except KeyboardInterrupt:
+        if _job_started:  # a run's stop: recorded in its files, told by its own lines
+            raise
+        from .command import stopped_while_starting
+
+        stopped_while_starting(signal.SIGINT)  # checking the command, composing: one line, not a traceback
     finally:
         gc.collect()  # today's garbage still meets its finalisers
         gc.freeze()

@@ -137,8 +137,10 @@ def test_the_command_skips_the_collectors_last_scan_at_exit(monkeypatch):
     from cnnbench import train
 
     project = tomllib.loads((Path(train.__file__).parents[1] / "pyproject.toml").read_text())["project"]
-    assert project["scripts"]["cnnbench"] == "cnnbench.train:cli"
-    assert "cli()" in (Path(train.__file__).parent / "__main__.py").read_text()  # python -m cnnbench too
+    # the command's entry imports train (torch) inside it, then runs train.cli; python -m cnnbench too
+    assert project["scripts"]["cnnbench"] == "cnnbench.command:main"
+    assert "from .command import main" in (Path(train.__file__).parent / "__main__.py").read_text()
+    assert "from .train import cli" in (Path(train.__file__).parent / "command.py").read_text()
     monkeypatch.setattr(train, "main", lambda: sys.exit(3))
     frozen = gc.get_freeze_count()
     try:

@@ -412,3 +412,26 @@ def test_a_stop_signal_says_how_to_abandon_the_step_only_when_a_key_can(caplog):
         engine.StopFlag()._handle(signal.SIGINT, None)
     assert [r.getMessage() for r in caplog.records] == ["SIGTERM received: stopping after this step",
                                                         "SIGINT received: stopping after this step (Ctrl-C again to abandon it)"]
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_torch_is_imported_is_one_line(tmp_path, signame):
+    """The first seconds of every command import torch: Ctrl-C there printed 30 lines of torch's
+    import machinery, SIGTERM nothing at all. The signal comes as torch's import begins."""
+    code = f"""
+import os, signal, sys
+sys.argv = ["cnnbench", "trainer=smoke", "hydra.run.dir={tmp_path / 'run'}"]
+class StopAtTorch:
+    def find_spec(self, name, path, target=None):
+        if name == "torch":
+            os.kill(os.getpid(), signal.{signame})
+        return None
+sys.meta_path.insert(0, StopAtTorch())
+from cnnbench.command import main
+main()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    signum = getattr(signal, signame)
+    assert proc.returncode == 128 + signum
+    assert proc.stderr == f"cnnbench: stopped by {signame} while starting; nothing was run\n"
+    assert not (tmp_path / "run").exists()
