@@ -530,8 +530,10 @@ def check_overrides(overrides: list[str], sweep_advice: str | None = None) -> No
         return
     for override in parsed if sweep_advice else []:
         if override.is_sweep_override():
+            several = f"; several trackers in one run: '{override.key_or_group}=[{','.join(sweep_values(override))}]'" \
+                if override.key_or_group == "logger" else ""
             raise ConfigError(f"{override.input_line} lists several values, a sweep: "
-                              f"{sweep_advice.format(override=override.input_line)} (a value that holds a comma goes in "
+                              f"{sweep_advice.format(override=override.input_line)}{several} (a value that holds a comma goes in "
                               f"Hydra's quotes inside the shell's: \"KEY='A,B'\")")
     fields = {f.name for f in dataclasses.fields(Config)}
     groups_given = {o.key_or_group for o in parsed}

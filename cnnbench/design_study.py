@@ -202,7 +202,7 @@ def study_report(path: str | Path, results: pd.DataFrame | None = None, keys: li
         written.append(path / name)
     with pd.option_context("display.width", 200, "display.max_columns", 30, "display.float_format", "{:.4g}".format):
         print("design study: final test error (%) per space, area between EDFs (percentage points)")
-        print(table.to_string(index=False))
+        print(table.to_string(index=False, na_rep="-"))  # a space against itself: no area
         if not region.empty:
             print("good region: bootstrap range of each quantity among the best quarter of each space")
             print(region[["space", "quantity", "low", "median", "high", "all_min", "all_max"]].to_string(index=False))

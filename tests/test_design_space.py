@@ -200,8 +200,10 @@ def test_good_region_bootstraps_the_best_networks_values():
     assert region.loc[("a", "ds_depth"), "low"] == 4  # the shallowest is the best in the hand-made table
 
 
-def test_the_study_report_writes_its_plots_and_tables(tmp_path):
+def test_the_study_report_writes_its_plots_and_tables(tmp_path, capsys):
     written = ds.study_report(tmp_path, hand_results())
+    printed = capsys.readouterr().out
+    assert "area_vs_" in printed and "NaN" not in printed  # a space against itself reads "-", as every table's gap
     names = {p.name for p in written}
     assert {"report_edf.png", "report_ds_scatter.png", "design_study.csv", "design_study_good_region.csv"} <= names
     assert (tmp_path / "report_edf.png").stat().st_size > 10_000

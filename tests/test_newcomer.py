@@ -61,6 +61,7 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["model.norm=bach"], "model.norm='bach' is not allowed (did you mean batch?); choose one of: none, batch, scratch"),
     (["model=anynet_sample", "model.space=AnyNetXB"], "model.space='AnyNetXB' is not allowed (did you mean anynetx_b?)"),
     (["logger.mlfow.experiment=x"], "logger.mlfow.experiment: mlfow is not a tracker (did you mean mlflow?)"),
+    (["logger=csv,tensorboard"], "or give one value; several trackers in one run: 'logger=[csv,tensorboard]'"),
     (["-m", "hydra/launcher=local_paralel", "optimizer.lr=0.1,0.2"],
      "hydra/launcher=local_paralel is not an option of hydra/launcher (did you mean local_parallel?); choose one of: basic, "
      "local_parallel, slurm, submitit_local, submitit_slurm"),
