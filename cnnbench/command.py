@@ -1,10 +1,13 @@
 """The ``cnnbench`` command's entry point. ``cnnbench.train`` (torch, Hydra: seconds of start-up)
-is imported inside it, so a stop in those seconds (Ctrl-C, SIGTERM) says so in one line instead
-of a traceback from torch's import or, for SIGTERM, nothing at all."""
+is imported inside it, so a stop while the command starts (Ctrl-C, SIGTERM), until Hydra takes
+over, says so in one line instead of a traceback from torch's import or, for SIGTERM, nothing."""
 from __future__ import annotations
 
 import signal
 import sys
+
+_previous_sigterm = None  # SIGTERM's handler before the command's start-up took it
+starting = False  # importing, checking the command: nothing launched yet
 
 
 def stopped_while_starting(signum: int) -> None:
@@ -12,11 +15,20 @@ def stopped_while_starting(signum: int) -> None:
     sys.exit(128 + signum)
 
 
+def started() -> None:
+    """Hydra takes over (its jobs, or a launcher's, handle their own stops): SIGTERM as it was."""
+    global _previous_sigterm, starting
+    if starting:
+        signal.signal(signal.SIGTERM, _previous_sigterm)
+        starting = False
+
+
 def main() -> None:
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stopped_while_starting(signum))
+    global _previous_sigterm, starting
+    _previous_sigterm = signal.signal(signal.SIGTERM, lambda signum, frame: stopped_while_starting(signum))
+    starting = True
     try:
         from .train import cli
     except KeyboardInterrupt:
         stopped_while_starting(signal.SIGINT)
-    signal.signal(signal.SIGTERM, previous)
     cli()

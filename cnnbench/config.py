@@ -421,7 +421,7 @@ def sweep_command(overrides: list[str], hydra_overrides: list[str], sweep_dir) -
     """The command that runs the sweep in ``sweep_dir`` again, there (its completed jobs are
     skipped, interrupted ones resume): its overrides, with its dir named, since the default dir
     is a new one every second."""
-    own = [o for o in hydra_overrides if o.lstrip("+~").partition("=")[0] not in ("hydra.sweep.dir", "hydra.mode")]
+    own = [o for o in hydra_overrides if o.lstrip("+~").partition("=")[0] not in ("hydra.sweep.dir", "hydra.mode", "hydra.run.dir")]
     command = ["-m", *overrides, *own, f"hydra.sweep.dir={sweep_dir}"]
     return " ".join([program(), *(shlex.quote(c) for c in command)])
 

@@ -324,11 +324,12 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     # with several series (lines) each x takes its series' colour: which setting diverged (without or with batch norm)
     series = {tuple(_short(v) for v in (values if isinstance(values, tuple) else (values,))): i
               for i, (values, _) in enumerate(groups)} if others and len(groups) > 1 and not shade else {}
-    coloured = False
+    unplaced = 0  # with series: runs of a setting none of whose runs is shown (black)
     for index, at in lost.items():
         i = series.get(tuple(_short(without.at[index, k]) if k in without else "default" for k in others))
-        coloured |= i is not None
-        ax.plot([at], [0], "x", color="tab:red" if i is None else style(i)["color"], markersize=9, markeredgewidth=2,
+        unplaced += bool(series) and i is None
+        colour = style(i)["color"] if i is not None else "black" if series else "tab:red"
+        ax.plot([at], [0], "x", color=colour, markersize=9, markeredgewidth=2,
                 transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
     if len(lost):
         x_num = pd.concat([x_num, lost])  # the axis and its ticks reach them too
@@ -368,7 +369,8 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         counts = without["status"].fillna("unfinished").value_counts()
         text += f"\nnot shown, no {metric.replace('_', ' ')}: " + ", ".join(f"{n} {status}" for status, n in counts.items())
         if len(lost):
-            text += " (x on the axis, in its series' colour)" if coloured else " (red x on the axis)"
+            text += " (red x on the axis)" if not series else " (x on the axis, in its series' colour" + \
+                ("; black: a setting with no run shown)" if unplaced else ")")
     fig.suptitle(text)
     return save_figure(fig, path / f"report_vs_{key.replace('/', '_')}.png")
 

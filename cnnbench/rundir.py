@@ -124,10 +124,10 @@ def release(folder: Path) -> None:
 
 
 def resumes_in(resume: str, run_dir: Path) -> bool:
-    """Whether ``trainer.resume`` names this run dir's own checkpoint (the dir, or a file in it)."""
+    """Whether ``trainer.resume`` names this run dir's own checkpoint: the dir, or its last.pt
+    (another file put there, another run's copied in, is not the run of this dir)."""
     path = Path(resume).expanduser()
-    folder = path if path.is_dir() else path.parent
-    return folder.resolve() == Path(run_dir).resolve()
+    return (path if path.is_dir() else path.parent if path.name == "last.pt" else path).resolve() == Path(run_dir).resolve()
 
 
 _records: dict[Path, dict[Path, bytes]] = {}  # run dir -> its Hydra record (.hydra/*.yaml) before a resume
@@ -140,10 +140,12 @@ def keep_record(run_dir: Path, subdir: str | None) -> None:
     _records[Path(run_dir).resolve()] = {f: f.read_bytes() for f in folder.glob("*.yaml") if f.is_file()} if subdir else {}
 
 
-def restore_record(run_dir: Path) -> None:
-    """Put back what ``keep_record`` kept (the config files of the run as it was trained)."""
+def restore_record(run_dir: Path, put_back: bool = True) -> None:
+    """Put back what ``keep_record`` kept (the config files of the run as it was trained), or with
+    ``put_back=False`` forget it (the resume went ahead: its record is now the run's)."""
     for path, content in _records.pop(Path(run_dir).resolve(), {}).items():
-        path.write_bytes(content)
+        if put_back:
+            path.write_bytes(content)
 
 def safe_name(value: object) -> str:
     """``value`` as one path component that cannot leave its folder: anything but letters,

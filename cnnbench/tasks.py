@@ -108,7 +108,6 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
     resume, state = find_checkpoint(cfg.trainer.resume, meta) if cfg.trainer.resume else (None, None)
     if state:
         _check_resume(cfg, resume, state, out_dir)
-    write_json(out_dir / "summary.json", summary)
     train_split, test_split = data.load(cfg.data.root, cfg.data.download)
     train_loader, test_loader = build_loaders(cfg, train_split, test_split, size, device)
     meta["inputs"] = {"mean": train_loader.mean, "std": train_loader.std}  # what task=evaluate must feed the weights
@@ -134,6 +133,8 @@ def train_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> None:
             log.warning("the checkpoint's run had %d process(es), this one has %d: each process's batch share and "
                         "batch norm statistics differ, so the resumed run is not the one an uninterrupted run would "
                         "have been", before, summary["processes"])
+    # the first write into the dir: a resume refused up to here (its data, its weights) leaves the run it names as it was
+    write_json(out_dir / "summary.json", summary)
     log.info(
         "%s: %s params, %.3g GFLOPs/image at %dx%d, %s training images an epoch, batch %d, on %s in %s%s",
         cfg.model.name, f"{summary['params']:,}", summary["flops"] / 1e9, *size,

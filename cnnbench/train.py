@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import STARTED, data, distributed, loggers
+from . import STARTED, command, data, distributed, loggers
 from .config import (
     CONF_DIR,
     ConfigError,
@@ -49,7 +49,7 @@ from .engine import (
     tell_if_busy,
 )
 from .metrics import NoSpace, write_json, write_results
-from .rundir import LOCK_NAME, grid_overrides, hold, is_search, read_summary, release, restore_record
+from .rundir import LOCK_NAME, grid_overrides, hold, is_search, read_summary, release, restore_record, resumes_in
 from .sweeps import metric, prepare_job
 from .tasks import TASKS, in_sweep
 
@@ -132,8 +132,8 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
         if "training_s" in summary:  # fixed cost: everything but the epochs
             summary["setup_s"] = summary.pop("_epochs_started") - started
             summary["teardown_s"] = ended - summary.pop("_epochs_ended")
-        if summary.get("bad_input") and (earlier_completed or mismatch and earlier is not None) \
-                and _read(out_dir / "summary.json") == earlier:
+        own = bool(cfg.trainer.get("resume")) and resumes_in(cfg.trainer.resume, out_dir) and earlier is not None
+        if summary.get("bad_input") and (earlier_completed or mismatch and own) and _read(out_dir / "summary.json") == earlier:
             # Refused before this run wrote anything: a completed run keeps its record, and so does
             # an unfinished one whose resume did not fit its settings (it can still be resumed in its
             # own); Hydra's files too. A damaged checkpoint is the unfinished run's record: the
@@ -141,6 +141,7 @@ def _run(cfg: DictConfig, out_dir: Path, overrides: list[str]) -> dict[str, Any]
             restore_record(out_dir)
             log.error("refused, nothing was run (%s is as it was; its cnnbench.log keeps this line): %s", out_dir, summary["error"])
             return summary | {"refused": True}
+        restore_record(out_dir, put_back=False)  # the run went on (or failed on): Hydra's record is this run's
         try:
             write_json(out_dir / "summary.json", summary)
         except OSError as err:  # a full disk: the run's other files stay as they were
@@ -259,8 +260,10 @@ def checked_args(args: list[str]) -> list[str]:
         check_hydra_keys(overrides)
     if multirun_requested(args) and not runs_nothing:
         run_dir = next((o for o in overrides if o.lstrip("+~").partition("=")[0] == "hydra.run.dir"), None)
-        if run_dir:  # Hydra would ignore it: the sweep would go to outputs/sweeps/DATE/TIME unannounced
-            why = multirun[0] if multirun else next((a for a in overrides if a.startswith("experiment=")), "hydra.mode=MULTIRUN")
+        if run_dir and distributed.from_env().main:  # Hydra would ignore it: the sweep would go to outputs/sweeps/ unannounced
+            # (torchrun's other ranks are given a scratch run dir by main(), not by the user)
+            why = multirun[0] if multirun else next((a.lstrip("+~") for a in overrides if a.lstrip("+~").startswith("experiment=")),
+                                                    "hydra.mode=MULTIRUN")
             raise ConfigError(f"{run_dir.lstrip('+~')} is a single run's dir, and this command is a sweep ({why}), whose "
                               f"jobs go into numbered dirs under hydra.sweep.dir: give hydra.sweep.dir={run_dir.partition('=')[2]}")
         return one_value_sweeps(args)
@@ -287,7 +290,7 @@ def looking_flag(args: list[str]) -> str | None:
 
 
 # Keys that say how a model is trained: task=evaluate takes them from the checkpoint, so it refuses them
-TRAINING_ONLY = ("model.", "optimizer.", "scheduler.", "bench.", "data.batch_size", "data.subset", "data.drop_last",
+TRAINING_ONLY = ("seed", "model.", "optimizer.", "scheduler.", "bench.", "data.batch_size", "data.subset", "data.drop_last",
                  "data.normalize", "data.crop_padding", "data.hflip", "trainer.max_epochs", "trainer.label_smoothing",
                  "trainer.grad_clip", "trainer.diverge_loss", "trainer.limit_train_batches", "trainer.checkpoint",
                  "trainer.save_best")
@@ -352,6 +355,7 @@ def main() -> None:
     except ConfigError as err:
         print(f"cnnbench: {err}", file=sys.stderr)
         sys.exit(BAD_INPUT_EXIT)
+    command.started()  # a stop from here on is a job's or a launcher's to handle
     try:
         hydra_main()
     except SystemExit as stop:
@@ -374,11 +378,9 @@ def cli() -> None:
     try:
         main()
     except KeyboardInterrupt:
-        if _job_started:  # a run's stop: recorded in its files, told by its own lines
+        if not command.starting:  # a run's or a launcher's stop: told by their own lines
             raise
-        from .command import stopped_while_starting
-
-        stopped_while_starting(signal.SIGINT)  # checking the command, composing: one line, not a traceback
+        command.stopped_while_starting(signal.SIGINT)  # checking the command: one line, not a traceback
     finally:
         gc.collect()  # today's garbage still meets its finalisers
         gc.freeze()

@@ -414,10 +414,12 @@ def test_a_stop_signal_says_how_to_abandon_the_step_only_when_a_key_can(caplog):
                                                         "SIGINT received: stopping after this step (Ctrl-C again to abandon it)"]
 
 
+@pytest.mark.parametrize("when", ["torch", "check"])
 @pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
-def test_a_stop_while_torch_is_imported_is_one_line(tmp_path, signame):
-    """The first seconds of every command import torch: Ctrl-C there printed 30 lines of torch's
-    import machinery, SIGTERM nothing at all. The signal comes as torch's import begins."""
+def test_a_stop_while_the_command_starts_is_one_line(tmp_path, signame, when):
+    """The first seconds of every command import torch, then check the command: Ctrl-C there
+    printed 30 lines of torch's import machinery, SIGTERM nothing at all. The signal comes as
+    torch's import begins, or as the command's check does."""
     code = f"""
 import os, signal, sys
 sys.argv = ["cnnbench", "trainer=smoke", "hydra.run.dir={tmp_path / 'run'}"]
@@ -426,12 +428,20 @@ class StopAtTorch:
         if name == "torch":
             os.kill(os.getpid(), signal.{signame})
         return None
-sys.meta_path.insert(0, StopAtTorch())
+if "{when}" == "torch":
+    sys.meta_path.insert(0, StopAtTorch())
+else:
+    from cnnbench import train
+    checked_args = train.checked_args
+    def stopping(args):
+        os.kill(os.getpid(), signal.{signame})
+        return checked_args(args)
+    train.checked_args = stopping
 from cnnbench.command import main
 main()
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     signum = getattr(signal, signame)
-    assert proc.returncode == 128 + signum
+    assert proc.returncode == 128 + signum, proc.stderr
     assert proc.stderr == f"cnnbench: stopped by {signame} while starting; nothing was run\n"
     assert not (tmp_path / "run").exists()

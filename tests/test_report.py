@@ -415,6 +415,12 @@ def test_with_and_without_batch_norm_each_diverged_rate_takes_its_series_colour(
     assert len(crosses) == 1 and list(crosses[0].get_xdata()) == [30.0]
     assert crosses[0].get_color() == colour["model.norm=none"] != colour["model.norm=batch"]
     assert "(x on the axis, in its series' colour)" in figures["report_vs_optimizer.lr.png"]._suptitle.get_text()
+    # a setting whose every run diverged has no line, hence no colour: its x is black, and the title says so
+    fake_run(tmp_path / "6", ["model.norm=scratch", "optimizer.lr=30.0"], status="diverged", acc=None)
+    report.report(tmp_path)
+    ax = figures["report_vs_optimizer.lr.png"].axes[0]
+    assert sorted(str(line.get_color()) for line in ax.get_lines() if line.get_marker() == "x") == sorted([colour["model.norm=none"], "black"])
+    assert "; black: a setting with no run shown)" in figures["report_vs_optimizer.lr.png"]._suptitle.get_text()
 
 
 def test_the_summary_plots_legend_stands_under_the_panels_not_over_a_bar(tmp_path, figures):

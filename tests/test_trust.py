@@ -518,6 +518,9 @@ def test_only_a_resume_of_the_dirs_own_run_may_write_into_it(tmp_path, capsys, s
         assert stop.value.code == 2 and why in " ".join(capsys.readouterr().err.split())
     for resume in (here, here / "last.pt", Path(os.path.relpath(here))):  # its own checkpoint, however it is named
         OutputCheck().on_run_start(hydra_dirs(run_dir=here, resume=str(resume)))
+    (here / "other.pt").write_bytes(b"")  # another run's checkpoint copied in is not this dir's run
+    with pytest.raises(SystemExit):
+        OutputCheck().on_run_start(hydra_dirs(run_dir=here, resume=str(here / "other.pt")))
 
 
 def test_the_cpu_running_out_of_memory_is_oom(make_cfg, tiny_data, tmp_path, monkeypatch):
@@ -644,3 +647,9 @@ def test_weights_that_do_not_fit_their_own_record_are_refused_saying_so(make_cfg
     resumed = run(make_cfg(*start, "trainer.max_epochs=3", f"trainer.resume={tmp_path / 'mixed.pt'}"), tmp_path / "r")
     for summary in (evaluated, resumed):
         assert summary["bad_input"] and summary["error"].startswith(expected), summary["error"]
+    # the run's own last.pt so damaged: continuing it in its dir is refused, and the completed run stays as it was
+    shutil.copy(tmp_path / "mixed.pt", tmp_path / "run" / "last.pt")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file() and p.suffix != ".log"}
+    again = run(make_cfg(*start, "trainer.max_epochs=3", f"trainer.resume={tmp_path / 'run'}"), tmp_path / "run")
+    assert again["refused"] and "its weights do not fit the model its record names" in again["error"]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file() and p.suffix != ".log"} == before
