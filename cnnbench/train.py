@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from . import STARTED, command, data, distributed, loggers
+from . import STARTED, __version__, command, data, distributed, loggers
 from .config import (
     CONF_DIR,
     ConfigError,
@@ -247,6 +247,7 @@ def checked_args(args: list[str]) -> list[str]:
     may stand anywhere (Hydra's parser takes it only before the overrides)."""
     multirun = [a for a in args if a in ("-m", "--multirun")]
     args = multirun + [a for a in args if a not in multirun]
+    check_words(args)
     looks = looking_flag(args)
     runs_nothing = bool(looks or HELP_FLAGS & set(args))
     if multirun and looks:  # Hydra's ValueError, with its traceback
@@ -274,6 +275,24 @@ def checked_args(args: list[str]) -> list[str]:
     if not runs_nothing:
         check_values(overrides, args)
     return args
+
+
+def check_words(args: list[str]) -> None:
+    """Every word is an override (KEY=VALUE, or ~KEY to delete one) or one of Hydra's flags with
+    its value: ``cnnbench model resnet18`` and ``cnnbench --model resnet18`` get one line saying
+    so, not Hydra's parser error (with a link to another version's docs) or its usage text."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        parsed, unknown = get_args_parser().parse_known_args(args)
+    except SystemExit:  # a flag without its value: Hydra's own parse says so, as it runs
+        return
+    words = [w for w in parsed.overrides if "=" not in w and not w.startswith("~")]
+    if unknown or words:
+        given, flat = " ".join(unknown + words), [w.lstrip("-") for w in unknown + words]
+        example = f"{flat[0]}={flat[1]}" if len(flat) == 2 else "model=resnet18"  # model resnet18, --model resnet18
+        raise ConfigError(f"{given}: cnnbench takes overrides KEY=VALUE (e.g. {example}; a sweep: -m KEY=A,B) and Hydra's "
+                          "flags (--cfg job, --help, -m); cnnbench --help lists the keys, models and recipes")
 
 
 def looking_flag(args: list[str]) -> str | None:
@@ -348,6 +367,9 @@ def main() -> None:
         scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{world.rank}-{os.getpid()}-")
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null", *QUIET_RANK]
+    if "--version" in sys.argv[1:]:  # Hydra's would name Hydra's alone
+        print(f"cnnbench {__version__} (torch {torch.__version__}, Hydra {hydra.__version__})")
+        sys.exit(0)
     if looking_flag(sys.argv[1:]) == "--cfg" and "--resolve" not in sys.argv:  # --cfg job, --cfg=job, -cjob
         sys.argv.append("--resolve")  # --cfg job shows the values a run uses (the resolution, say), not ${...}
     try:

@@ -62,6 +62,10 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["model=anynet_sample", "model.space=AnyNetXB"], "model.space='AnyNetXB' is not allowed (did you mean anynetx_b?)"),
     (["logger.mlfow.experiment=x"], "logger.mlfow.experiment: mlfow is not a tracker (did you mean mlflow?)"),
     (["logger=csv,tensorboard"], "or give one value; several trackers in one run: 'logger=[csv,tensorboard]'"),
+    # words that are no override: one line, not Hydra's parser error or its usage text
+    (["model", "resnet18"], "cnnbench: model resnet18: cnnbench takes overrides KEY=VALUE (e.g. model=resnet18; a sweep: -m KEY=A,B)"),
+    (["--model", "resnet18"], "cnnbench: --model resnet18: cnnbench takes overrides KEY=VALUE (e.g. model=resnet18;"),
+    (["help"], "cnnbench: help: cnnbench takes overrides KEY=VALUE (e.g. model=resnet18;"),
     (["-m", "hydra/launcher=local_paralel", "optimizer.lr=0.1,0.2"],
      "hydra/launcher=local_paralel is not an option of hydra/launcher (did you mean local_parallel?); choose one of: basic, "
      "local_parallel, slurm, submitit_local, submitit_slurm"),
