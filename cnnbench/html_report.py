@@ -14,11 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
-# Per-job images, in the order shown; mistakes.png is folded away (it is large and secondary).
-JOB_IMAGES = ("curves.png", "confusion.png")
+from .report import TABLE
+
+# Per-job images, in the order shown (a training run's, task=summary's, task=bench's); mistakes.png
+# is folded away (it is large and secondary).
+JOB_IMAGES = ("curves.png", "confusion.png", "layers.png", "bench.png")
 FOLDED_IMAGES = ("mistakes.png",)
-COLUMNS = ["status", "final_train_acc", "final_test_acc", "best_test_acc", "eval_test_acc", "worst_class", "worst_class_acc", "epochs_completed", "params",
-           "flops", "train_memory_mb", "best_train_images_per_s", "min_size", "wall_time_s", "device", "error"]
+# the console's table (cnnbench-report), and what a page has room for besides
+COLUMNS = [*(c for c in TABLE if c != "wall_time_s"), "epochs_completed", "wall_time_s", "device", "error"]
 STATUS_COLOURS = {"completed": "#d8f3dc", "diverged": "#ffe5b4", "oom": "#e9d5ff", "interrupted": "#e5e7eb",
                   "failed": "#fecaca", "running": "#dbeafe"}
 
@@ -156,7 +159,7 @@ def job_section(job_dir: Path, row: pd.Series, keys: list[str]) -> str:
     if isinstance(error, str) and error:
         parts.append(f'<p class="missing">{html.escape(error)}</p>')
     shown = [embed(job_dir / name, f"job {job}: {name}") for name in JOB_IMAGES if (job_dir / name).is_file()]
-    parts.append("".join(shown) or '<p class="missing">no plots (the run wrote no curves.png or confusion.png)</p>')
+    parts.append("".join(shown) or f'<p class="missing">no plots (the run wrote none of {", ".join(JOB_IMAGES)})</p>')
     folded = [embed(job_dir / name, f"job {job}: {name}") for name in FOLDED_IMAGES if (job_dir / name).is_file()]
     if folded:
         parts.append("<details><summary>most confident mistakes</summary>" + "".join(folded) + "</details>")

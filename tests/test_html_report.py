@@ -155,3 +155,20 @@ def test_a_table_the_report_wrote_is_an_html_table_not_an_image(tmp_path):
     # a column's numbers with the same decimals: 23.0 beside 3.3, not beside 3.2896
     assert page.rows[-2:] == [["anynetx_a", "32", "0.0000", "23.0"], ["regnetx", "32", "0.0312", "3.3"]]
     assert "<h3>design_study.csv</h3>" in page_path.read_text()
+
+
+def test_a_summary_sweeps_page_shows_each_networks_layers_and_the_tables_answer_columns(tmp_path):
+    """report.html said "no plots" for each task=summary job (each has layers.png), and its table
+    left out params_conv, params_linear and infer_memory_mb, which the console's table shows."""
+    from cnnbench.config import compose
+
+    jobs = [["model=lenet"], ["model=bn_lenet"]]
+    for job, overrides in enumerate(jobs):
+        run(compose("task=summary", *overrides), tmp_path / str(job), overrides)
+    report.report(tmp_path, html=True)
+    page = Page((tmp_path / "report.html").read_text())
+    assert {"params_conv", "params_linear", "infer_memory_mb", "train_memory_mb"} <= set(page.headings)
+    for job in ("0", "1"):
+        expected = base64.b64encode((tmp_path / job / "layers.png").read_bytes()).decode()
+        assert sum(img["src"] == f"data:image/png;base64,{expected}" for img in page.images) == 1, job
+    assert "no plots" not in (tmp_path / "report.html").read_text()
