@@ -424,6 +424,7 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
             values = (runs[f"{measure}_{kind}"].fillna(0) / scale).tolist()
             ax.barh(y, values, left=left, color=KIND_COLORS[kind], label=kind)
             left = [a + b for a, b in zip(left, values)]
+        ax.set_xlim(0, max(left) * 1.05 or 1)  # the longest bar clear of the frame
         ax.set(xlabel=unit, title="parameters" if measure == "params" else "FLOPs (forward)")
     if "train_memory_mb" in runs:
         axes[2].barh([i - 0.2 for i in y], runs["train_memory_mb"], height=0.4, color="tab:red", label="memory to train")
@@ -438,7 +439,9 @@ def plot_sweep_summary(path: Path, results: pd.DataFrame, keys: list[str]) -> Pa
     # one legend under the panels: inside one it covered the longest bar
     handles, labels = (sum(pair, []) for pair in zip(axes[0].get_legend_handles_labels(), axes[2].get_legend_handles_labels()))
     fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize="small")
-    fig.suptitle(crowded(title(path, runs, keys, "what each network costs (task=summary)"), len(runs)))
+    shared = runs["resolution"].dropna().unique() if "resolution" in runs else []
+    at = f" at {shared[0]} px" if len(shared) == 1 else ""  # (several: each bar's label names its own)
+    fig.suptitle(crowded(title(path, runs, keys, f"what each network costs (task=summary){at}"), len(runs)))
     return save_figure(fig, path / "report_summary.png")
 
 

@@ -436,3 +436,8 @@ def test_the_summary_plots_legend_stands_under_the_panels_not_over_a_bar(tmp_pat
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["conv", "linear", "memory to train", "memory to predict"]
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [
         "model=alexnet at 224x224", "model=resnet18 at 96x96", "model=vgg11_quarter at 224x224"]
+    assert " at " not in fig._suptitle.get_text()  # each bar names its own resolution
+    report.plot_sweep_summary(tmp_path, pd.DataFrame(rows).assign(resolution="96x96"), ["model"])
+    fig = figures["report_summary.png"]  # one resolution for all: the title names it (FLOPs and memory depend on it)
+    assert "what each network costs (task=summary) at 96x96 px" in fig._suptitle.get_text()
+    assert fig.axes[1].get_xlim()[1] > 1.0e9 * 1.1 / 1e9  # the longest bar clear of the frame
