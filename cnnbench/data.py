@@ -173,8 +173,15 @@ def check_root(root: str) -> Path:
     """``data.root`` as a folder (checked before a run makes its dir, and again here)."""
     folder = Path(root).expanduser()
     if not folder.is_dir():
-        raise DataError(f"data.root={root!r} is not a directory; {HOW_TO_GET}")
+        raise DataError(f"data.root={root!r} is not a directory; {way_out(None)}")
     return folder
+
+
+def way_out(root: str | None) -> str:
+    """What to do when data.root lacks the data: the Debian package's copy first, when it is there."""
+    if not _has_files(DEBIAN_DIR):
+        return HOW_TO_GET
+    return f"leave data.root unset to use the copy in {DEBIAN_DIR}" + (f", or put the four files in {root}" if root else "")
 
 
 def locate(root: str | None, download: bool = True) -> Path:
@@ -185,12 +192,9 @@ def locate(root: str | None, download: bool = True) -> Path:
         try:
             return _prepare(folder)
         except FileNotFoundError as missing:
-            # the Debian package's copy, when it is there, is the way out a user wants to hear first
-            way_out = (f"leave data.root unset to use the copy in {DEBIAN_DIR}, or put the four files in {root}"
-                       if _has_files(DEBIAN_DIR) else HOW_TO_GET)
             if not download:
-                raise DataError(f"data.root={root!r} lacks {missing}; {way_out}") from None
-            return _download(folder, f"data.root={root!r} lacks {missing}, and the download into it failed", way_out)
+                raise DataError(f"data.root={root!r} lacks {missing}; {way_out(root)}") from None
+            return _download(folder, f"data.root={root!r} lacks {missing}, and the download into it failed", way_out(root))
     if DEBIAN_DIR.is_dir():
         try:
             return _prepare(DEBIAN_DIR)

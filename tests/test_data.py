@@ -47,10 +47,15 @@ def test_our_idx_reader_reads_what_torchvisions_does(tmp_path):
         assert ours.labels.dtype == torch.int64 and ours.images.is_contiguous()
 
 
-def test_root_that_is_a_file(tmp_path):
+def test_root_that_is_a_file(tmp_path, tiny_data, monkeypatch):
     f = tmp_path / "file.txt"
     f.write_text("x")
+    monkeypatch.setattr(data, "DEBIAN_DIR", tmp_path / "no-package")
     with pytest.raises(data.DataError, match=r"data.root='.*file.txt' is not a directory; install the Debian package"):
+        data.load(str(f), download=False)
+    # with the package's copy there, the way out is to use it (not to install what is installed)
+    monkeypatch.setattr(data, "DEBIAN_DIR", Path(tiny_data))
+    with pytest.raises(data.DataError, match=rf"data.root='.*file.txt' is not a directory; leave data.root unset to use the copy in {tiny_data}$"):
         data.load(str(f), download=False)
 
 
