@@ -341,7 +341,7 @@ def min_size_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
 
 def format_layers(rows: list[dict[str, Any]], s: dict[str, Any]) -> str:
     """The layer table and its totals, as printed by task=summary."""
-    lines = [f"{'layer':28} {'type':18} {'output':>14} {'params':>12} {'MFLOPs':>10} {'act KB':>9}"]
+    lines = [f"{'layer':28} {'type':18} {'output':>14} {'params':>12} {'MFLOPs':>10} {'act KiB':>9}"]
     for r in rows:
         lines.append(f"{r['layer']:28} {r['type']:18} {r['output_shape']:>14} {r['params']:>12,} "
                      f"{r['flops'] / 1e6:>10.2f} {r['activation_kb']:>9.1f}")
