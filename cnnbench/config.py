@@ -577,15 +577,25 @@ def check_overrides(overrides: list[str], sweep_advice: str | None = None) -> No
         if section in SECTIONS and name:
             known = [f.name for f in dataclasses.fields(SECTIONS[section])]
             if name.split(".")[0] not in known:
-                raise ConfigError(f"{key} is not a key of {section}{_nearest(name, known, section)}; "
+                raise ConfigError(f"{key} is not a key of {section}{_nearest(name, known, section) or _elsewhere(name)}; "
                                   f"its keys are: {', '.join(known)}")
             if name in _bool_keys(SECTIONS[section]):
                 _check_bool(key, override, _bool_keys(SECTIONS[section])[name])
         elif not name and key not in fields and key not in GROUPS:
-            raise ConfigError(f"{key} is not a top-level key{_nearest(key, fields)}; the keys are: {', '.join(sorted(fields))}")
+            raise ConfigError(f"{key} is not a top-level key{_nearest(key, fields) or _elsewhere(key)}; "
+                              f"the keys are: {', '.join(sorted(fields))}")
         elif name and section not in fields and section not in GROUPS:
             raise ConfigError(f"{key}: {section} is not a section of the config{_nearest(section, fields)}; the top-level "
                               f"keys are: {', '.join(sorted(fields))}")
+
+
+def _elsewhere(name: str) -> str:
+    """" (did you mean optimizer.lr?)" for a key given in the wrong section (trainer.lr, lr): the
+    sections' keys and the default optimizer's arguments."""
+    places = [f"{section}.{name}" for section, schema in SECTIONS.items() if name in {f.name for f in dataclasses.fields(schema)}]
+    optimizer = OmegaConf.load(CONF_DIR / "optimizer" / f"{default_choice('optimizer')}.yaml") or {}
+    places += [f"optimizer.{name}"] if name in optimizer and name != "_target_" else []
+    return f" (did you mean {' or '.join(places)}?)" if places else ""
 
 
 def _where_unread(err: Exception, text: str) -> str:

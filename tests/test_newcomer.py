@@ -62,6 +62,10 @@ def cnnbench(*args: str, cwd=None) -> subprocess.CompletedProcess:
     (["model=anynet_sample", "model.space=AnyNetXB"], "model.space='AnyNetXB' is not allowed (did you mean anynetx_b?)"),
     (["logger.mlfow.experiment=x"], "logger.mlfow.experiment: mlfow is not a tracker (did you mean mlflow?)"),
     (["logger=csv,tensorboard"], "or give one value; several trackers in one run: 'logger=[csv,tensorboard]'"),
+    # a key in the wrong section, or none: where it is
+    (["trainer.lr=0.1"], "trainer.lr is not a key of trainer (did you mean optimizer.lr?); its keys are: max_epochs,"),
+    (["lr=0.1"], "lr is not a top-level key (did you mean optimizer.lr?)"),
+    (["data.max_epochs=3"], "data.max_epochs is not a key of data (did you mean trainer.max_epochs?)"),
     # words that are no override: one line, not Hydra's parser error or its usage text
     (["model", "resnet18"], "cnnbench: model resnet18: cnnbench takes overrides KEY=VALUE (e.g. model=resnet18; a sweep: -m KEY=A,B)"),
     (["--model", "resnet18"], "cnnbench: --model resnet18: cnnbench takes overrides KEY=VALUE (e.g. model=resnet18;"),
