@@ -331,11 +331,11 @@ def min_size_task(cfg: DictConfig, out_dir: Path, summary: dict[str, Any]) -> No
     summary |= sizes
     write_csv(out_dir / "stages.csv", rows)
     width = max(len(r["stage"]) for r in rows)
-    show("\n".join([
-        f"{cfg.model.name}: smallest input {sizes['min_size']}x{sizes['min_size']}; "
-        f"every stage keeps more than 1x1 from {sizes['no_collapse_size']}x{sizes['no_collapse_size']}",
-        f"{'stage':{width}}  {'at ' + str(sizes['min_size']):>14}  {'at ' + str(sizes['no_collapse_size']):>14}",
-        *(f"{r['stage']:{width}}  {r['shape_at_min_size']:>14}  {r['shape_at_no_collapse_size']:>14}" for r in rows),
+    low, high = (f"{sizes[k]}x{sizes[k]} px" for k in ("min_size", "no_collapse_size"))
+    show("\n".join([  # the answer last, as task=summary's: it is what the last lines of a command are read for
+        f"{'layer':{width}}  {'output at ' + low:>22}  {'output at ' + high:>22}",
+        *(f"{r['stage']:{width}}  {r['shape_at_min_size']:>22}  {r['shape_at_no_collapse_size']:>22}" for r in rows),
+        f"{cfg.model.name}: smallest input {low}; every stage keeps more than 1x1 from {high}",
     ]))
 
 
