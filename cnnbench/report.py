@@ -500,7 +500,9 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
         # the runs of the same tasks that have no such number (one that diverged): the plots' titles count them
         same_task = results["task"].isin(measured["task"]) if "task" in results else True
         unmeasured = results.loc[results[metric].isna() & same_task] if "status" in results else None
-        axes = [k for k in plotted_keys(measured, keys) if k not in INDEX_KEYS]
+        tasks = set(measured["task"].dropna()) if "task" in measured else set()
+        # bench.* says nothing about runs of other tasks (a folder of mixed runs: trainer=smoke sets bench.steps)
+        axes = [k for k in plotted_keys(measured, keys) if k not in INDEX_KEYS and not (k.startswith("bench.") and tasks != {"bench"})]
         for key in axes if len(measured) > 1 else []:
             series, groups = [], 1
             for k in (k for k in axes if k != key and measured[k].nunique(dropna=False) <= MOST_SERIES):

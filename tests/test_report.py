@@ -441,3 +441,12 @@ def test_the_summary_plots_legend_stands_under_the_panels_not_over_a_bar(tmp_pat
     fig = figures["report_summary.png"]  # one resolution for all: the title names it (FLOPs and memory depend on it)
     assert "what each network costs (task=summary) at 96x96 px" in fig._suptitle.get_text()
     assert fig.axes[1].get_xlim()[1] > 1.0e9 * 1.1 / 1e9  # the longest bar clear of the frame
+
+
+def test_bench_settings_are_no_axis_for_training_runs(tmp_path, figures):
+    """A folder of mixed runs (cnnbench-report outputs): bench.steps differs between training runs
+    only because trainer=smoke sets it, and training never reads it."""
+    for i, steps in enumerate([2, 10, 2]):
+        fake_run(tmp_path / str(i), [f"bench.steps={steps}", f"optimizer.lr={[0.1, 0.1, 0.3][i]}"], acc=0.5 + 0.1 * i)
+    report.report(tmp_path)
+    assert "report_vs_optimizer.lr.png" in figures and "report_vs_bench.steps.png" not in figures
