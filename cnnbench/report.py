@@ -486,6 +486,8 @@ def report(path: str | Path, html: bool = False, plots: bool = True) -> tuple[pd
             counted = c in ("params", "params_conv", "params_linear", "flops")
             if counted or str(table[c].dtype) == "Int64":
                 table[c] = table[c].map(lambda v: "-" if pd.isna(v) else f"{int(v):,}" if counted else str(int(v)))
+            elif c.endswith("_mb") and pd.api.types.is_numeric_dtype(table[c]):  # MiB to one decimal: 1832.0 beside 844.9
+                table[c] = table[c].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
         show(table.to_string(index=False, float_format=lambda v: f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}", na_rep="-"))
     if not plots:
         show(f"no plots (trainer.plot=false): cnnbench-report {path} --html draws them")

@@ -450,3 +450,15 @@ def test_bench_settings_are_no_axis_for_training_runs(tmp_path, figures):
         fake_run(tmp_path / str(i), [f"bench.steps={steps}", f"optimizer.lr={[0.1, 0.1, 0.3][i]}"], acc=0.5 + 0.1 * i)
     report.report(tmp_path)
     assert "report_vs_optimizer.lr.png" in figures and "report_vs_bench.steps.png" not in figures
+
+
+def test_the_tables_memory_reads_to_one_decimal(tmp_path, capsys):
+    """Four significant digits printed 1832 beside 844.9 in one column."""
+    for i, (model, mib) in enumerate([("alexnet", 844.94), ("vgg11_quarter", 1832.21)]):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "summary.json").write_text(json.dumps(
+            {"task": "summary", "model": model, "status": "completed", "overrides": [f"model={model}"], "params": 1,
+             "train_memory_mb": mib, "config": {}}))
+    report.report(tmp_path, plots=False)
+    table = capsys.readouterr().out
+    assert " 844.9" in table and " 1832.2" in table
