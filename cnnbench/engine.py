@@ -777,7 +777,7 @@ def load_weights(model: nn.Module, state: dict, resume: str) -> None:
                           f"{'x'.join(map(str, meta['resolution']))}, with its recorded knobs): {wrong or 'torch refused them'}") from None
 
 
-def restore(state: dict, trainer: Trainer, loader: DeviceLoader, resume: str = "") -> None:
+def restore(state: dict, trainer: Trainer, loader: DeviceLoader, resume: str) -> None:
     """Put a checkpoint's state back into a freshly built trainer and its training loader."""
     load_weights(unwrap(trainer.model), state, resume)
     # The saved param groups replace this run's, kernel choices included: a checkpoint written on

@@ -278,7 +278,8 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
     key the points of a setting also stand in the shade's order across its slot, so runs with the
     same score (eight untrained runs at 0.1) are all seen. ``without``: the runs of the folder
     that have no ``metric`` (one that diverged): the title counts them, and against a numeric key
-    a red x on the axis's foot marks each one's setting (how large a learning rate got)."""
+    an x on the axis's foot marks each one's setting (how large a learning rate got), in its
+    series' colour (black: a setting none of whose runs is shown), red with one series."""
     fig = figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     if shade:
@@ -318,7 +319,7 @@ def plot_against(path: Path, results: pd.DataFrame, key: str, others: list[str],
         else:
             x = [categories.index(v) + (i - (len(groups) - 1) / 2) * width for v in shown[group.index]]
             ax.plot(x, y, label=name, **(look | {"linestyle": "none", "markersize": 8}))
-    # the runs without the metric (diverged), against a numeric key: a red x on the axis's foot at each one's setting
+    # the runs without the metric (diverged), against a numeric key: an x on the axis's foot at each one's setting
     lost = pd.to_numeric(without[key], errors="coerce").dropna() if numeric and without is not None and key in without \
         else pd.Series(dtype=float)
     # with several series (lines) each x takes its series' colour: which setting diverged (without or with batch norm)

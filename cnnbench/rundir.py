@@ -136,8 +136,8 @@ _records: dict[Path, dict[Path, bytes]] = {}  # run dir -> its Hydra record (.hy
 def keep_record(run_dir: Path, subdir: str | None) -> None:
     """Keep the Hydra record of the run a resume continues, before Hydra writes the resume's own
     over it: a resume refused for its settings puts it back (``restore_record``)."""
-    folder = Path(run_dir) / (subdir or ".hydra")
-    _records[Path(run_dir).resolve()] = {f: f.read_bytes() for f in folder.glob("*.yaml") if f.is_file()} if subdir else {}
+    files = (Path(run_dir) / subdir).glob("*.yaml") if subdir else ()  # hydra.output_subdir=null: Hydra writes none
+    _records[Path(run_dir).resolve()] = {f: f.read_bytes() for f in files if f.is_file()}
 
 
 def restore_record(run_dir: Path, put_back: bool = True) -> None:
@@ -146,6 +146,7 @@ def restore_record(run_dir: Path, put_back: bool = True) -> None:
     for path, content in _records.pop(Path(run_dir).resolve(), {}).items():
         if put_back:
             path.write_bytes(content)
+
 
 def safe_name(value: object) -> str:
     """``value`` as one path component that cannot leave its folder: anything but letters,

@@ -277,16 +277,24 @@ def checked_args(args: list[str]) -> list[str]:
     return args
 
 
+def hydra_flags(args: list[str]):
+    """The command line as Hydra's own parser reads it: (its flags and overrides, the words it does
+    not know), or None for a flag without its value (Hydra's own parse says so, as it runs)."""
+    from hydra._internal.utils import get_args_parser
+
+    try:
+        return get_args_parser().parse_known_args(args)
+    except SystemExit:
+        return None
+
+
 def check_words(args: list[str]) -> None:
     """Every word is an override (KEY=VALUE, or ~KEY to delete one) or one of Hydra's flags with
     its value: ``cnnbench model resnet18`` and ``cnnbench --model resnet18`` get one line saying
     so, not Hydra's parser error (with a link to another version's docs) or its usage text."""
-    from hydra._internal.utils import get_args_parser
-
-    try:
-        parsed, unknown = get_args_parser().parse_known_args(args)
-    except SystemExit:  # a flag without its value: Hydra's own parse says so, as it runs
+    if (read := hydra_flags(args)) is None:
         return
+    parsed, unknown = read
     words = [w for w in parsed.overrides if "=" not in w and not w.startswith("~")]
     if unknown or words:
         given, flat = " ".join(unknown + words), [w.lstrip("-") for w in unknown + words]
@@ -298,12 +306,9 @@ def check_words(args: list[str]) -> None:
 def looking_flag(args: list[str]) -> str | None:
     """The flag of a command that only looks at one job (--cfg, --info, --shell-completion), as
     Hydra's own parser reads it (--cfg=job, -cjob), or None."""
-    from hydra._internal.utils import get_args_parser
-
-    try:
-        parsed, _ = get_args_parser().parse_known_args(args)
-    except SystemExit:  # a flag without its value: Hydra's own parse says so, as it runs
+    if (read := hydra_flags(args)) is None:
         return None
+    parsed = read[0]
     return next((flag for flag, on in (("--cfg", parsed.cfg), ("--info", parsed.info),
                                        ("--shell-completion", parsed.shell_completion)) if on), None)
 

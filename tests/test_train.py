@@ -510,7 +510,7 @@ def test_a_resume_keeps_the_optimizer_kernels_of_the_machine_it_runs_on():
     state = {"model": written.model.state_dict(), "optimizer": written.optimizer.state_dict(), "scheduler": None,
              "scaler": written.scaler.state_dict(), "loader": loader.state_dict(), "rng": {"torch": torch.get_rng_state(), "cuda": []}}
     resumed = tiny_trainer(torch.float16, fused=True)
-    engine.restore(state, resumed, loader)
+    engine.restore(state, resumed, loader, "last.pt")
     assert resumed.optimizer.param_groups[0]["fused"] is True
     assert resumed.optimizer.param_groups[0]["momentum"] == 0.9 and resumed.optimizer.state  # the rest is the checkpoint's
     assert math.isfinite(resumed.train_one_epoch(loader)["train_loss"])
